@@ -1,0 +1,70 @@
+"""The 2016 algorithm for a shared-weight linear layer, kept as an oracle.
+
+The original patch to Chainer 1.14's ``linear.py`` tiled the weight into an
+``(out_size, in_size)`` array on every call and paid the full cost of a dense
+layer. It is reproduced here, on the legacy :class:`chainer.Function` API it
+was written for, as the reference in tests and the baseline in benchmarks.
+Use :func:`~chainer_sharedlinear.shared_linear` for real work.
+"""
+
+from chainer import backend, function
+from chainer.utils import type_check
+
+
+class TiledLinearFunction(function.Function):
+    """``y = x · tile(W, n_shared)ᵀ + b``, computed with the tiled weight.
+
+    ``n_shared`` is implied by the shapes: ``x.shape[1] / W.shape[1]``.
+
+    .. admonition:: Example
+
+        >>> import numpy as np
+        >>> x = np.ones((1, 4), np.float32)
+        >>> W = np.array([[1, 2]], np.float32)
+        >>> TiledLinearFunction()(x, W).array
+        array([[6.]], dtype=float32)
+    """
+
+    def check_type_forward(self, in_types):
+        n_in = in_types.size()
+        type_check.expect(2 <= n_in, n_in <= 3)
+        x_type, w_type = in_types[:2]
+        type_check._argname((x_type, w_type), ('x', 'W'))
+        type_check.expect(
+            x_type.dtype.kind == 'f',
+            w_type.dtype.kind == 'f',
+            x_type.ndim == 2,
+            w_type.ndim == 2,
+        )
+        # Shapes only once the ranks are known to be right: the arguments of
+        # one expect() are all built before any is checked.
+        type_check.expect(w_type.shape[1] > 0)
+        type_check.expect(x_type.shape[1] % w_type.shape[1] == 0)
+        if type_check.eval(n_in) == 3:
+            b_type = in_types[2]
+            type_check._argname((b_type,), ('b',))
+            type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
+            type_check.expect(b_type.shape[0] == w_type.shape[0])
+
+    @staticmethod
+    def _tiled(x, W):
+        xp = backend.get_array_module(W)
+        return xp.tile(W, (1, x.shape[1] // W.shape[1]))
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        y = x.dot(self._tiled(x, W).T).astype(x.dtype, copy=False)
+        if len(inputs) == 3:
+            y += inputs[2]
+        return y,
+
+    def backward(self, inputs, grad_outputs):
+        x, W = inputs[:2]
+        gy, = grad_outputs
+        out_size, k = W.shape
+        gx = gy.dot(self._tiled(x, W)).astype(x.dtype, copy=False)
+        gW_full = gy.T.dot(x)
+        gW = gW_full.reshape(out_size, -1, k).sum(axis=1).astype(W.dtype, copy=False)
+        if len(inputs) == 3:
+            return gx, gW, gy.sum(axis=0)
+        return gx, gW

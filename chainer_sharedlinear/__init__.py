@@ -3,12 +3,25 @@
 ``SharedLinear`` is a drop-in for ``chainer.links.Linear`` whose weight ``W``
 of shape ``(out_size, in_size / n_shared)`` is reused across the
 ``n_shared`` blocks of the input. Importing this package changes nothing in
-Chainer itself.
+Chainer itself: :func:`register` adds ``L.SharedLinear`` and
+``F.shared_linear``, and :func:`share_linears` converts the ``L.Linear``
+links of an existing model. ONNX export is in
+:mod:`chainer_sharedlinear.onnx_export` (the ``onnx`` extra), imported only
+when asked for.
 """
 
+from chainer_sharedlinear.convert import (  # NOQA
+    ConversionReport,
+    share_linears,
+    unshare_linears,
+)
 from chainer_sharedlinear.functions import TiledLinearFunction, shared_linear  # NOQA
 from chainer_sharedlinear.links import SharedLinear  # NOQA
+from chainer_sharedlinear.registration import register  # NOQA
 
 __version__ = '0.1.0'
 
-__all__ = ['SharedLinear', 'TiledLinearFunction', 'shared_linear']
+__all__ = [
+    'ConversionReport', 'SharedLinear', 'TiledLinearFunction', 'register', 'share_linears',
+    'shared_linear', 'unshare_linears',
+]

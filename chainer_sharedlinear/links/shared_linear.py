@@ -144,6 +144,92 @@ class SharedLinear(link.Link):
             initialW=variable.as_array(W),
             initial_bias=None if b is None else variable.as_array(b))
 
+    @classmethod
+    def from_linear(cls, linear: 'chainer.links.Linear', n_shared: int) -> 'SharedLinear':
+        """Makes the ``SharedLinear`` closest to a dense :class:`chainer.links.Linear`.
+
+        The dense weight ``(out_size, in_size)`` is cut into ``n_shared``
+        column blocks and ``W`` is their mean: of all shared weights, the one
+        whose tiling is nearest the dense weight in the Frobenius norm. A dense
+        weight that already is a tiling ``[W W ... W]`` gives back ``W``
+        exactly. The bias is copied. The parameters keep the dtypes and the
+        device of ``linear``'s, and ``linear`` is left as it was.
+
+        Args:
+            linear (~chainer.links.Linear): An initialised dense layer.
+            n_shared (int): The number of blocks; it must divide ``in_size``.
+
+        Returns:
+            SharedLinear: A new link, with ``in_size`` and ``out_size`` of ``linear``.
+
+        .. admonition:: Example
+
+            >>> import chainer.links as L
+            >>> import numpy as np
+            >>> dense = L.Linear(4, 2, initialW=np.array([[1, 2, 3, 4], [0, 0, 2, 2]]))
+            >>> SharedLinear.from_linear(dense, n_shared=2).W.array
+            array([[2., 3.],
+                   [1., 1.]], dtype=float32)
+        """
+        if not isinstance(linear, chainer.links.Linear):
+            raise TypeError(
+                'from_linear expects a chainer.links.Linear, got {}'.format(type(linear).__name__))
+        n_shared = check_n_shared(n_shared)
+        if linear.W.array is None:
+            raise ValueError(
+                'cannot convert {}: its weight is not initialised yet (in_size is only known '
+                'after the first forward pass); run one, or build it with in_size'.format(linear))
+        out_size, in_size = linear.W.shape
+        check_in_size(in_size, n_shared)
+        shared = cls(
+            in_size, out_size, n_shared=n_shared, nobias=linear.b is None,
+            initialW=initializers.Zero(linear.W.dtype),
+            initial_bias=None if linear.b is None else initializers.Zero(linear.b.dtype))
+        shared.to_device(linear.device)
+        # The mean taken as the first block plus the mean of the differences
+        # to it, in float64: the plain mean does not give back W from a tiling
+        # (n * w / n rounds), while this does, since the differences are all 0.
+        blocks = linear.W.array.reshape(out_size, n_shared, in_size // n_shared)
+        blocks = blocks.astype(numpy.promote_types(blocks.dtype, numpy.float64))
+        first = blocks[:, 0]
+        shared.W.array[...] = first + (blocks - first[:, None]).mean(axis=1)
+        if linear.b is not None:
+            shared.b.array[...] = linear.b.array
+        return shared
+
+    def to_linear(self) -> 'chainer.links.Linear':
+        """Makes the dense :class:`chainer.links.Linear` that computes the same function.
+
+        Its weight is ``W`` tiled ``n_shared`` times, ``(out_size, in_size)``,
+        and its bias a copy of ``b``, with the dtypes and device of this
+        link's parameters: a model can be trained with ``SharedLinear`` and
+        served by plain Chainer. The outputs agree up to rounding (the sums
+        are taken in another order), not bit for bit.
+
+        Returns:
+            ~chainer.links.Linear: A new link; this one is left as it was.
+
+        .. admonition:: Example
+
+            >>> import numpy as np
+            >>> layer = SharedLinear(4, 1, n_shared=2, initialW=np.array([[1, 2]]))
+            >>> layer.to_linear().W.array
+            array([[1., 2., 1., 2.]], dtype=float32)
+        """
+        if self.W.array is None:
+            raise ValueError(
+                'cannot convert {}: its weight is not initialised yet (in_size is only known '
+                'after the first forward pass); run one, or build it with in_size'.format(self))
+        dense = chainer.links.Linear(
+            self.in_size, self.out_size, nobias=self.b is None,
+            initialW=initializers.Zero(self.W.dtype),
+            initial_bias=None if self.b is None else initializers.Zero(self.b.dtype))
+        dense.to_device(self.device)
+        dense.W.array[...] = self.xp.tile(self.W.array, (1, self.n_shared))
+        if self.b is not None:
+            dense.b.array[...] = self.b.array
+        return dense
+
     @property
     def printable_specs(self):
         yield 'in_size', self.in_size

@@ -1,0 +1,149 @@
+"""ONNX export of models that contain ``SharedLinear``, through ``onnx_chainer``.
+
+``onnx_chainer`` (part of Chainer 7.8.1) converts a model by running it and
+turning each :class:`chainer.FunctionNode` of the graph into ONNX nodes, with
+a converter it looks up by the node's class name. It knows Chainer's own
+functions only; its documented way to add one is the ``external_converters``
+argument of :func:`onnx_chainer.export`. :data:`converters` is that argument
+for this package, and :func:`export` passes it for you.
+
+A ``SharedLinearFunction`` is exported in its fold form, as in Chainer:
+``Reshape`` to ``(batch, n_shared, k)``, ``ReduceSum`` over the blocks, and
+``Gemm`` with ``W`` of shape ``(out_size, k)`` and the bias. The tiled
+``(out_size, in_size)`` weight is never built, in the file or at run time.
+
+This module imports ``onnx`` and ``onnx_chainer`` only when a model is
+exported: they come with the ``onnx`` extra (``onnx==1.14.1``; later
+releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
+"""
+
+import typing as tp
+import warnings
+
+import numpy
+
+_MISSING_ONNX = (
+    'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
+    'pip install "chainer-sharedlinear[onnx]" (with numpy<2). onnx_chainer imports '
+    'onnx.mapping, which onnx 1.16 and later no longer have.')
+
+# Gemm's bias input is optional from opset 11; ReduceSum takes its axes as an
+# input instead of an attribute from opset 13.
+_GEMM_OPTIONAL_BIAS_OPSET = 11
+_REDUCE_SUM_AXES_INPUT_OPSET = 13
+
+
+def _import_onnx():
+    try:
+        import onnx
+        import onnx.mapping  # noqa: F401 (onnx_chainer needs it; newer onnx lacks it)
+        from onnx_chainer import onnx_helper
+    except ImportError as e:
+        raise ImportError(_MISSING_ONNX) from e
+    return onnx, onnx_helper
+
+
+def convert_shared_linear(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of a ``SharedLinearFunction`` node.
+
+    Args:
+        params (onnx_chainer.functions.converter.FunctionConverterParams):
+            The node, its input and output names, the opset version and the
+            export context, as ``onnx_chainer`` passes them to an external
+            converter.
+
+    Returns:
+        tuple of onnx.NodeProto: The nodes computing ``fold(x) · Wᵀ + b``.
+    """
+    onnx, onnx_helper = _import_onnx()
+    func, opset, context = params.func, params.opset_version, params.context
+    if opset < 7:
+        raise RuntimeError(
+            'SharedLinearFunction is exported for opset_version 7 or later, '
+            'not {}'.format(opset))
+    x, W = func.inputs[:2]
+    x_name, w_name = params.input_names[:2]
+    b_name = params.input_names[2] if len(params.input_names) == 3 else None
+    out_size, k = W.shape
+    n_shared = x.shape[1] // k
+    x_dtype, w_dtype = numpy.dtype(x.dtype), numpy.dtype(W.dtype)
+    # Chainer multiplies in the wider of the two dtypes and returns x's.
+    dtype = numpy.promote_types(x_dtype, w_dtype)
+    gb = onnx_helper.GraphBuilder()
+
+    def cast(name, to, output_names=None):
+        to = onnx.helper.np_dtype_to_tensor_dtype(to)
+        if output_names is None:
+            return gb.op('Cast', [name], to=to)
+        return gb.op_output_named('Cast', [name], output_names, to=to)
+
+    folded = x_name
+    if n_shared > 1:
+        # 0 copies the input's batch size, so the graph takes any batch size.
+        blocks_shape = context.add_const(
+            numpy.array([0, n_shared, k], numpy.int64), 'blocks_shape')
+        blocks = gb.op('Reshape', [x_name, blocks_shape])
+        if opset < _REDUCE_SUM_AXES_INPUT_OPSET:
+            folded = gb.op('ReduceSum', [blocks], axes=[1], keepdims=0)
+        else:
+            axes = context.add_const(numpy.array([1], numpy.int64), 'blocks_axis')
+            folded = gb.op('ReduceSum', [blocks, axes], keepdims=0)
+    if x_dtype != dtype:
+        folded = cast(folded, dtype)
+    if w_dtype != dtype:
+        w_name = cast(w_name, dtype)
+
+    gemm_inputs = [folded, w_name]
+    if dtype == x_dtype:
+        if b_name is not None:
+            gemm_inputs.append(b_name)
+        elif opset < _GEMM_OPTIONAL_BIAS_OPSET:
+            gemm_inputs.append(context.add_const(numpy.zeros(out_size, dtype), 'zero_bias'))
+        gb.op_output_named('Gemm', gemm_inputs, params.output_names, transB=1)
+        return gb.nodes()
+
+    # W is wider than x: the product is rounded to x's dtype before the bias is added.
+    if opset < _GEMM_OPTIONAL_BIAS_OPSET:
+        gemm_inputs.append(context.add_const(numpy.zeros(out_size, dtype), 'zero_bias'))
+    y = gb.op('Gemm', gemm_inputs, transB=1)
+    if b_name is None:
+        cast(y, x_dtype, params.output_names)
+    else:
+        gb.op_output_named('Add', [cast(y, x_dtype), b_name], params.output_names)
+    return gb.nodes()
+
+
+#: The ``external_converters`` for :func:`onnx_chainer.export` that this
+#: package needs, keyed by ``FunctionNode`` class name as ``onnx_chainer``
+#: looks them up.
+converters = {'SharedLinearFunction': convert_shared_linear}
+
+
+def export(model, args, filename=None, **kwargs):
+    """:func:`onnx_chainer.export` for models that contain ``SharedLinear``.
+
+    The same arguments and result as ``onnx_chainer.export``; the converters
+    of this package are added to ``external_converters`` (a converter of your
+    own under the same name is used instead).
+
+    Args:
+        model (~chainer.Chain): The model, called as ``model(*args)``.
+        args: Its inputs: an array, a :class:`~chainer.Variable`, or a list,
+            tuple or dict of them.
+        filename (str or file-like): Where to write the ONNX model, if anywhere.
+        **kwargs: The other arguments of ``onnx_chainer.export``, by keyword.
+
+    Returns:
+        onnx.ModelProto: The ONNX model (or what ``return_named_inout`` asks for).
+    """
+    _import_onnx()
+    import onnx_chainer
+    external = dict(converters)
+    external.update(kwargs.pop('external_converters', None) or {})
+    with warnings.catch_warnings():
+        # onnx_chainer warns that external_converters may change in a future
+        # release; Chainer 7.8.1, which this package pins, is the last one.
+        warnings.filterwarnings(
+            'ignore', message='external_converters is experimental', category=FutureWarning)
+        return onnx_chainer.export(
+            model, args, filename, external_converters=external, **kwargs)

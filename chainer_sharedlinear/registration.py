@@ -1,0 +1,47 @@
+"""Makes ``L.SharedLinear`` and ``F.shared_linear`` available in Chainer's namespaces.
+
+Importing :mod:`chainer_sharedlinear` leaves Chainer untouched; code written
+in the ``L.``/``F.`` style calls :func:`register` once, explicitly.
+"""
+
+import chainer.functions
+import chainer.links
+
+from chainer_sharedlinear.functions.shared_linear import shared_linear
+from chainer_sharedlinear.links.shared_linear import SharedLinear
+
+# (module, name, object): what register() puts where.
+_REGISTRY = (
+    (chainer.links, 'SharedLinear', SharedLinear),
+    (chainer.functions, 'shared_linear', shared_linear),
+)
+
+_MISSING = object()
+
+
+def register() -> None:
+    """Adds ``chainer.links.SharedLinear`` and ``chainer.functions.shared_linear``.
+
+    Calling it again does nothing. It never replaces another object that
+    already has one of the names: that raises ``RuntimeError``, and then
+    neither name is added.
+
+    .. admonition:: Example
+
+        >>> import chainer.links as L
+        >>> import chainer_sharedlinear
+        >>> chainer_sharedlinear.register()
+        >>> L.SharedLinear(1000, 900, n_shared=10).W.shape
+        (900, 100)
+    """
+    # Every name is checked before any is set, so a conflict leaves Chainer as it was.
+    for module, name, obj in _REGISTRY:
+        existing = getattr(module, name, _MISSING)
+        if existing is not _MISSING and existing is not obj:
+            raise RuntimeError(
+                'cannot register {0}.{1}: {0} already has a {1} ({2!r}) that is not '
+                "chainer_sharedlinear's {3}.{4}; register() never replaces it. "
+                'Use chainer_sharedlinear.{1} directly instead.'.format(
+                    module.__name__, name, existing, obj.__module__, obj.__qualname__))
+    for module, name, obj in _REGISTRY:
+        setattr(module, name, obj)

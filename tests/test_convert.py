@@ -1,0 +1,477 @@
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+import pytest
+from chainer import training
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chainer_sharedlinear import ConversionReport, SharedLinear, share_linears, unshare_linears
+
+# to_linear computes a dense product of in_size terms where SharedLinear sums the
+# blocks first: the same real number, rounded differently. For float32 inputs and
+# weights of order 1 and in_size <= 64, each side is within about in_size * 2**-24
+# of the exact value relative to the sum of |terms| (a few units), so 1e-5 relative
+# plus 1e-6 absolute (for outputs that cancel to near zero) is tight yet safe; a
+# wrong weight is off by order 1.
+TO_LINEAR_TOLERANCE = {'rtol': 1e-5, 'atol': 1e-6}
+
+
+def _standard_normal(shape, seed, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+class MLP(chainer.Chain):
+
+    def __init__(self, n_units=(24, 16, 6), n_in=12):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(n_in, n_units[0])
+            self.l2 = L.Linear(n_units[0], n_units[1])
+            self.l3 = L.Linear(n_units[1], n_units[2])
+
+    def forward(self, x):
+        return self.l3(F.relu(self.l2(F.relu(self.l1(x)))))
+
+
+class Nested(chainer.Chain):
+    """A Chain holding a Sequential (with functions between its links) and a ChainList."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.encoder = chainer.Sequential(
+                L.Linear(12, 24), F.relu, L.Linear(24, 16, nobias=True), F.tanh)
+            self.heads = chainer.ChainList(L.Linear(16, 8), L.Linear(16, 6))
+            self.out = L.Linear(14, 6)
+
+    def forward(self, x):
+        h = self.encoder(x)
+        return self.out(F.concat([head(h) for head in self.heads]))
+
+
+def _linears(model, kind=L.Linear):
+    return {path: link for path, link in model.namedlinks() if type(link) is kind}
+
+
+# --- SharedLinear.from_linear and to_linear ---------------------------------------
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize('n_shared', [1, 3, 4, 7])
+def test_from_linear_recovers_a_tiled_weight_exactly(dtype, n_shared):
+    W = _standard_normal((5, 6), 0, dtype)
+    b = _standard_normal(5, 1, dtype)
+    with chainer.using_config('dtype', dtype):
+        dense = L.Linear(6 * n_shared, 5, initialW=np.tile(W, (1, n_shared)), initial_bias=b)
+
+    shared = SharedLinear.from_linear(dense, n_shared)
+    assert (shared.in_size, shared.out_size, shared.n_shared) == (6 * n_shared, 5, n_shared)
+    assert shared.W.dtype == shared.b.dtype == dtype
+    np.testing.assert_array_equal(shared.W.array, W)
+    np.testing.assert_array_equal(shared.b.array, b)
+    assert shared.b.array is not dense.b.array
+
+
+@given(out_size=st.integers(1, 4), k=st.integers(1, 4), n_shared=st.integers(1, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_from_linear_minimises_the_frobenius_distance(out_size, k, n_shared, seed):
+    rng = np.random.default_rng(seed)
+    W_dense = rng.standard_normal((out_size, n_shared * k))
+    dense = L.Linear(n_shared * k, out_size, initialW=W_dense)
+    dense.W.array = W_dense  # float64, so the identity below holds to rounding
+
+    W = SharedLinear.from_linear(dense, n_shared).W.array
+    assert W.dtype == np.float64
+    D = rng.standard_normal(W.shape)
+
+    def distance2(W_shared):
+        return np.sum((np.tile(W_shared, (1, n_shared)) - W_dense) ** 2)
+
+    # The residual of the mean sums to zero over the blocks, so moving W by D
+    # adds exactly n_shared * |D|^2: W is the unique minimiser.
+    best = distance2(W)
+    perturbed = distance2(W + D)
+    assert perturbed > best
+    np.testing.assert_allclose(perturbed, best + n_shared * np.sum(D ** 2), rtol=1e-9)
+    np.testing.assert_allclose(
+        W, W_dense.reshape(out_size, n_shared, k).mean(axis=1), rtol=1e-12, atol=1e-15)
+
+
+def test_from_linear_without_bias_and_leaves_the_original_alone():
+    dense = L.Linear(8, 3, nobias=True)
+    before = dense.W.array.copy()
+    shared = SharedLinear.from_linear(dense, 2)
+    assert shared.b is None
+    np.testing.assert_array_equal(dense.W.array, before)
+    shared.W.array[...] = 0  # shares no memory with the dense weight
+    np.testing.assert_array_equal(dense.W.array, before)
+
+
+def test_from_linear_keeps_the_device():
+    dense = L.Linear(8, 3).to_device('@numpy')
+    shared = SharedLinear.from_linear(dense, 4)
+    assert shared.device == dense.device
+    assert isinstance(shared.W.array, np.ndarray)
+
+
+@pytest.mark.gpu
+def test_from_linear_and_to_linear_keep_the_gpu():
+    dense = L.Linear(8, 3)
+    dense.to_device('@cupy:0')
+    shared = SharedLinear.from_linear(dense, 4)
+    assert shared.device == dense.device
+    back = shared.to_linear()
+    assert back.device == dense.device
+    x = back.device.send(_standard_normal((2, 8), 0))
+    np.testing.assert_allclose(
+        chainer.backend.CpuDevice().send(back(x).array),
+        chainer.backend.CpuDevice().send(shared(x).array), **TO_LINEAR_TOLERANCE)
+
+
+def test_from_linear_refuses_a_lazy_linear():
+    with pytest.raises(ValueError, match=r'cannot convert Linear\(in_size=None, out_size=3.*'
+                                         r'not initialised yet'):
+        SharedLinear.from_linear(L.Linear(3), 2)
+
+
+def test_from_linear_after_lazy_initialisation():
+    dense = L.Linear(3)
+    dense(np.ones((1, 8), np.float32))  # Linear keeps in_size None; W tells the size
+    assert SharedLinear.from_linear(dense, 4).in_size == 8
+
+
+def test_from_linear_bad_input():
+    with pytest.raises(ValueError, match=r'in_size=10 is not divisible by n_shared=4'):
+        SharedLinear.from_linear(L.Linear(10, 3), 4)
+    with pytest.raises(ValueError, match=r'n_shared must be'):
+        SharedLinear.from_linear(L.Linear(10, 3), 0)
+    with pytest.raises(TypeError, match=r'from_linear expects a chainer.links.Linear, '
+                                        r'got SharedLinear'):
+        SharedLinear.from_linear(SharedLinear(10, 3, n_shared=2), 2)
+
+
+@pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize('nobias', [False, True])
+def test_to_linear_tiles_the_weight(dtype, nobias):
+    with chainer.using_config('dtype', dtype):
+        shared = SharedLinear(12, 5, n_shared=3, nobias=nobias,
+                              initialW=_standard_normal((5, 4), 0, dtype))
+    dense = shared.to_linear()
+    assert type(dense) is L.Linear
+    assert (dense.in_size, dense.out_size) == (12, 5)
+    assert dense.W.dtype == dtype
+    np.testing.assert_array_equal(dense.W.array, np.tile(shared.W.array, (1, 3)))
+    if nobias:
+        assert dense.b is None
+    else:
+        assert dense.b.dtype == dtype
+        np.testing.assert_array_equal(dense.b.array, shared.b.array)
+        assert dense.b.array is not shared.b.array
+
+
+def test_to_linear_gives_the_same_outputs():
+    shared = SharedLinear(64, 10, n_shared=8, initial_bias=_standard_normal(10, 1))
+    x = _standard_normal((32, 64), 2)
+    np.testing.assert_allclose(shared.to_linear()(x).array, shared(x).array,
+                               **TO_LINEAR_TOLERANCE)
+    # And back: from_linear of the tiling is the original.
+    np.testing.assert_array_equal(
+        SharedLinear.from_linear(shared.to_linear(), 8).W.array, shared.W.array)
+
+
+def test_to_linear_refuses_a_lazy_layer():
+    with pytest.raises(ValueError, match=r'cannot convert SharedLinear\(in_size=None.*'
+                                         r'not initialised yet'):
+        SharedLinear(3, n_shared=2).to_linear()
+
+
+# --- share_linears and unshare_linears ---------------------------------------------
+
+
+def test_share_linears_converts_what_fits_and_reports_the_rest():
+    model = MLP(n_units=(24, 16, 6), n_in=12)  # in_sizes 12, 24, 16
+    before = {path: link for path, link in _linears(model).items()}
+    report = share_linears(model, 3)
+
+    assert isinstance(report, ConversionReport)
+    assert report.changed == ('/l1', '/l2')
+    assert report.skipped == {'/l3': 'in_size=16 is not divisible by n_shared=3'}
+    assert report.params_before == 12 * 24 + 24 + 24 * 16 + 16 + 16 * 6 + 6
+    assert report.params_after == 4 * 24 + 24 + 8 * 16 + 16 + 16 * 6 + 6
+    assert report.needs_optimizer_setup
+
+    assert type(model.l1) is type(model.l2) is SharedLinear and type(model.l3) is L.Linear
+    assert model.l3 is before['/l3']
+    assert (model.l1.n_shared, model.l1.W.shape, model.l1.name) == (3, (24, 4), 'l1')
+    assert sorted(name for name, _ in model.namedparams()) == [
+        '/l1/W', '/l1/b', '/l2/W', '/l2/b', '/l3/W', '/l3/b']
+    np.testing.assert_array_equal(model.l2.W.array, SharedLinear.from_linear(
+        before['/l2'], 3).W.array)
+
+    text = str(report)
+    assert text.splitlines()[0] == '2 changed, 1 skipped; parameters 814 -> 366'
+    assert '  skipped /l3: in_size=16 is not divisible by n_shared=3' in text
+    assert 'optimizer.setup(model) again' in text
+
+
+def test_share_linears_keeps_the_function_of_tiled_weights():
+    model = MLP()
+    for link in _linears(model).values():
+        out_size, in_size = link.W.shape
+        link.W.array[...] = np.tile(_standard_normal((out_size, in_size // 4), 0), (1, 4))
+    x = _standard_normal((5, 12), 1)
+    expected = model(x).array
+    assert share_linears(model, 4).changed == ('/l1', '/l2', '/l3')
+    np.testing.assert_allclose(model(x).array, expected, **TO_LINEAR_TOLERANCE)
+
+
+def test_share_linears_walks_nested_sequential_and_chainlist():
+    model = Nested()
+    x = _standard_normal((3, 12), 0)
+    model(x)
+    report = share_linears(model, 2)
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
+    assert report.skipped == {}
+    # The Sequential's own list of layers (with the functions) follows.
+    assert [type(layer) for layer in model.encoder] == [SharedLinear, type(F.relu),
+                                                        SharedLinear, type(F.tanh)]
+    assert model.encoder[2].b is None
+    assert [link.name for link in model.heads] == ['0', '1']
+    assert model(x).shape == (3, 6)
+    assert sorted(name for name, _ in model.namedparams()) == [
+        '/encoder/0/W', '/encoder/0/b', '/encoder/1/W', '/heads/0/W', '/heads/0/b',
+        '/heads/1/W', '/heads/1/b', '/out/W', '/out/b']
+
+
+def test_sequential_layers_keep_their_order_and_paths():
+    # Chainer 7.8.1's Sequential numbers its links out of layer order (here /1 is
+    # the last layer); each link must be replaced where it is in both numberings.
+    model = chainer.Sequential(
+        L.Linear(12, 24), F.relu, L.Linear(24, 16), F.relu, L.Linear(16, 6))
+    paths = {path: link.W.shape for path, link in _linears(model).items()}
+    x = _standard_normal((2, 12), 0)
+    assert share_linears(model, 4).changed == ('/0', '/1', '/2')
+    assert [layer.W.shape for layer in model[::2]] == [(24, 3), (16, 6), (6, 4)]
+    assert {path: (link.out_size, link.in_size) for path, link in
+            _linears(model, SharedLinear).items()} == paths
+    assert model(x).shape == (2, 6)
+
+
+def test_a_link_reached_twice_becomes_one_shared_link():
+    shared_dense = L.Linear(8, 8)
+    model = chainer.Sequential(shared_dense, F.relu, shared_dense)
+    report = share_linears(model, 2)
+    assert report.changed == ('/0', '/1')
+    assert model[0] is model[2] and type(model[0]) is SharedLinear
+
+
+@pytest.mark.parametrize('include', [['/l1', 'l3'], ('l1', 'l3'), {'/l1', '/l3'},
+                                     lambda path, link: path != '/l2'])
+def test_include_selects_by_path_or_predicate(include):
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    report = share_linears(model, 2, include=include)
+    assert report.changed == ('/l1', '/l3')
+    assert report.skipped == {'/l2': 'excluded by include'}
+    assert type(model.l2) is L.Linear
+
+
+def test_include_a_single_path():
+    model = MLP()
+    assert share_linears(model, 2, include='l2').changed == ('/l2',)
+
+
+def test_a_predicate_does_not_force_layers_that_do_not_fit():
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    report = share_linears(model, 3, include=lambda path, link: True)
+    assert report.skipped == {'/l3': 'in_size=16 is not divisible by n_shared=3'}
+
+
+@pytest.mark.parametrize('include, message', [
+    ('/l3', r'include names /l3, which cannot be converted: in_size=16 is not divisible '
+            r'by n_shared=3'),
+    (['l1', 'l9'], r"include names 'l9', but the model has no link at /l9; its L.Linear "
+                   r"links are: /l1, /l2, /l3"),
+    ('/', r'include names /, which is a MLP, not a L.Linear'),
+    ([3], r'include must be None, a path, a collection of paths or a callable; it holds 3'),
+])
+def test_include_naming_a_layer_that_cannot_be_converted_is_an_error(include, message):
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    links = _linears(model)
+    with pytest.raises((ValueError, TypeError), match=message):
+        share_linears(model, 3, include=include)
+    assert _linears(model) == links  # untouched, l1 included
+
+
+def test_n_shared_that_fits_no_layer_is_a_report_not_an_error():
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    report = share_linears(model, 7)
+    assert report.changed == ()
+    assert not report.needs_optimizer_setup
+    assert report.skipped == {
+        '/l1': 'in_size=12 is not divisible by n_shared=7',
+        '/l2': 'in_size=24 is not divisible by n_shared=7',
+        '/l3': 'in_size=16 is not divisible by n_shared=7',
+    }
+    assert report.params_before == report.params_after
+    assert str(report).splitlines()[0] == '0 changed, 3 skipped; parameters 814 -> 814'
+    assert str(report).endswith('Nothing was converted.')
+
+
+def test_lazy_linears_and_subclasses_are_skipped_with_the_reason():
+    class ScaledLinear(L.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = chainer.ChainList(L.Linear(8), ScaledLinear(8, 8), L.Linear(8, 4))
+    report = share_linears(model, 2)
+    assert report.changed == ('/2',)
+    assert report.skipped['/0'].startswith('not initialised yet: in_size is only known '
+                                           'after the first forward pass')
+    assert report.skipped['/1'] == ('a subclass of L.Linear (ScaledLinear), whose forward '
+                                    'may differ')
+
+
+def test_bad_model_or_n_shared():
+    with pytest.raises(TypeError, match=r'share_linears expects a chainer.Link \(a Chain, '
+                                        r'ChainList or Sequential\), got list'):
+        share_linears([L.Linear(4, 4)], 2)
+    with pytest.raises(TypeError, match=r'unshare_linears expects a chainer.Link'):
+        unshare_linears(None)
+    with pytest.raises(ValueError, match=r'the model is itself a Linear; use '
+                                         r'SharedLinear.from_linear on it instead'):
+        share_linears(L.Linear(4, 4), 2)
+    with pytest.raises(ValueError, match=r'n_shared must be a positive integer, got 2.0'):
+        share_linears(MLP(), 2.0)
+
+
+def test_share_linears_keeps_dtype_and_device():
+    with chainer.using_config('dtype', np.float64):
+        model = MLP()
+    model.to_device('@numpy')
+    share_linears(model, 4)
+    for link in model.links(skipself=True):
+        assert link.W.dtype == link.b.dtype == np.float64
+        assert link.device == model.device
+
+
+def test_the_old_optimizer_leaves_new_parameters_alone_until_set_up_again():
+    model = MLP()
+    optimizer = chainer.optimizers.SGD(lr=0.1)
+    optimizer.setup(model)
+    share_linears(model, 2)
+    x = _standard_normal((4, 12), 0)
+
+    def step():
+        model.cleargrads()
+        F.sum(model(x) ** 2).backward()
+        optimizer.update()
+
+    W = model.l1.W.array.copy()
+    step()
+    assert model.l1.W.grad is not None
+    np.testing.assert_array_equal(model.l1.W.array, W)  # why the report says setup again
+
+    optimizer.setup(model)
+    step()
+    assert not np.array_equal(model.l1.W.array, W)
+
+
+def test_unshare_linears_turns_every_shared_link_back():
+    model = Nested()
+    x = _standard_normal((3, 12), 0)
+    model(x)
+    share_linears(model, 2)
+    model.heads.append(SharedLinear(4, n_shared=2))  # lazy: skipped
+    shared = {path: link for path, link in _linears(model, SharedLinear).items()}
+    report = unshare_linears(model, include=lambda path, link: path != '/heads/1')
+
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/out')
+    assert report.skipped['/heads/1'] == 'excluded by include'
+    assert report.skipped['/heads/2'].startswith('not initialised yet')
+    for path in report.changed:
+        dense = dict(model.namedlinks())[path]
+        assert type(dense) is L.Linear
+        np.testing.assert_array_equal(dense.W.array, np.tile(shared[path].W.array, (1, 2)))
+    with pytest.raises(ValueError, match=r'use SharedLinear.to_linear on it instead'):
+        unshare_linears(SharedLinear(4, 2, n_shared=2))
+
+
+# --- The whole story: convert, train, save, load, serve with plain Chainer -----------
+
+
+def _classification_data(n_in, n_out, size=96, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((size, n_in)).astype(np.float32)
+    t = (x @ rng.standard_normal((n_in, n_out))).argmax(axis=1).astype(np.int32)
+    return chainer.datasets.TupleDataset(x, t)
+
+
+def _train(model, dataset, out, iterations=8):
+    classifier = L.Classifier(model)
+    optimizer = chainer.optimizers.Adam(alpha=0.01)
+    optimizer.setup(classifier)
+    iterator = chainer.iterators.SerialIterator(dataset, 16, shuffle=False)
+    updater = training.updaters.StandardUpdater(iterator, optimizer)
+    trainer = training.Trainer(updater, (iterations, 'iteration'), out=str(out))
+    trainer.run()
+    return float(trainer.observation['main/loss'].array)
+
+
+@pytest.mark.parametrize('build, n_shared, expected_changed', [
+    (lambda: MLP(n_units=(24, 16, 6), n_in=12), 4, ('/l1', '/l2', '/l3')),
+    (lambda: MLP(n_units=(24, 16, 6), n_in=12), 3, ('/l1', '/l2')),
+    (Nested, 2, ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')),
+    (lambda: chainer.Sequential(L.Linear(12, 24), F.relu, L.Linear(24, 16), F.relu,
+                                L.Linear(16, 6)), 4, ('/0', '/1', '/2')),
+])
+def test_convert_train_save_load_and_serve(tmp_path, build, n_shared, expected_changed):
+    dataset = _classification_data(12, 6)
+    x = dataset._datasets[0]
+
+    np.random.seed(0)
+    model = build()
+    model(x[:1])  # initialise everything, as a trained dense model would be
+    assert share_linears(model, n_shared).changed == expected_changed
+    shared_before = {path: link.W.array.copy()
+                     for path, link in _linears(model, SharedLinear).items()}
+
+    loss = _train(model, dataset, tmp_path / 'result')
+    assert np.isfinite(loss)
+    for path, link in _linears(model, SharedLinear).items():
+        assert not np.array_equal(link.W.array, shared_before[path]), path
+    expected = model(x).array
+
+    path = tmp_path / 'model.npz'
+    chainer.serializers.save_npz(path, model)
+    with np.load(path) as saved:
+        assert int(saved[expected_changed[0].lstrip('/') + '/n_shared']) == n_shared
+
+    # A fresh model built the same way (other random weights), converted the same way.
+    np.random.seed(1)
+    fresh = build()
+    fresh(x[:1])
+    assert share_linears(fresh, n_shared).changed == expected_changed
+    assert not np.array_equal(fresh(x).array, expected)
+    chainer.serializers.load_npz(path, fresh)
+    np.testing.assert_array_equal(fresh(x).array, expected)
+
+    # Served by plain Chainer.
+    shared = _linears(fresh, SharedLinear)
+    assert unshare_linears(fresh).changed == expected_changed
+    assert not _linears(fresh, SharedLinear)
+    for path, link in shared.items():
+        np.testing.assert_array_equal(
+            dict(fresh.namedlinks())[path].W.array, np.tile(link.W.array, (1, n_shared)))
+    np.testing.assert_allclose(fresh(x).array, expected, **TO_LINEAR_TOLERANCE)
+
+
+def test_loading_a_shared_file_into_an_unconverted_model_fails_clearly(tmp_path):
+    model = MLP()
+    share_linears(model, 4)
+    path = tmp_path / 'model.npz'
+    chainer.serializers.save_npz(path, model)
+    # Chainer's own shape check (by broadcasting) refuses the (24, 3) weight for (24, 12).
+    with pytest.raises(ValueError):
+        chainer.serializers.load_npz(path, MLP())

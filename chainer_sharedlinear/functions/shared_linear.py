@@ -40,6 +40,37 @@ def _grad_W(x_folded, gy, w_dtype):
     return _as_dot_operand(gy).T.dot(x_folded).astype(w_dtype, copy=False)
 
 
+def check_input_types(in_types, n_shared=None):
+    """The type check of a shared-weight linear function's ``(x, W[, b])``.
+
+    ``x`` and ``W`` are float matrices, ``W.shape[1]`` divides ``x.shape[1]``
+    (``n_shared`` times exactly, if given), and ``b`` has ``x``'s dtype and
+    ``W.shape[0]`` elements.
+    """
+    n_in = in_types.size()
+    type_check.expect(2 <= n_in, n_in <= 3)
+    x_type, w_type = in_types[:2]
+    type_check._argname((x_type, w_type), ('x', 'W'))
+    type_check.expect(
+        x_type.dtype.kind == 'f',
+        w_type.dtype.kind == 'f',
+        x_type.ndim == 2,
+        w_type.ndim == 2,
+    )
+    # Shapes only once the ranks are known to be right: the arguments of
+    # one expect() are all built before any is checked.
+    type_check.expect(w_type.shape[1] > 0)
+    if n_shared is None:
+        type_check.expect(x_type.shape[1] % w_type.shape[1] == 0)
+    else:
+        type_check.expect(x_type.shape[1] == n_shared * w_type.shape[1])
+    if type_check.eval(n_in) == 3:
+        b_type = in_types[2]
+        type_check._argname((b_type,), ('b',))
+        type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
+        type_check.expect(b_type.shape[0] == w_type.shape[0])
+
+
 class SharedLinearFunction(function_node.FunctionNode):
     """``y = fold(x, n_shared) · Wᵀ + b`` for ``x`` of shape ``(B, n_shared * k)``.
 
@@ -52,29 +83,7 @@ class SharedLinearFunction(function_node.FunctionNode):
         self.n_shared = n_shared
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(2 <= n_in, n_in <= 3)
-        x_type, w_type = in_types[:2]
-        type_check._argname((x_type, w_type), ('x', 'W'))
-
-        type_check.expect(
-            x_type.dtype.kind == 'f',
-            w_type.dtype.kind == 'f',
-            x_type.ndim == 2,
-            w_type.ndim == 2,
-        )
-        # Shapes only once the ranks are known to be right: the arguments of
-        # one expect() are all built before any is checked.
-        type_check.expect(w_type.shape[1] > 0)
-        if self.n_shared is None:
-            type_check.expect(x_type.shape[1] % w_type.shape[1] == 0)
-        else:
-            type_check.expect(x_type.shape[1] == self.n_shared * w_type.shape[1])
-        if type_check.eval(n_in) == 3:
-            b_type = in_types[2]
-            type_check._argname((b_type,), ('b',))
-            type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
-            type_check.expect(b_type.shape[0] == w_type.shape[0])
+        check_input_types(in_types, self.n_shared)
 
     def forward(self, inputs):
         x, W = inputs[:2]

@@ -8,7 +8,8 @@ Use :func:`~chainer_sharedlinear.shared_linear` for real work.
 """
 
 from chainer import backend, function
-from chainer.utils import type_check
+
+from chainer_sharedlinear.functions.shared_linear import check_input_types
 
 
 class TiledLinearFunction(function.Function):
@@ -26,25 +27,7 @@ class TiledLinearFunction(function.Function):
     """
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(2 <= n_in, n_in <= 3)
-        x_type, w_type = in_types[:2]
-        type_check._argname((x_type, w_type), ('x', 'W'))
-        type_check.expect(
-            x_type.dtype.kind == 'f',
-            w_type.dtype.kind == 'f',
-            x_type.ndim == 2,
-            w_type.ndim == 2,
-        )
-        # Shapes only once the ranks are known to be right: the arguments of
-        # one expect() are all built before any is checked.
-        type_check.expect(w_type.shape[1] > 0)
-        type_check.expect(x_type.shape[1] % w_type.shape[1] == 0)
-        if type_check.eval(n_in) == 3:
-            b_type = in_types[2]
-            type_check._argname((b_type,), ('b',))
-            type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
-            type_check.expect(b_type.shape[0] == w_type.shape[0])
+        check_input_types(in_types)
 
     @staticmethod
     def _tiled(x, W):

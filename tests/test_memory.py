@@ -1,0 +1,85 @@
+"""Forward + backward of SharedLinear never allocates an ``(out_size, in_size)`` array.
+
+Measured with ``tracemalloc``, which NumPy tells about every array buffer it
+allocates (through ``PyTraceMalloc_Track``, since NumPy 1.13). The peak that
+``tracemalloc`` reports is at least the size of the largest single allocation,
+so a peak below half the size of one ``(out_size, in_size)`` array shows that no
+such array (nor the tiled weight, nor a dense gradient) existed at any moment.
+
+At batch 8, 4096 -> 4096 and n_shared 8, one such float32 array is 64 MiB,
+while everything the shared layer allocates is about 8.5 MiB: the weight
+gradient (out_size, in_size / 8) of 8 MiB, and activations of B x 4096. The
+dense layer must allocate its 64 MiB weight gradient, and the 2016 algorithm
+the tiled weight and a dense gradient too, so the same bound fails for them: the test can fail.
+"""
+
+import chainer
+import chainer.links as L
+import numpy as np
+import pytest
+
+from chainer_sharedlinear import SharedLinear, TiledLinearFunction, shared_linear
+from chainer_sharedlinear.benchmark import peak_allocated_bytes
+
+BATCH, IN_SIZE, OUT_SIZE, N_SHARED = 8, 4096, 4096, 8
+DENSE_BYTES = OUT_SIZE * IN_SIZE * np.dtype(np.float32).itemsize  # 64 MiB
+BOUND = DENSE_BYTES // 2
+
+
+def peak_bytes(step):
+    """The most memory allocated at once while ``step()`` runs, and not before."""
+    step()  # Chainer's first call sets up caches; those are not the layer's.
+    peak = peak_allocated_bytes(step)
+    assert peak is not None, 'run without python -X tracemalloc'
+    return peak
+
+
+def forward_backward(apply, params):
+    """A training step of one layer: forward, then backward of a fixed output gradient."""
+    rng = np.random.default_rng(0)
+    x = chainer.Variable(rng.standard_normal((BATCH, IN_SIZE), dtype=np.float32))
+    gy = rng.standard_normal((BATCH, OUT_SIZE), dtype=np.float32)
+
+    def step():
+        for param in params:
+            param.cleargrad()
+        x.cleargrad()
+        y = apply(x)
+        y.grad = gy
+        y.backward()
+        assert x.grad is not None and all(param.grad is not None for param in params)
+    return step
+
+
+@pytest.fixture(scope='module')
+def shared_link():
+    return SharedLinear(IN_SIZE, OUT_SIZE, n_shared=N_SHARED)
+
+
+def test_numpy_reports_its_arrays_to_tracemalloc():
+    # Without this, every bound below would hold vacuously.
+    assert peak_bytes(lambda: np.ones(DENSE_BYTES // 4, np.float32)) >= DENSE_BYTES
+
+
+def test_shared_linear_link_allocates_no_dense_array(shared_link):
+    step = forward_backward(shared_link, list(shared_link.params()))
+    assert peak_bytes(step) < BOUND
+
+
+def test_shared_linear_function_without_bias_allocates_no_dense_array(shared_link):
+    W = shared_link.W
+    step = forward_backward(lambda x: shared_linear(x, W), [W])
+    assert peak_bytes(step) < BOUND
+
+
+def test_dense_linear_allocates_a_dense_gradient():
+    dense = L.Linear(IN_SIZE, OUT_SIZE)
+    step = forward_backward(dense, list(dense.params()))
+    assert peak_bytes(step) >= DENSE_BYTES > BOUND
+
+
+def test_tiled_2016_algorithm_allocates_the_tiled_weight(shared_link):
+    params = [shared_link.W, shared_link.b]
+    step = forward_backward(lambda x: TiledLinearFunction()(x, *params), params)
+    # The tiled weight in forward and backward, then the dense gradient.
+    assert peak_bytes(step) >= DENSE_BYTES > BOUND

@@ -1,0 +1,428 @@
+"""The example's datasets: the IDX reader, the verified downloader, mnist-5k."""
+
+import gzip
+import hashlib
+import http.server
+import os
+import socket
+import struct
+import sys
+import threading
+
+import numpy as np
+import pytest
+from chainer.dataset import download
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples'))
+
+import mnist_data  # NOQA: E402
+from mnist_data import DatasetError  # NOQA: E402
+
+IDX_NAMES = mnist_data.IDX_FILES
+
+
+def idx_bytes(array):
+    """``array`` in the IDX format, big-endian."""
+    codes = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
+             np.float32: 0x0D, np.float64: 0x0E}
+    code = codes[array.dtype.type]
+    header = struct.pack('>BBBB', 0, 0, code, array.ndim)
+    header += struct.pack('>{}I'.format(array.ndim), *array.shape)
+    return header + array.astype(array.dtype.newbyteorder('>')).tobytes()
+
+
+def write(path, data, compress=None):
+    if compress is None:
+        compress = str(path).endswith('.gz')
+    path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
+    return path
+
+
+def small_mnist(n_train=30, n_val=20, seed=0):
+    """A fake MNIST: the four ``.gz`` files' contents by name, and the arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        'train_images': rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        'train_labels': (np.arange(n_train) % 10).astype(np.uint8),
+        'val_images': rng.integers(0, 256, (n_val, 28, 28), dtype=np.uint8),
+        'val_labels': (np.arange(n_val)[::-1] % 10).astype(np.uint8),
+    }
+    files = {IDX_NAMES[part]: gzip.compress(idx_bytes(a), mtime=0)
+             for part, a in arrays.items()}
+    return files, arrays
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def dataset_root(tmp_path, monkeypatch):
+    """Chainer's dataset root in a temporary folder: no test touches the user's cache."""
+    root = tmp_path / 'dataset_root'
+    monkeypatch.setattr(download, '_dataset_root', str(root))
+    return root
+
+
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``/good/NAME`` as is, ``/bad/NAME`` altered, ``/short/NAME`` cut
+    short of its Content-Length, and 404 for anything else."""
+
+    files = {}
+    requests = []
+
+    def do_GET(self):
+        self.requests.append(self.path)
+        kind, _, name = self.path.strip('/').partition('/')
+        data = self.files.get(name)
+        if data is None or kind not in ('good', 'bad', 'short'):
+            self.send_error(404)
+            return
+        if kind == 'bad':
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[:len(data) // 2] if kind == 'short' else data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    """An HTTP server on 127.0.0.1 serving a small fake MNIST; yields its base URL."""
+    files, arrays = small_mnist()
+    handler = type('Handler', (MirrorHandler,), {'files': files, 'requests': []})
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    httpd.url = 'http://127.0.0.1:{}/'.format(httpd.server_address[1])
+    httpd.files, httpd.arrays, httpd.requests = files, arrays, handler.requests
+    httpd.md5sums = {name: md5(data) for name, data in files.items()}
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def closed_port_url():
+    """The address of a port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return 'http://127.0.0.1:{}/'.format(port)
+
+
+def assert_same_dataset(loaded, arrays):
+    (train_x, train_y), (val_x, val_y) = loaded
+    np.testing.assert_array_equal(train_x, arrays['train_images'])
+    np.testing.assert_array_equal(train_y, arrays['train_labels'])
+    np.testing.assert_array_equal(val_x, arrays['val_images'])
+    np.testing.assert_array_equal(val_y, arrays['val_labels'])
+
+
+# --- The downloader ------------------------------------------------------------------------
+
+def test_download_verifies_and_caches(server, dataset_root):
+    loaded = mnist_data.load_mnist(mirrors=[server.url + 'good/'], md5sums=server.md5sums)
+    assert_same_dataset(loaded, server.arrays)
+    cache = dataset_root / mnist_data.CACHE_NAME
+    assert sorted(os.listdir(cache)) == sorted(server.files)  # no temporary files left
+    for name, data in server.files.items():
+        assert (cache / name).read_bytes() == data
+    assert len(server.requests) == 4
+
+
+def test_wrong_checksum_is_rejected_and_the_next_mirror_tried(server, dataset_root):
+    mirrors = [server.url + 'bad/', server.url + 'short/', server.url + 'good/']
+    paths = mnist_data.fetch_mnist(mirrors, server.md5sums)
+    for part, name in IDX_NAMES.items():
+        assert open(paths[part], 'rb').read() == server.files[name]
+        assert server.requests.count('/bad/' + name) == 1
+        assert server.requests.count('/short/' + name) == 1
+        assert server.requests.count('/good/' + name) == 1
+    assert sorted(os.listdir(dataset_root / mnist_data.CACHE_NAME)) == sorted(server.files)
+
+
+def test_every_mirror_failing_gives_one_clear_error(server, dataset_root):
+    dead = closed_port_url()
+    mirrors = [server.url + 'bad/', server.url + 'missing/', dead]
+    with pytest.raises(DatasetError) as info:
+        mnist_data.load_mnist(mirrors=mirrors, md5sums=server.md5sums)
+    message = str(info.value)
+    assert '\n' not in message
+    name = IDX_NAMES['train_images']
+    assert server.url + 'bad/' + name in message
+    assert 'expected ' + server.md5sums[name] in message
+    assert server.url + 'missing/' + name in message and 'HTTP 404' in message
+    assert dead + name in message and 'refused' in message
+    assert '--dataset mnist-5k' in message and '--data-dir' in message
+    # Nothing corrupted was cached, and no partial download was left behind.
+    cache = dataset_root / mnist_data.CACHE_NAME
+    assert not cache.exists() or os.listdir(cache) == []
+
+
+def test_cache_is_used_without_network(server):
+    mirrors = [server.url + 'good/']
+    first = mnist_data.load_mnist(mirrors=mirrors, md5sums=server.md5sums)
+    n_requests = len(server.requests)
+    server.shutdown()
+    second = mnist_data.load_mnist(mirrors=[closed_port_url()], md5sums=server.md5sums)
+    assert len(server.requests) == n_requests
+    assert_same_dataset(second, server.arrays)
+    assert_same_dataset(first, server.arrays)
+
+
+def test_corrupted_cache_entry_is_downloaded_again(server, dataset_root):
+    cache = dataset_root / mnist_data.CACHE_NAME
+    cache.mkdir(parents=True)
+    name = IDX_NAMES['train_labels']
+    (cache / name).write_bytes(b'garbage')
+    paths = mnist_data.fetch_mnist([server.url + 'good/'], server.md5sums)
+    assert (cache / name).read_bytes() == server.files[name]
+    assert paths['train_labels'] == str(cache / name)
+    assert server.requests.count('/good/' + name) == 1
+
+
+def test_chainer_download_cache_is_used(server, dataset_root):
+    # chainer.datasets.get_mnist's downloads, kept under the MD5 of their URL.
+    dl_cache = dataset_root / '_dl_cache'
+    dl_cache.mkdir(parents=True)
+    for name, data in server.files.items():
+        url = mnist_data.CHAINER_MNIST_URL + name
+        (dl_cache / md5(url.encode())).write_bytes(data)
+    loaded = mnist_data.load_mnist(mirrors=[], md5sums=server.md5sums)
+    assert_same_dataset(loaded, server.arrays)
+    assert server.requests == []
+
+
+def test_chainer_npz_cache_is_used(dataset_root):
+    _, arrays = small_mnist()
+    folder = dataset_root / 'pfnet' / 'chainer' / 'mnist'
+    folder.mkdir(parents=True)
+    for split, part in (('train', 'train'), ('test', 'val')):
+        np.savez_compressed(folder / (split + '.npz'),
+                            x=arrays[part + '_images'].reshape(-1, 784),
+                            y=arrays[part + '_labels'])
+    assert_same_dataset(mnist_data.load('mnist', mirrors=[]), arrays)
+
+
+def test_broken_chainer_npz_cache_is_reported(dataset_root):
+    folder = dataset_root / 'pfnet' / 'chainer' / 'mnist'
+    folder.mkdir(parents=True)
+    (folder / 'train.npz').write_bytes(b'not a zip')
+    (folder / 'test.npz').write_bytes(b'not a zip')
+    with pytest.raises(DatasetError, match='train.npz: unreadable cache'):
+        mnist_data.load('mnist', mirrors=[])
+    assert (folder / 'train.npz').read_bytes() == b'not a zip'  # left for the user to judge
+
+
+# --- The IDX reader ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('compress', [False, True])
+@pytest.mark.parametrize('array', [
+    np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4),
+    np.array([3, 1, 4], np.uint8),
+    np.array([[-1, 2], [3, -40000]], np.int32),
+    np.array([0.5, -2.25], np.float32),
+    np.array([1e300], np.float64),
+    np.zeros((0, 28, 28), np.uint8),
+])
+def test_read_idx(tmp_path, array, compress):
+    path = write(tmp_path / 'a', idx_bytes(array), compress)
+    read = mnist_data.read_idx(str(path))
+    assert read.dtype == array.dtype and read.dtype.isnative
+    np.testing.assert_array_equal(read, array)
+
+
+def test_read_idx_wrong_magic_number(tmp_path):
+    data = bytearray(idx_bytes(np.zeros((2, 3), np.uint8)))
+    data[1] = 8
+    path = write(tmp_path / 'a', bytes(data))
+    with pytest.raises(DatasetError, match='wrong magic number 0x00080802'):
+        mnist_data.read_idx(str(path))
+
+
+@pytest.mark.parametrize('data', [b'', b'\0\0', b'\0\0\x07\x01', b'%PDF-1.4 ...'])
+def test_read_idx_not_idx(tmp_path, data):
+    path = write(tmp_path / 'a', data, compress=False)
+    with pytest.raises(DatasetError, match='not an IDX file'):
+        mnist_data.read_idx(str(path))
+
+
+@pytest.mark.parametrize('compress', [False, True])
+def test_read_idx_short_read(tmp_path, compress):
+    data = idx_bytes(np.zeros((10, 28, 28), np.uint8))[:-1]
+    path = write(tmp_path / 'a', data, compress)
+    with pytest.raises(DatasetError, match=r'truncated: .* 7840 bytes of data, the file has 7839'):
+        mnist_data.read_idx(str(path))
+
+
+def test_read_idx_truncated_header(tmp_path):
+    path = write(tmp_path / 'a', idx_bytes(np.zeros((10, 28, 28), np.uint8))[:10])
+    with pytest.raises(DatasetError, match='truncated: the header of 3 dimensions needs 16'):
+        mnist_data.read_idx(str(path))
+
+
+def test_read_idx_too_long(tmp_path):
+    path = write(tmp_path / 'a', idx_bytes(np.zeros(5, np.uint8)) + b'\0')
+    with pytest.raises(DatasetError, match='too long'):
+        mnist_data.read_idx(str(path))
+
+
+def test_read_idx_truncated_gzip(tmp_path):
+    data = gzip.compress(idx_bytes(np.arange(1000, dtype=np.int32)))
+    path = write(tmp_path / 'a.gz', data[:len(data) // 2], compress=False)
+    with pytest.raises(DatasetError, match='corrupted gzip data'):
+        mnist_data.read_idx(str(path))
+
+
+def test_read_idx_gzip_checksum_mismatch(tmp_path):
+    data = bytearray(gzip.compress(idx_bytes(np.arange(1000, dtype=np.int32))))
+    data[-6] ^= 0xFF  # in the CRC-32 of the trailer
+    path = write(tmp_path / 'a.gz', bytes(data), compress=False)
+    with pytest.raises(DatasetError, match='corrupted gzip data .*CRC'):
+        mnist_data.read_idx(str(path))
+
+
+def test_read_idx_missing_file(tmp_path):
+    with pytest.raises(DatasetError, match='no such file'):
+        mnist_data.read_idx(str(tmp_path / 'nothing'))
+
+
+@pytest.mark.parametrize('images, labels, message', [
+    (np.zeros((3, 28, 28), np.uint8), np.zeros(4, np.uint8), '3 images but .* 4 labels'),
+    (np.zeros((3, 784), np.uint8), np.zeros(3, np.uint8), 'expected images'),
+    (np.zeros((3, 28, 28), np.float32), np.zeros(3, np.uint8), 'expected images'),
+    (np.zeros((3, 28, 28), np.uint8), np.zeros((3, 1), np.uint8), 'expected labels'),
+    (np.zeros((3, 28, 28), np.uint8), np.array([0, 10, 1], np.uint8),
+     'label 10 is out of range'),
+])
+def test_load_idx_pair_mismatch(tmp_path, images, labels, message):
+    x = write(tmp_path / 'x.gz', idx_bytes(images))
+    y = write(tmp_path / 'y.gz', idx_bytes(labels))
+    with pytest.raises(DatasetError, match=message):
+        mnist_data.load_idx_pair(str(x), str(y))
+
+
+@pytest.mark.parametrize('compress', [False, True])
+@pytest.mark.parametrize('name', ['mnist', 'fashion-mnist'])
+def test_data_dir(tmp_path, name, compress):
+    files, arrays = small_mnist()
+    for file_name, data in files.items():
+        if compress:
+            write(tmp_path / file_name, data, compress=False)
+        else:
+            write(tmp_path / file_name[:-3], gzip.decompress(data), compress=False)
+    assert_same_dataset(mnist_data.load(name, str(tmp_path), mirrors=[]), arrays)
+
+
+def test_data_dir_without_the_files(tmp_path):
+    files, _ = small_mnist()
+    write(tmp_path / IDX_NAMES['train_images'], files[IDX_NAMES['train_images']],
+          compress=False)
+    with pytest.raises(DatasetError) as info:
+        mnist_data.load('fashion-mnist', str(tmp_path))
+    message = str(info.value)
+    assert message.startswith('fashion-mnist: {} lacks '.format(tmp_path))
+    for part in ('train_labels', 'val_images', 'val_labels'):
+        assert IDX_NAMES[part] in message
+    assert IDX_NAMES['train_images'] not in message
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    with pytest.raises(DatasetError, match='is not a directory: pass --data-dir'):
+        mnist_data.load('mnist', str(tmp_path / 'nothing'))
+
+
+def test_fashion_mnist_default_dir_names_the_debian_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(mnist_data, 'FASHION_MNIST_DIR', str(tmp_path / 'absent'))
+    with pytest.raises(DatasetError, match='apt-get install dataset-fashion-mnist'):
+        mnist_data.load('fashion-mnist')
+
+
+def test_unknown_dataset():
+    with pytest.raises(DatasetError, match="unknown dataset 'mnist-6k': expected one of"):
+        mnist_data.load('mnist-6k')
+
+
+# --- mnist-5k ------------------------------------------------------------------------------
+
+def test_mnist_5k_split():
+    (train_x, train_y), (val_x, val_y) = mnist_data.load('mnist-5k')
+    assert train_x.shape == (4000, 28, 28) and val_x.shape == (1000, 28, 28)
+    assert train_x.dtype == np.uint8 and train_y.dtype == np.uint8
+    assert np.bincount(train_y).tolist() == [400] * 10
+    assert np.bincount(val_y).tolist() == [100] * 10
+    # Any prefix is balanced: the digits take turns.
+    np.testing.assert_array_equal(train_y[:20], np.tile(np.arange(10), 2))
+    np.testing.assert_array_equal(val_y[:20], np.tile(np.arange(10), 2))
+    # The two sets are disjoint and together the whole file (its 5,000 images all differ).
+    with np.load(os.path.join(mnist_data.BUNDLED_DIR, 'mnist-5k.npz')) as npz:
+        everything = {image.tobytes() for image in npz['images']}
+    train = {image.tobytes() for image in train_x}
+    val = {image.tobytes() for image in val_x}
+    assert len(train) == 4000 and len(val) == 1000
+    assert train | val == everything
+
+
+def test_mnist_5k_split_is_deterministic():
+    first, second = mnist_data.load('mnist-5k'), mnist_data.load('mnist-5k')
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_mnist_5k_images_match_labels():
+    # A digit's mean image is closer to the mean of its own class than to the others':
+    # catches images and labels that were shuffled apart.
+    (train_x, train_y), (val_x, val_y) = mnist_data.load('mnist-5k')
+    means = np.stack([train_x[train_y == d].mean(0) for d in range(10)])
+    val_means = np.stack([val_x[val_y == d].mean(0) for d in range(10)])
+    distances = ((val_means[:, None] - means[None]) ** 2).sum((2, 3))
+    np.testing.assert_array_equal(distances.argmin(1), np.arange(10))
+
+
+def test_split_per_digit_needs_enough_of_each_class():
+    labels = np.repeat(np.arange(10, dtype=np.uint8), 5)
+    labels[0] = 1  # one 0 fewer
+    with pytest.raises(DatasetError, match=r'at least 5 examples .* \[4, 6,'):
+        mnist_data.split_per_digit(np.zeros((50, 2, 2), np.uint8), labels, 3, 2)
+
+
+def test_mnist_5k_corrupted_file(tmp_path):
+    (tmp_path / 'mnist-5k.npz').write_bytes(b'PK\x03\x04 truncated')
+    with pytest.raises(DatasetError, match='not a readable npz file'):
+        mnist_data.load('mnist-5k', str(tmp_path))
+
+
+def test_mnist_5k_missing_file(tmp_path):
+    with pytest.raises(DatasetError, match='mnist-5k.npz does not exist'):
+        mnist_data.load('mnist-5k', str(tmp_path))
+
+
+def test_as_dataset():
+    images = np.array([[[0, 255], [51, 102]], [[1, 2], [3, 4]]], np.uint8)
+    labels = np.array([7, 3], np.uint8)
+    dataset = mnist_data.as_dataset(images, labels, size=1)
+    assert len(dataset) == 1
+    x, t = dataset[0]
+    assert x.dtype == np.float32 and t.dtype == np.int32
+    np.testing.assert_allclose(x, [0, 1, 0.2, 0.4], rtol=1e-6)
+    assert t == 7
+
+
+def test_the_example_trains_on_mnist_from_a_mirror(server, tmp_path, capsys, monkeypatch):
+    import train_mnist3
+
+    # The script checks the real MNIST's sums; the server has files of its own.
+    for name, md5sum in server.md5sums.items():
+        monkeypatch.setitem(mnist_data.MNIST_MD5, name, md5sum)
+    argv = ['--dataset', 'mnist', '--mirror', server.url + 'missing/', '--mirror',
+            server.url + 'good/', '--epoch', '1', '--unit', '100', '--out-units', '90',
+            '--out', str(tmp_path / 'out')]
+    assert train_mnist3.main(argv) == 0
+    out, _ = capsys.readouterr()
+    assert '# dataset: mnist (30 training, 20 validation images)' in out
+    assert 'Final validation accuracy' in out
+    assert (tmp_path / 'out' / 'snapshot_iter_1').is_file()

@@ -1,0 +1,300 @@
+"""Data-parallel training with ChainerMN: SharedLinear needs no special handling.
+
+The workers in tests/mpi/ and the MNIST example (``--communicator naive``) run
+under ``mpiexec -n 2``; every run has a hard time bound, so that a rank that
+hangs fails the test instead of hanging the suite.
+These tests are skipped with a reason where MPI or mpi4py is missing, except under
+CI (``CI=true``), which installs both (see .ci/run), so a skip there would only hide
+that they did not run.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import chainer
+import numpy as np
+import pytest
+
+from tests.mpi import data_parallel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_PROCESSES = 2
+TIMEOUT_S = 120
+WORKER = os.path.join('tests', 'mpi', 'data_parallel.py')
+EXAMPLE = os.path.join('examples', 'train_mnist3.py')
+sys.path.insert(0, os.path.join(ROOT, 'examples'))
+
+import train_mnist3  # NOQA: E402
+
+
+def _why_no_mpi():
+    if shutil.which('mpiexec') is None:
+        return ('needs MPI: apt-get install openmpi-bin libopenmpi-dev (Debian/Ubuntu), '
+                'then scripts/test.sh installs mpi4py (the "mpi" extra)')
+    if importlib.util.find_spec('mpi4py') is None:
+        return ('needs mpi4py: pip install -e ".[mpi]", which scripts/test.sh does by itself '
+                'when mpicc is on PATH')
+    return None
+
+
+def _require_mpi():
+    reason = _why_no_mpi()
+    if reason is None:
+        return
+    if os.environ.get('CI') == 'true':
+        pytest.fail('CI must run the MPI tests, but this one ' + reason)
+    pytest.skip(reason)
+
+
+def mpiexec_command(n_processes):
+    """The ``mpiexec`` command line, up to the program, that starts ``n_processes`` ranks."""
+    command = [shutil.which('mpiexec')]
+    version = subprocess.run(command + ['--version'], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             universal_newlines=True, timeout=30).stdout
+    if 'Open MPI' in version or 'OpenRTE' in version:
+        # Open MPI refuses more ranks than cores (a CI machine may have one) and,
+        # without being told, to run as root (CI runs as root).
+        command.append('--oversubscribe')
+        if os.geteuid() == 0:
+            command.append('--allow-run-as-root')
+    return command + ['-n', str(n_processes)]
+
+
+def run_under_mpi(script_args, n_processes=N_PROCESSES, timeout=TIMEOUT_S):
+    """Runs ``python SCRIPT_ARGS...`` on ``n_processes`` ranks and returns ``(rc, output)``.
+
+    ``output`` is the ranks' stdout and stderr together. A job that outlives
+    ``timeout`` seconds is killed and fails the calling test with that output.
+    """
+    _require_mpi()
+    command = mpiexec_command(n_processes) + [sys.executable] + list(script_args)
+    # Its own process group, so that a hung job can be killed with all its ranks.
+    process = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               universal_newlines=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # mpiexec passes SIGTERM on to its ranks; SIGKILL is for whatever ignores it.
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        pytest.fail('{} did not finish within {} s and was killed; its output:\n{}'.format(
+            ' '.join(command), timeout, output))
+    return process.returncode, output
+
+
+@pytest.fixture(scope='module')
+def rank_params(tmp_path_factory):
+    """``[params of rank 0, params of rank 1]``, each ``{stage + name: array}``."""
+    out_dir = tmp_path_factory.mktemp('data_parallel')
+    rc, output = run_under_mpi([WORKER, str(out_dir)])
+    assert rc == 0, 'the data-parallel worker failed (exit status {}):\n{}'.format(rc, output)
+    ranks = []
+    for rank in range(N_PROCESSES):
+        with np.load(str(out_dir / 'rank{}.npz'.format(rank))) as saved:
+            ranks.append(dict(saved))
+    return ranks
+
+
+def _stage(params, stage):
+    prefix = stage + '/'
+    return {key[len(prefix) - 1:]: array for key, array in params.items()
+            if key.startswith(prefix)}
+
+
+def test_model_has_a_shared_linear_and_an_ordinary_linear(rank_params):
+    names = set(_stage(rank_params[0], 'final'))
+    assert names == {'/predictor/l1/W', '/predictor/l1/b', '/predictor/l2/W', '/predictor/l2/b'}
+    assert rank_params[0]['final/predictor/l1/W'].shape == (
+        data_parallel.HIDDEN, data_parallel.IN_SIZE // data_parallel.N_SHARED)
+
+
+def test_ranks_start_different_and_are_synced_from_rank_0(rank_params):
+    initial = [_stage(params, 'initial') for params in rank_params]
+    synced = [_stage(params, 'synced') for params in rank_params]
+    # Otherwise the broadcast below would be checked against nothing.
+    assert not np.array_equal(initial[0]['/predictor/l1/W'], initial[1]['/predictor/l1/W'])
+    for rank in range(N_PROCESSES):
+        for name, array in synced[rank].items():
+            np.testing.assert_array_equal(array, initial[0][name], err_msg=name)
+
+
+def test_every_rank_holds_bit_identical_parameters_after_training(rank_params):
+    final = [_stage(params, 'final') for params in rank_params]
+    synced = _stage(rank_params[0], 'synced')
+    for name in final[0]:
+        assert final[0][name].dtype == data_parallel.DTYPE
+        assert not np.array_equal(final[0][name], synced[name]), name + ' was not trained'
+        for rank in range(1, N_PROCESSES):
+            assert final[rank][name].tobytes() == final[0][name].tobytes(), (
+                '{} differs between rank 0 and rank {}'.format(name, rank))
+
+
+# Averaging the gradients of the halves and differentiating the whole minibatch
+# differ only in summation order, about 1e-16 relative per operation in float64;
+# a few steps of momentum SGD amplify that by far less than 1e3.
+RTOL, ATOL = 1e-12, 1e-14
+
+
+def test_parameters_equal_single_process_training_on_the_whole_minibatch(rank_params):
+    initial = _stage(rank_params[0], 'initial')
+    final = _stage(rank_params[0], 'final')
+    expected = data_parallel.train_single_process(initial)
+    assert set(expected) == set(final)
+    for name in final:
+        np.testing.assert_allclose(final[name], expected[name], rtol=RTOL, atol=ATOL,
+                                   err_msg=name)
+
+
+def test_without_averaging_rank_0_would_have_trained_elsewhere(rank_params):
+    # The tolerance above is tight enough to tell the averaged gradients from
+    # rank 0's own: training on rank 0's half alone ends far from the result.
+    initial = _stage(rank_params[0], 'initial')
+    final = _stage(rank_params[0], 'final')
+    alone = data_parallel.train_single_process(
+        initial, data_parallel.rank_slice(0, N_PROCESSES))
+    for name in ('/predictor/l1/W', '/predictor/l2/W'):
+        assert not np.allclose(final[name], alone[name], rtol=RTOL, atol=ATOL), name
+
+
+def test_a_failing_rank_aborts_the_whole_job(tmp_path):
+    rc, output = run_under_mpi([WORKER, str(tmp_path), '--fail-on-rank', '1'], timeout=60)
+    assert rc != 0, output
+    assert 'RuntimeError: deliberate failure on rank 1' in output, output
+    # ChainerMN's global except hook, not a lucky exit, ended rank 0's wait.
+    assert 'Uncaught exception on rank 1' in output, output
+    assert not (tmp_path / 'rank0.npz').exists(), output
+
+
+# The example on 2 ranks: 400 training images, 200 to validate, minibatches of
+# 100 split into 50 per rank, so 200 training and 100 validation images each,
+# and 4 iterations an epoch.
+EXAMPLE_QUICK = ['--dataset', 'mnist-5k', '--train-size', '400', '--val-size', '200',
+                 '--batchsize', '100', '--seed', '0']
+
+
+@pytest.fixture
+def dataset_root(tmp_path, monkeypatch):
+    """Chainer's dataset root, for the ranks too, in a temporary folder."""
+    root = tmp_path / 'dataset_root'
+    monkeypatch.setenv('CHAINER_DATASET_ROOT', str(root))
+    return root
+
+
+def files_under(folder):
+    return sorted(os.path.relpath(os.path.join(parent, name), str(folder))
+                  for parent, _, names in os.walk(str(folder)) for name in names)
+
+
+def read_log(folder):
+    with open(str(folder / 'log')) as f:
+        return json.load(f)
+
+
+def initial_validation(argv):
+    """Loss and accuracy of the example's initial model on its whole validation set."""
+    args = train_mnist3.parse_args(argv)
+    _, val_set = train_mnist3.load_dataset(args)
+    model = train_mnist3.build_model(args, val_set[0][0].size, dense=False)
+    x, t = chainer.dataset.concat_examples(val_set)
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        model(x, t)
+    return float(model.loss.array), float(model.accuracy.array)
+
+
+def test_example_trains_on_two_ranks_and_only_rank_0_reports_then_resumes(tmp_path,
+                                                                          dataset_root):
+    out = tmp_path / 'result'
+    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--epoch', '1',
+                                '--out', str(out)] + EXAMPLE_QUICK, timeout=90)
+    assert rc == 0, output
+    assert 'Traceback' not in output, output
+    # Rank 0 alone writes: one copy of each result, nothing else anywhere.
+    assert files_under(tmp_path) == ['result/accuracy.png', 'result/log', 'result/loss.png',
+                                     'result/snapshot_iter_4'], output
+    log = read_log(out)
+    # 4 iterations, not 2: each rank takes 50 images of every minibatch of 100.
+    assert [(e['epoch'], e['iteration']) for e in log] == [(0, 0), (1, 4)]
+    # Before training, the ranks evaluate rank 0's initial model on their halves;
+    # the multi-node evaluator's average is the figure of the whole validation set.
+    loss, accuracy = initial_validation(EXAMPLE_QUICK)
+    assert log[0]['validation/main/loss'] == pytest.approx(loss, rel=1e-5)
+    assert log[0]['validation/main/accuracy'] == pytest.approx(accuracy, rel=1e-5)
+    assert 0 <= log[1]['validation/main/accuracy'] <= 1
+    with np.load(str(out / 'snapshot_iter_4')) as snapshot:
+        # Adam stepped at every iteration, the first included, SharedLinear.W too.
+        assert snapshot['updater/optimizer:main/t'] == 4
+        assert snapshot['updater/optimizer:main/predictor/l2/W/t'] == 4
+    # Printed by rank 0 only.
+    final = 'Final validation accuracy: {:.4f}'.format(log[-1]['validation/main/accuracy'])
+    assert output.count(final) == 1, output
+    assert output.count('# communicator: naive, 2 processes, each with 50 images of every '
+                        'minibatch, 200 training and 100 validation images') == 1, output
+    assert output.count('validation/main/accuracy  elapsed_time') == 1, output
+    assert output.count('100.00%') == 1, output  # the progress bar
+
+    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--epoch', '2',
+                                '--out', str(out), '--resume', str(out)] + EXAMPLE_QUICK,
+                               timeout=90)
+    assert rc == 0, output
+    assert output.count('Resuming from {} (epoch 1, iteration 4)'.format(
+        out / 'snapshot_iter_4')) == 1, output
+    assert files_under(tmp_path) == ['result/accuracy.png', 'result/log', 'result/loss.png',
+                                     'result/snapshot_iter_8'], output
+    resumed = read_log(out)
+    assert resumed[:2] == log
+    assert [(e['epoch'], e['iteration']) for e in resumed] == [(0, 0), (1, 4), (2, 8)]
+    with np.load(str(out / 'snapshot_iter_8')) as snapshot:
+        assert snapshot['updater/optimizer:main/t'] == 8
+
+
+def test_example_mistake_found_on_rank_0_ends_every_rank(tmp_path, dataset_root):
+    # Rank 0 alone reads the dataset; the other rank must not wait for it forever.
+    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--train-size', '4001',
+                                '--out', str(tmp_path / 'out')], timeout=60)
+    assert rc == 2, output
+    message = 'train_mnist3.py: error: --train-size 4001 is more than the 4000 images'
+    assert output.count(message) == 1, output
+    assert 'Traceback' not in output, output
+    assert not (tmp_path / 'out').exists()
+
+
+def test_example_communicator_without_mpiexec_is_one_line(tmp_path):
+    env = {name: value for name, value in os.environ.items()
+           if name not in train_mnist3.MPI_LAUNCHER_VARIABLES}
+    result = subprocess.run([sys.executable, EXAMPLE, '--communicator', 'naive', '--out',
+                             str(tmp_path / 'out')], cwd=ROOT, env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stdout == ''
+    assert result.stderr.count('\n') == 1, result.stderr
+    assert result.stderr.startswith('train_mnist3.py: error: --communicator naive trains on '
+                                    'the processes that an MPI launcher starts')
+    assert 'mpiexec -n N python {} --communicator naive'.format(EXAMPLE) in result.stderr
+    assert not (tmp_path / 'out').exists()
+
+
+def test_example_communicator_without_mpi4py_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '2')  # as if mpiexec had started it
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *args: None if name == 'mpi4py' else find_spec(name, *args))
+    status = train_mnist3.main(['--communicator', 'naive', '--out', str(tmp_path / 'out')])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == ''
+    assert err.count('\n') == 1, err
+    assert "error: --communicator needs mpi4py: pip install -e '.[mpi]'" in err
+    assert 'apt-get install openmpi-bin libopenmpi-dev' in err
+    assert not (tmp_path / 'out').exists()

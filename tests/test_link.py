@@ -127,6 +127,7 @@ def test_initialW_array_of_the_dense_shape_is_refused():
     lazy = SharedLinear(3, n_shared=2, initialW=np.zeros((3, 4), np.float32))
     with pytest.raises(ValueError, match=r'initialW has shape \(3, 4\)'):
         lazy(np.ones((1, 4), np.float32))
+    assert lazy.in_size is None and lazy.W.array is None  # left as it was
 
 
 def test_from_params():

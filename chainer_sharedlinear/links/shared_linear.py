@@ -123,14 +123,19 @@ class SharedLinear(link.Link):
         return self.out_size, self.in_size // self.n_shared
 
     def _initialize_params(self, in_size: int) -> None:
-        self.in_size = check_in_size(in_size, self.n_shared)
+        # Everything is checked before anything is set: a refused lazy
+        # initialisation leaves the link as it was.
+        in_size = check_in_size(in_size, self.n_shared)
+        shape = (self.out_size, in_size // self.n_shared)
         fill_value = getattr(self.W.initializer, 'fill_value', None)
-        if getattr(fill_value, 'ndim', 0) and fill_value.shape != self.weight_shape:
+        if getattr(fill_value, 'ndim', 0) and fill_value.shape != shape:
             raise ValueError(
-                'initialW has shape {}, but the shared weight of {} has shape {}; '
-                'for a dense (out_size, in_size) weight use SharedLinear.from_linear'
-                .format(fill_value.shape, self, self.weight_shape))
-        self.W.initialize(self.weight_shape)
+                'initialW has shape {}, but the shared weight of a SharedLinear with '
+                'in_size={}, out_size={}, n_shared={} has shape {}; for a dense '
+                '(out_size, in_size) weight use SharedLinear.from_linear'.format(
+                    fill_value.shape, in_size, self.out_size, self.n_shared, shape))
+        self.in_size = in_size
+        self.W.initialize(shape)
 
     @classmethod
     def from_params(cls, W, b=None, nobias=False, *, n_shared: int) -> 'SharedLinear':

@@ -19,6 +19,7 @@ import sys
 import chainer
 import numpy as np
 import pytest
+import train_mnist3
 
 from tests.mpi import data_parallel
 
@@ -27,9 +28,6 @@ N_PROCESSES = 2
 TIMEOUT_S = 120
 WORKER = os.path.join('tests', 'mpi', 'data_parallel.py')
 EXAMPLE = os.path.join('examples', 'train_mnist3.py')
-sys.path.insert(0, os.path.join(ROOT, 'examples'))
-
-import train_mnist3  # NOQA: E402
 
 
 def _why_no_mpi():
@@ -181,14 +179,6 @@ def test_a_failing_rank_aborts_the_whole_job(tmp_path):
 # and 4 iterations an epoch.
 EXAMPLE_QUICK = ['--dataset', 'mnist-5k', '--train-size', '400', '--val-size', '200',
                  '--batchsize', '100', '--seed', '0']
-
-
-@pytest.fixture
-def dataset_root(tmp_path, monkeypatch):
-    """Chainer's dataset root, for the ranks too, in a temporary folder."""
-    root = tmp_path / 'dataset_root'
-    monkeypatch.setenv('CHAINER_DATASET_ROOT', str(root))
-    return root
 
 
 def files_under(folder):

@@ -6,17 +6,14 @@ import http.server
 import os
 import socket
 import struct
-import sys
 import threading
 
+import mnist_data
 import numpy as np
 import pytest
-from chainer.dataset import download
+from mnist_data import DatasetError
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'examples'))
-
-import mnist_data  # NOQA: E402
-from mnist_data import DatasetError  # NOQA: E402
+pytestmark = pytest.mark.usefixtures('dataset_root')
 
 IDX_NAMES = mnist_data.IDX_FILES
 
@@ -54,14 +51,6 @@ def small_mnist(n_train=30, n_val=20, seed=0):
 
 def md5(data):
     return hashlib.md5(data).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def dataset_root(tmp_path, monkeypatch):
-    """Chainer's dataset root in a temporary folder: no test touches the user's cache."""
-    root = tmp_path / 'dataset_root'
-    monkeypatch.setattr(download, '_dataset_root', str(root))
-    return root
 
 
 class MirrorHandler(http.server.BaseHTTPRequestHandler):

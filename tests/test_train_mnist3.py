@@ -10,27 +10,15 @@ import sys
 import chainer.links as L
 import numpy as np
 import pytest
-from chainer.dataset import download
+import train_mnist3
 
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'examples')
-SCRIPT = os.path.join(EXAMPLES, 'train_mnist3.py')
-sys.path.insert(0, EXAMPLES)
+from chainer_sharedlinear import SharedLinear
 
-import train_mnist3  # NOQA: E402
-
-from chainer_sharedlinear import SharedLinear  # NOQA: E402
+SCRIPT = os.path.abspath(train_mnist3.__file__)
+pytestmark = pytest.mark.usefixtures('dataset_root')
 
 # A run of a few seconds: 200 training images (2 iterations an epoch), 100 to validate.
 QUICK = ['--dataset', 'mnist-5k', '--train-size', '200', '--val-size', '100']
-
-
-@pytest.fixture(autouse=True)
-def dataset_root(tmp_path, monkeypatch):
-    """Chainer's dataset root in a temporary folder: no test touches the user's cache."""
-    root = tmp_path / 'dataset_root'
-    monkeypatch.setattr(download, '_dataset_root', str(root))
-    monkeypatch.setenv('CHAINER_DATASET_ROOT', str(root))
-    return root
 
 
 def run_script(*args, cwd):

@@ -12,6 +12,7 @@ when asked for.
 
 from chainer_sharedlinear.convert import (  # NOQA
     ConversionReport,
+    convert_linears,
     share_linears,
     unshare_linears,
 )
@@ -22,6 +23,6 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
-    'ConversionReport', 'SharedLinear', 'TiledLinearFunction', 'register', 'share_linears',
-    'shared_linear', 'unshare_linears',
+    'ConversionReport', 'SharedLinear', 'TiledLinearFunction', 'convert_linears', 'register',
+    'share_linears', 'shared_linear', 'unshare_linears',
 ]

@@ -1,12 +1,23 @@
-"""Swapping ``L.Linear`` for ``SharedLinear`` throughout a model, and back, in place."""
+"""Swapping the ``L.Linear`` links of a model for the family's links, and back, in place.
 
+:func:`convert_linears` is the one entry point: it takes any conversion of an
+``L.Linear`` (``SharedLinear.from_linear``, ``HashedLinear.from_linear``,
+``KroneckerLinear.from_linear`` or a function of your own) and applies it
+throughout a model. :func:`share_linears` is its shorthand for
+``SharedLinear``, and :func:`unshare_linears` converts every layer of the
+family back to ``L.Linear``.
+"""
+
+import collections
 import dataclasses
 import typing as tp
 
 import chainer
 import chainer.links as L
 
-from chainer_sharedlinear.links.shared_linear import SharedLinear, check_n_shared
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.links.shared_linear import SharedLinear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 Include = tp.Union[None, str, tp.Iterable[str], tp.Callable[[str, chainer.Link], bool]]
 
@@ -14,26 +25,39 @@ _SETUP_AGAIN = (
     'Call optimizer.setup(model) again before training: the new parameters have no update '
     'rule yet, so an optimizer set up before leaves them unchanged.')
 
+_NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward '
+                    'pass; run one, or build the layer with in_size')
+
 
 @dataclasses.dataclass(frozen=True)
 class ConversionReport:
-    """What :func:`share_linears` or :func:`unshare_linears` did to a model.
+    """What :func:`convert_linears`, :func:`share_linears` or :func:`unshare_linears` did.
 
     Links are named by their paths in the model, as
     :meth:`chainer.Link.namedlinks` gives them: ``'/l1'``, ``'/encoder/0'``.
 
     Attributes:
-        changed (tuple of str): The links replaced, in the model's order.
-        skipped (dict): The links of the kind converted that were left as they
-            were, each with the reason.
+        changed (tuple of str): The paths whose link was replaced, in the model's order.
+        skipped (dict): The paths of the links of the kind converted that were
+            left as they were, each with the reason.
         params_before (int): Parameter elements in the model before.
         params_after (int): Parameter elements in the model after.
+        tied (tuple of tuples of str): The paths at which one link object is
+            reachable, for each such link (weight tying). A tied link is one
+            layer: it is converted at all of its paths, or at none.
+        hooks (dict): The names of the link hooks carried over to each new link,
+            by its first path.
+        dropped_hooks (dict): The link hooks that the new link did not take,
+            by its first path, each ``{name: reason}``.
     """
 
     changed: tp.Tuple[str, ...]
     skipped: tp.Dict[str, str]
     params_before: int
     params_after: int
+    tied: tp.Tuple[tp.Tuple[str, ...], ...] = ()
+    hooks: tp.Dict[str, tp.Tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    dropped_hooks: tp.Dict[str, tp.Dict[str, str]] = dataclasses.field(default_factory=dict)
 
     @property
     def needs_optimizer_setup(self) -> bool:
@@ -45,40 +69,86 @@ class ConversionReport:
             len(self.changed), len(self.skipped), self.params_before, self.params_after)]
         lines += ['  changed {}'.format(path) for path in self.changed]
         lines += ['  skipped {}: {}'.format(path, why) for path, why in self.skipped.items()]
-        if self.changed:
-            lines.append(_SETUP_AGAIN)
-        else:
-            lines.append('Nothing was converted.')
+        lines += ['  tied: {} are one link'.format(', '.join(paths)) for paths in self.tied]
+        lines += ['  hooks carried over to {}: {}'.format(path, ', '.join(names))
+                  for path, names in self.hooks.items()]
+        lines += ['  hook {} dropped from {}: {}'.format(name, path, why)
+                  for path, dropped in self.dropped_hooks.items()
+                  for name, why in dropped.items()]
+        lines.append(_SETUP_AGAIN if self.changed else 'Nothing was converted.')
         return '\n'.join(lines)
+
+
+def convert_linears(model: chainer.Link, convert: tp.Callable[[L.Linear], chainer.Link], *,
+                    include: Include = None) -> ConversionReport:
+    """Replaces the ``L.Linear`` links of a model by ``convert(link)``, in place.
+
+    Walks ``model`` (a :class:`~chainer.Chain`, :class:`~chainer.ChainList`
+    or :class:`~chainer.Sequential`, nested to any depth) and replaces every
+    selected ``L.Linear`` by what ``convert`` returns for it, under the same
+    name. ``convert`` raises ``ValueError`` for a layer it cannot convert
+    (an ``in_size`` that does not fit the pattern, say): that layer is
+    skipped, and the report says why. Also skipped: a layer not initialised
+    yet (a lazy ``L.Linear(out_size)`` before its first forward pass), and a
+    subclass of ``L.Linear``, whose forward may differ.
+
+    The conversion is atomic: every new link is made before the model is
+    touched, so an error leaves the model as it was. A link reachable at
+    several paths (tied weights) is one layer and becomes one new link at all
+    of them. The link hooks of a replaced link are added to the new one; a
+    hook the new link refuses (spectral normalisation of a hashed layer, say)
+    is dropped and the report says why.
+
+    An optimizer set up on the model before does not update the new
+    parameters: call ``optimizer.setup(model)`` again (which also restarts
+    its state, such as Adam's moments).
+
+    Args:
+        model (~chainer.Link): The model; changed in place.
+        convert: A function from an initialised ``L.Linear`` to its
+            replacement, such as ``lambda linear: HashedLinear.from_linear(
+            linear, n_weights=linear.W.size // 8)``.
+        include: Which ``L.Linear`` links to convert. ``None``: all. A path or
+            a collection of paths (``'/l1'``; the leading ``/`` may be left
+            out): those, which must exist and be convertible, else
+            ``ValueError`` and the model is left as it was. A callable
+            ``include(path, link) -> bool``: those it accepts at one of their
+            paths at least.
+
+    Returns:
+        ConversionReport: What changed, what was skipped and why, the tied
+        links, the hooks, and the parameter counts.
+
+    .. admonition:: Example
+
+        >>> import chainer
+        >>> import chainer.functions as F
+        >>> import chainer.links as L
+        >>> from chainer_sharedlinear import SharedLinear
+        >>> model = chainer.Sequential(L.Linear(6, 4), F.relu, L.Linear(4, 2))
+        >>> report = convert_linears(model, lambda linear: SharedLinear.from_linear(linear, 2))
+        >>> report.changed  # the paths count the links of a Sequential, not its functions
+        ('/0', '/1')
+        >>> model[0]
+        SharedLinear(in_size=6, out_size=4, n_shared=2, nobias=False)
+    """
+    return _replace_links(model, include, 'convert_linears', L.Linear, _why_not_linear, convert)
 
 
 def share_linears(model: chainer.Link, n_shared: int, *,
                   include: Include = None) -> ConversionReport:
     """Replaces the ``L.Linear`` links of a model by ``SharedLinear``, in place.
 
-    Walks ``model`` (a :class:`~chainer.Chain`, :class:`~chainer.ChainList`
-    or :class:`~chainer.Sequential`, nested to any depth) and replaces every
-    selected ``L.Linear`` by :meth:`SharedLinear.from_linear(link, n_shared)
-    <chainer_sharedlinear.SharedLinear.from_linear>`, under the same name.
-    A link that cannot be converted is skipped, and the report says why: its
-    ``in_size`` is not a multiple of ``n_shared``, it is not initialised yet
-    (a lazy ``L.Linear(out_size)`` before its first forward pass), it is a
-    subclass of ``L.Linear`` (whose forward may differ), or ``include`` left it
-    out. An ``n_shared`` that fits no layer is not an error: the report says
-    nothing changed.
-
-    An optimizer set up on the model before does not update the new
-    parameters: call ``optimizer.setup(model)`` again (which also restarts its
-    state, such as Adam's moments).
+    :func:`convert_linears` with :meth:`SharedLinear.from_linear(link,
+    n_shared) <chainer_sharedlinear.SharedLinear.from_linear>`: every selected
+    ``L.Linear`` whose ``in_size`` ``n_shared`` divides becomes the closest
+    shared layer. An ``n_shared`` that fits no layer is not an error: the
+    report says nothing changed.
 
     Args:
         model (~chainer.Link): The model; changed in place.
         n_shared (int): The number of input blocks that will share each weight.
-        include: Which ``L.Linear`` links to convert. ``None``: all. A path or
-            a collection of paths (``'/l1'``; the leading ``/`` may be left
-            out): those, which must exist and be convertible, else
-            ``ValueError`` and the model is left as it was. A callable
-            ``include(path, link) -> bool``: those it accepts.
+        include: Which ``L.Linear`` links to convert, as in :func:`convert_linears`.
 
     Returns:
         ConversionReport: What changed, what was skipped and why, and the
@@ -96,39 +166,25 @@ def share_linears(model: chainer.Link, n_shared: int, *,
         2 changed, 1 skipped; parameters 1,796,010 -> 887,010
           changed /1
           changed /2
-          skipped /0: in_size=784 is not divisible by n_shared=10
+          skipped /0: in_size=784 is not divisible by n_shared=10: ...
         Call optimizer.setup(model) again before training: ...
         >>> model[2]
         SharedLinear(in_size=1000, out_size=1000, n_shared=10, nobias=False)
     """
-    n_shared = check_n_shared(n_shared)
-
-    def why_not(link):
-        if type(link) is not L.Linear:
-            return 'a subclass of L.Linear ({}), whose forward may differ'.format(
-                type(link).__name__)
-        if link.W.array is None:
-            return ('not initialised yet: in_size is only known after the first forward '
-                    'pass; run one, or build the layer with in_size')
-        in_size = link.W.shape[1]
-        if in_size % n_shared:
-            return 'in_size={} is not divisible by n_shared={}'.format(in_size, n_shared)
-        return None
-
-    return _replace_links(
-        model, include, 'share_linears', L.Linear, why_not,
-        lambda link: SharedLinear.from_linear(link, n_shared))
+    n_shared = _checks.positive_int('n_shared', n_shared)
+    return _replace_links(model, include, 'share_linears', L.Linear, _why_not_linear,
+                          lambda link: SharedLinear.from_linear(link, n_shared))
 
 
 def unshare_linears(model: chainer.Link, *, include: Include = None) -> ConversionReport:
-    """Replaces the ``SharedLinear`` links of a model by ``L.Linear``, in place.
+    """Replaces the family's links in a model by ``L.Linear``, in place.
 
-    The model-level :meth:`SharedLinear.to_linear
-    <chainer_sharedlinear.SharedLinear.to_linear>`: each selected
-    ``SharedLinear`` becomes the ``L.Linear`` with the tiled weight, which
-    computes the same outputs, so that the model runs where this package is
-    not installed. ``include`` and the report are as in :func:`share_linears`;
-    a ``SharedLinear`` not initialised yet is skipped.
+    The model-level ``to_linear()``: each selected ``SharedLinear``,
+    ``HashedLinear`` or ``KroneckerLinear`` becomes the ``L.Linear`` with its
+    dense weight, which computes the same outputs, so that the model runs
+    where this package is not installed. ``include``, tied links, hooks and
+    the report are as in :func:`convert_linears`; a layer not initialised yet
+    is skipped.
 
     .. admonition:: Example
 
@@ -141,16 +197,45 @@ def unshare_linears(model: chainer.Link, *, include: Include = None) -> Conversi
         Linear(in_size=8, out_size=2, nobias=False)
     """
     def why_not(link):
-        if type(link) is not SharedLinear:
-            return 'a subclass of SharedLinear ({}), whose forward may differ'.format(
+        if type(link) not in _family():
+            return 'a subclass of {} ({}), whose forward may differ'.format(
+                next(base.__name__ for base in type(link).__mro__ if base in _family()),
                 type(link).__name__)
-        if link.W.array is None:
-            return ('not initialised yet: in_size is only known after the first forward '
-                    'pass; run one, or build the layer with in_size')
+        if not link._is_initialized:
+            return _NOT_INITIALISED
         return None
 
     return _replace_links(
-        model, include, 'unshare_linears', SharedLinear, why_not, SharedLinear.to_linear)
+        model, include, 'unshare_linears', VirtualLinear, why_not,
+        lambda link: link.to_linear())
+
+
+def _why_not_linear(link) -> tp.Optional[str]:
+    if type(link) is not L.Linear:
+        return 'a subclass of L.Linear ({}), whose forward may differ'.format(
+            type(link).__name__)
+    if link.W.array is None:
+        return _NOT_INITIALISED
+    return None
+
+
+def _family() -> tp.Tuple[type, ...]:
+    # The links whose to_linear() is exact. Imported here: convert is imported
+    # by the package's __init__, before the links that import it.
+    from chainer_sharedlinear import links
+    return tuple(getattr(links, name) for name in links.__all__)
+
+
+class _Candidate:
+    """One link object of the kind converted, with all the paths it is reachable at."""
+
+    def __init__(self, link: chainer.Link, path: str) -> None:
+        self.link = link
+        self.paths = [path]
+        self.replacement: tp.Optional[chainer.Link] = None
+        self.skipped: tp.Optional[str] = None
+        self.hooks: tp.List[str] = []
+        self.dropped_hooks: tp.Dict[str, str] = collections.OrderedDict()
 
 
 def _replace_links(model, include, caller, kind, why_not, convert) -> ConversionReport:
@@ -159,47 +244,75 @@ def _replace_links(model, include, caller, kind, why_not, convert) -> Conversion
                         'got {}'.format(caller, type(model).__name__))
     if isinstance(model, kind):
         raise ValueError(
-            '{} replaces the links inside a model, and the model is itself a {}; '
-            'use SharedLinear.{} on it instead, which returns a new link'.format(
-                caller, kind.__name__,
-                'from_linear' if kind is L.Linear else 'to_linear'))
+            '{} replaces the links inside a model, and the model is itself a {}; use {} on '
+            'it instead, which returns a new link'.format(
+                caller, type(model).__name__,
+                'SharedLinear.from_linear' if kind is L.Linear else
+                '{}.to_linear'.format(type(model).__name__)))
 
     links = dict(model.namedlinks())
-    candidates = [(path, link) for path, link in links.items() if isinstance(link, kind)]
-    selected = _select(include, links, candidates, kind, why_not)
+    candidates: 'collections.OrderedDict[int, _Candidate]' = collections.OrderedDict()
+    for path, link in links.items():
+        if isinstance(link, kind):
+            if id(link) in candidates:
+                candidates[id(link)].paths.append(path)
+            else:
+                candidates[id(link)] = _Candidate(link, path)
+    named = _named_links(include, links, candidates, kind)
+
+    # Everything is made before anything is changed, so that an error leaves
+    # the model as it was.
+    for candidate in candidates.values():
+        if not _selected(include, named, candidate):
+            candidate.skipped = 'excluded by include'
+            continue
+        candidate.skipped = why_not(candidate.link)
+        if candidate.skipped is None:
+            try:
+                candidate.replacement = convert(candidate.link)
+            except ValueError as e:
+                candidate.skipped = str(e)
+        if candidate.skipped is not None:
+            if id(candidate.link) in named:
+                raise ValueError('include names {}, which cannot be converted: {}'.format(
+                    candidate.paths[0], candidate.skipped))
+            continue
+        if not isinstance(candidate.replacement, chainer.Link):
+            raise TypeError('{}: the conversion of {} returned {!r}, not a chainer.Link'.format(
+                caller, candidate.paths[0], candidate.replacement))
+        _carry_hooks(candidate)
 
     params_before = _count_params(model)
-    changed = []
-    skipped = {}
-    replacements = {}  # id of the old link -> its replacement, for links reached twice
-    for path, link in candidates:
-        if path not in selected:
-            skipped[path] = 'excluded by include'
-            continue
-        reason = why_not(link)
-        if reason is not None:
-            skipped[path] = reason
-            continue
-        if id(link) not in replacements:
-            replacements[id(link)] = convert(link)
-        parent_path, _, name = path.rpartition('/')
-        _replace_child(links[parent_path or '/'], name, link, replacements[id(link)])
-        changed.append(path)
-    return ConversionReport(tuple(changed), skipped, params_before, _count_params(model))
+    for candidate in candidates.values():
+        if candidate.replacement is not None:
+            for path in candidate.paths:
+                parent_path, _, name = path.rpartition('/')
+                _replace_child(links[parent_path or '/'], name, candidate.link,
+                               candidate.replacement)
+
+    position = {path: i for i, path in enumerate(links)}
+    ordered = sorted(((path, candidate) for candidate in candidates.values()
+                      for path in candidate.paths), key=lambda item: position[item[0]])
+    return ConversionReport(
+        changed=tuple(path for path, c in ordered if c.replacement is not None),
+        skipped={path: c.skipped for path, c in ordered if c.replacement is None},
+        params_before=params_before,
+        params_after=_count_params(model),
+        tied=tuple(tuple(c.paths) for c in candidates.values() if len(c.paths) > 1),
+        hooks={c.paths[0]: tuple(c.hooks) for c in candidates.values() if c.hooks},
+        dropped_hooks={c.paths[0]: dict(c.dropped_hooks)
+                       for c in candidates.values() if c.dropped_hooks})
 
 
-def _select(include, links, candidates, kind, why_not) -> tp.Set[str]:
-    if include is None:
-        return {path for path, _ in candidates}
-    if callable(include):
-        return {path for path, link in candidates if include(path, link)}
-
+def _named_links(include, links, candidates, kind) -> tp.Set[int]:
+    """The ids of the links that ``include`` names by path; every name is checked."""
+    if include is None or callable(include):
+        return set()
     names = [include] if isinstance(include, str) else list(include)
-    kind_name = 'L.Linear' if kind is L.Linear else kind.__name__
-    known = ', '.join(path for path, _ in candidates) or 'none'
-    selected = set()
-    # A link asked for by name must be converted: any that cannot is an error,
-    # raised before the model is touched.
+    kind_name = 'L.Linear' if kind is L.Linear else 'SharedLinear, HashedLinear or ' \
+        'KroneckerLinear'
+    known = ', '.join(path for c in candidates.values() for path in c.paths) or 'none'
+    named = set()
     for name in names:
         if not isinstance(name, str):
             raise TypeError('include must be None, a path, a collection of paths or a '
@@ -212,12 +325,26 @@ def _select(include, links, candidates, kind, why_not) -> tp.Set[str]:
         if not isinstance(link, kind):
             raise ValueError('include names {}, which is a {}, not a {}'.format(
                 path, type(link).__name__, kind_name))
-        reason = why_not(link)
-        if reason is not None:
-            raise ValueError('include names {}, which cannot be converted: {}'.format(
-                path, reason))
-        selected.add(path)
-    return selected
+        named.add(id(link))
+    return named
+
+
+def _selected(include, named, candidate) -> bool:
+    if include is None:
+        return True
+    if callable(include):
+        return any(include(path, candidate.link) for path in candidate.paths)
+    return id(candidate.link) in named
+
+
+def _carry_hooks(candidate) -> None:
+    for name, hook in candidate.link.local_link_hooks.items():
+        try:
+            candidate.replacement.add_hook(hook, name)
+        except Exception as e:  # a hook may refuse a link in any way it likes
+            candidate.dropped_hooks[name] = '{}: {}'.format(type(e).__name__, e)
+        else:
+            candidate.hooks.append(name)
 
 
 def _replace_child(parent: chainer.Link, name: str, old: chainer.Link,

@@ -3,11 +3,17 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 import pytest
-from chainer import training
+from chainer import link_hooks, training
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear import ConversionReport, SharedLinear, share_linears, unshare_linears
+from chainer_sharedlinear import (
+    ConversionReport,
+    SharedLinear,
+    convert_linears,
+    share_linears,
+    unshare_linears,
+)
 
 # to_linear computes a dense product of in_size terms where SharedLinear sums the
 # blocks first: the same real number, rounded differently. For float32 inputs and
@@ -49,6 +55,11 @@ class Nested(chainer.Chain):
     def forward(self, x):
         h = self.encoder(x)
         return self.out(F.concat([head(h) for head in self.heads]))
+
+
+def _not_divisible(in_size, n_shared):
+    return ('in_size={} is not divisible by n_shared={}: the input must split into n_shared '
+            'equal blocks (in_size = n_shared * k)'.format(in_size, n_shared))
 
 
 def _linears(model, kind=L.Linear):
@@ -197,7 +208,7 @@ def test_share_linears_converts_what_fits_and_reports_the_rest():
 
     assert isinstance(report, ConversionReport)
     assert report.changed == ('/l1', '/l2')
-    assert report.skipped == {'/l3': 'in_size=16 is not divisible by n_shared=3'}
+    assert report.skipped == {'/l3': _not_divisible(16, 3)}
     assert report.params_before == 12 * 24 + 24 + 24 * 16 + 16 + 16 * 6 + 6
     assert report.params_after == 4 * 24 + 24 + 8 * 16 + 16 + 16 * 6 + 6
     assert report.needs_optimizer_setup
@@ -267,6 +278,90 @@ def test_a_link_reached_twice_becomes_one_shared_link():
     assert model[0] is model[2] and type(model[0]) is SharedLinear
 
 
+class Tied(chainer.Chain):
+    """One L.Linear reachable at two paths, /p and /q: one layer, with tied weights."""
+
+    def __init__(self):
+        super().__init__()
+        tied = L.Linear(4, 4)
+        with self.init_scope():
+            self.p = tied
+            self.q = tied
+            self.other = L.Linear(4, 4)
+
+    def forward(self, x):
+        return self.other(self.q(self.p(x)))
+
+
+@pytest.mark.parametrize('include', ['/q', ['q'], lambda path, link: path == '/q'])
+def test_a_tied_link_is_converted_at_all_of_its_paths(include):
+    model = Tied()
+    report = share_linears(model, 2, include=include)
+    assert model.p is model.q
+    assert type(model.p) is SharedLinear
+    assert type(model.other) is L.Linear
+    assert report.changed == ('/p', '/q')
+    assert report.tied == (('/p', '/q'),)
+    assert report.skipped == {'/other': 'excluded by include'}
+    # One shared layer of 4 * 2 + 4, and the dense one of 4 * 4 + 4.
+    assert (report.params_before, report.params_after) == (40, 32)
+    assert 'tied: /p, /q are one link' in str(report)
+
+
+def test_a_tied_link_that_cannot_be_converted_is_skipped_at_all_of_its_paths():
+    model = Tied()
+    report = share_linears(model, 3, include=lambda path, link: path == '/p')
+    assert report.changed == ()
+    assert report.skipped == {'/p': _not_divisible(4, 3), '/q': _not_divisible(4, 3),
+                              '/other': 'excluded by include'}
+    assert model.p is model.q and type(model.p) is L.Linear
+
+
+def test_a_failed_conversion_leaves_the_model_as_it_was():
+    model = MLP()
+    before = dict(model.namedlinks())
+
+    def convert(linear):
+        if linear.name == 'l3':
+            raise RuntimeError('boom')
+        return SharedLinear.from_linear(linear, 2)
+
+    with pytest.raises(RuntimeError, match='boom'):
+        convert_linears(model, convert)
+    assert dict(model.namedlinks()) == before
+
+
+def test_unshare_linears_takes_a_lazy_layer_whose_weight_was_copied():
+    source = SharedLinear(12, 3, n_shared=3)
+    model = chainer.Sequential(SharedLinear(24, 4, n_shared=4), SharedLinear(3, n_shared=3))
+    model[1].copyparams(source)  # a target network, say: in_size comes from W
+    report = unshare_linears(model)
+    assert report.changed == ('/0', '/1')
+    assert [type(link) for link in model] == [L.Linear, L.Linear]
+    np.testing.assert_array_equal(model[1].W.array, source.to_linear().W.array)
+
+
+def test_link_hooks_are_carried_over():
+    np.random.seed(0)
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    model.l1.add_hook(link_hooks.SpectralNormalization())
+    model.l2.add_hook(link_hooks.SpectralNormalization(use_gamma=True))
+    report = share_linears(model, 2)
+    assert report.hooks == {'/l1': ('SpectralNormalization',)}
+    assert list(model.l1.local_link_hooks) == ['SpectralNormalization']
+    assert report.dropped_hooks == {'/l2': {'SpectralNormalization': (
+        "ValueError: SpectralNormalization on SharedLinear normalises the tiled weight, and "
+        "only with weight_name='W' and use_gamma=False: its gamma would start at the largest "
+        "singular value of W, 1/sqrt(n_shared) of the layer's (got weight_name='W', "
+        "use_gamma=True)")}}
+    assert 'hook SpectralNormalization dropped from /l2: ValueError' in str(report)
+    assert not model.l2.local_link_hooks
+
+    back = unshare_linears(model)
+    assert back.hooks == {'/l1': ('SpectralNormalization',)}
+    assert list(model.l1.local_link_hooks) == ['SpectralNormalization']
+
+
 @pytest.mark.parametrize('include', [['/l1', 'l3'], ('l1', 'l3'), {'/l1', '/l3'},
                                      lambda path, link: path != '/l2'])
 def test_include_selects_by_path_or_predicate(include):
@@ -285,7 +380,7 @@ def test_include_a_single_path():
 def test_a_predicate_does_not_force_layers_that_do_not_fit():
     model = MLP(n_units=(24, 16, 6), n_in=12)
     report = share_linears(model, 3, include=lambda path, link: True)
-    assert report.skipped == {'/l3': 'in_size=16 is not divisible by n_shared=3'}
+    assert report.skipped == {'/l3': _not_divisible(16, 3)}
 
 
 @pytest.mark.parametrize('include, message', [
@@ -310,9 +405,9 @@ def test_n_shared_that_fits_no_layer_is_a_report_not_an_error():
     assert report.changed == ()
     assert not report.needs_optimizer_setup
     assert report.skipped == {
-        '/l1': 'in_size=12 is not divisible by n_shared=7',
-        '/l2': 'in_size=24 is not divisible by n_shared=7',
-        '/l3': 'in_size=16 is not divisible by n_shared=7',
+        '/l1': _not_divisible(12, 7),
+        '/l2': _not_divisible(24, 7),
+        '/l3': _not_divisible(16, 7),
     }
     assert report.params_before == report.params_after
     assert str(report).splitlines()[0] == '0 changed, 3 skipped; parameters 814 -> 814'

@@ -225,3 +225,79 @@ def test_first_order_fast_path_equals_the_differentiable_nodes(x_dtype, W_dtype)
     for fast, nodes in zip(grads(False), grads(True)):
         assert fast.dtype == nodes.dtype
         np.testing.assert_array_equal(fast, nodes)
+
+
+# --- Issue 15: inputs that gave silent wrong answers or unclear errors ---------------------
+
+
+def test_float16_blocks_are_added_in_float32():
+    # 2048 blocks of 40 sum to 81920, past float16's largest value (65504).
+    x = np.full((1, 2048), 40, np.float16)
+    W = np.full((1, 1), 1e-3, np.float16)
+    y = shared_linear(x, W).array
+    expected = F.linear(x, tiled(W, 2048)).array  # BLAS-backed: accumulates in float32
+    assert y.dtype == np.float16
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, expected, rtol=2 ** -10)
+    np.testing.assert_allclose(y, dense_oracle(x, W), rtol=2 ** -9)
+
+
+def test_float16_fold_is_kept_in_float32_for_the_weight_gradient():
+    # Each row folds to 2048 + 1 = 2049, which float16 rounds to 2048. gW = gy^T fold(x)
+    # is 6 * 2049 = 12294 (float16: 12296) from the float32 fold, 6 * 2048 = 12288
+    # from a fold rounded to float16.
+    x = np.tile(np.array([[2048, 1]], np.float16), (6, 1))
+    W = chainer.Variable(np.ones((1, 1), np.float16))
+    y = shared_linear(x, W)
+    y.grad = np.ones_like(y.array)
+    y.backward()
+    assert W.grad.dtype == np.float16
+    assert W.grad[0, 0] == np.float16(6 * 2049) == 12296
+
+
+@pytest.mark.parametrize('features', [12, 8, 3])
+def test_the_number_of_blocks_is_checked_with_type_checking_off(features):
+    # k = 2: 12, 8 and 3 features fold into 6, 4 and 1.5 blocks, not the 3 asked for.
+    x = np.ones((2, features), np.float32)
+    W = np.ones((4, 2), np.float32)
+    with chainer.using_config('type_check', False):
+        with pytest.raises(InvalidType, match=r'x.shape\[1\] == 3 \* W.shape\[1\]'):
+            shared_linear(x, W, n_shared=3)
+
+
+def test_a_size_that_is_no_multiple_is_refused_with_type_checking_off():
+    with chainer.using_config('type_check', False):
+        with pytest.raises(InvalidType, match=r'x has 7 features, which is not a positive '
+                                              r'multiple of W.shape\[1\] = 2'):
+            shared_linear(np.ones((2, 7), np.float32), np.ones((4, 2), np.float32))
+
+
+@pytest.mark.parametrize('type_check', [True, False])
+def test_zero_features_is_a_clear_error(type_check):
+    with chainer.using_config('type_check', type_check):
+        with pytest.raises(InvalidType, match=r'x.shape\[1\] > 0'):
+            shared_linear(np.zeros((2, 0), np.float32), np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize('n_shared', ['3', 3.0, 0, -1, True])
+def test_a_bad_n_shared_gets_the_same_error_from_the_function_and_the_link(n_shared):
+    from chainer_sharedlinear import SharedLinear
+
+    x, W = np.ones((2, 6), np.float32), np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match='n_shared must be') as from_function:
+        shared_linear(x, W, n_shared=n_shared)
+    with pytest.raises(ValueError) as from_link:
+        SharedLinear(6, 3, n_shared=n_shared)
+    assert str(from_function.value) == str(from_link.value)
+
+
+@pytest.mark.parametrize('n_batch_axes', [0, 1.0, '1'])
+def test_a_bad_n_batch_axes_is_a_clear_error(n_batch_axes):
+    with pytest.raises(ValueError, match='n_batch_axes must be'):
+        shared_linear(np.ones((2, 6), np.float32), np.ones((3, 2), np.float32),
+                      n_batch_axes=n_batch_axes)
+
+
+def test_n_batch_axes_must_leave_a_feature_axis():
+    with pytest.raises(ValueError, match='n_batch_axes=2 leaves no feature axis'):
+        shared_linear(np.ones((2, 6), np.float32), np.ones((3, 1), np.float32), n_batch_axes=2)

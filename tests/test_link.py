@@ -6,7 +6,7 @@ import chainer.functions as F
 import chainer.links as L
 import numpy as np
 import pytest
-from chainer import testing
+from chainer import link_hooks, testing
 from chainer.utils.type_check import InvalidType
 
 from chainer_sharedlinear import SharedLinear
@@ -251,3 +251,73 @@ def test_training_reduces_the_loss():
         optimizer.update()
         losses.append(float(loss.array))
     assert losses[-1] < 1e-3 * losses[0]
+
+
+# --- Issue 15: in_size from W, the initial scale's limit, weight hooks ---------------------
+
+
+def test_in_size_follows_W_however_it_is_filled():
+    source = _trained_like(SharedLinear(12, 3, n_shared=3))
+    copied = SharedLinear(3, n_shared=3)
+    copied.copyparams(source)  # the usual target-network pattern
+    assert copied.in_size == 12
+    assert repr(copied) == 'SharedLinear(in_size=12, out_size=3, n_shared=3, nobias=False)'
+    np.testing.assert_array_equal(copied.to_linear().W.array, source.to_linear().W.array)
+
+    initialised = SharedLinear(3, n_shared=2)
+    initialised.W.initialize((3, 5))
+    assert initialised.in_size == 10
+    assert initialised.to_linear().W.shape == (3, 10)
+
+
+@pytest.mark.parametrize('n_shared', [2, 10])
+def test_initial_output_scale_for_inputs_with_a_mean_is_as_documented(n_shared):
+    # ReLU outputs: each feature has a mean m and a variance s2. L.Linear's outputs
+    # have a mean square of s2 + m^2; a shared weight adds the blocks' means
+    # coherently, which gives s2 + n_shared * m^2 (the docstring's statement).
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.standard_normal((1000, 1000)), 0).astype(np.float32)
+    m, s2 = x.mean(), x.var()
+    np.random.seed(0)
+    dense = L.Linear(1000, 2000)(x).array
+    shared = SharedLinear(1000, 2000, n_shared=n_shared)(x).array
+    assert np.mean(dense ** 2) == pytest.approx(s2 + m ** 2, rel=0.05)
+    assert np.mean(shared ** 2) == pytest.approx(s2 + n_shared * m ** 2, rel=0.05)
+
+
+def _largest_singular_value_of_the_layer(layer, in_size):
+    # With no bias, the layer's output on the identity is its dense weight, transposed.
+    with chainer.using_config('train', False):
+        weight = layer(np.eye(in_size, dtype=np.float32)).array.T
+    return np.linalg.svd(weight, compute_uv=False)[0]
+
+
+@pytest.mark.parametrize('n_shared', [1, 3, 8])
+def test_spectral_normalization_normalises_the_tiled_weight(n_shared):
+    np.random.seed(0)
+    layer = SharedLinear(8 * n_shared, 5, n_shared=n_shared, nobias=True)
+    layer.add_hook(link_hooks.SpectralNormalization(n_power_iteration=50))
+    assert _largest_singular_value_of_the_layer(layer, 8 * n_shared) == pytest.approx(
+        1.0, rel=1e-4)
+    assert isinstance(layer.W, chainer.Parameter)  # the hook put the parameter back
+    # Gradients reach the parameter through the normalisation.
+    layer.cleargrads()
+    F.sum(layer(np.ones((2, 8 * n_shared), np.float32))).backward()
+    assert layer.W.grad is not None and np.isfinite(layer.W.grad).all()
+
+
+def test_spectral_normalization_with_gamma_is_refused():
+    layer = SharedLinear(12, 5, n_shared=3)
+    with pytest.raises(ValueError, match='use_gamma=False'):
+        layer.add_hook(link_hooks.SpectralNormalization(use_gamma=True))
+    assert not layer.local_link_hooks
+
+
+def test_weight_standardization_standardises_the_tiled_weight():
+    np.random.seed(0)
+    layer = SharedLinear(12, 5, n_shared=3, nobias=True)
+    dense = layer.to_linear()
+    layer.add_hook(link_hooks.WeightStandardization())
+    dense.add_hook(link_hooks.WeightStandardization())
+    x = np.random.default_rng(0).standard_normal((4, 12)).astype(np.float32)
+    np.testing.assert_allclose(layer(x).array, dense(x).array, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ import numpy
 from chainer import function_node, utils
 from chainer.utils import type_check
 
+from chainer_sharedlinear import _checks
 from chainer_sharedlinear.functions.fold import fold, unfold
 
 
@@ -29,6 +30,39 @@ def _as_dot_operand(a):
 
 def _n_shared_of(x, W):
     return x.shape[1] // W.shape[1]
+
+
+def count_blocks(x_shape, w_shape, n_shared: tp.Optional[int] = None) -> int:
+    """The number of blocks of ``x`` that share ``W``, or ``InvalidType``.
+
+    The forward pass calls this whatever ``chainer.config.type_check`` says:
+    with type checking off, an input of the wrong size would otherwise be
+    folded into another number of blocks and give a wrong answer silently.
+    The ``Expect`` lines are those of :func:`check_input_types`.
+    """
+    if len(x_shape) != 2 or len(w_shape) != 2:
+        _refuse('x and W must be matrices', 'x.ndim == 2, W.ndim == 2',
+                '{}, {}'.format(len(x_shape), len(w_shape)))
+    in_size, k = x_shape[1], w_shape[1]
+    if n_shared is not None:
+        if in_size != n_shared * k:
+            _refuse('x has {} features, but W of shape {} shared by n_shared={} blocks takes '
+                    'n_shared * W.shape[1] = {}'.format(in_size, tuple(w_shape), n_shared,
+                                                        n_shared * k),
+                    'x.shape[1] == {} * W.shape[1]'.format(n_shared),
+                    '{} != {}'.format(in_size, n_shared * k))
+        return n_shared
+    if k < 1 or in_size < 1 or in_size % k:
+        _refuse('x has {} features, which is not a positive multiple of W.shape[1] = {}: '
+                'it must split into blocks of W.shape[1] features'.format(in_size, k),
+                'x.shape[1] > 0, x.shape[1] % W.shape[1] == 0',
+                'x.shape[1]={}, W.shape[1]={}'.format(in_size, k))
+    return in_size // k
+
+
+def _refuse(what, expect, actual):
+    raise type_check.InvalidType(expect, actual, '{}\nExpect: {}\nActual: {}'.format(
+        what, expect, actual))
 
 
 def _grad_x(W, gy, n_shared):
@@ -61,7 +95,7 @@ def check_input_types(in_types, n_shared=None):
     # one expect() are all built before any is checked.
     type_check.expect(w_type.shape[1] > 0)
     if n_shared is None:
-        type_check.expect(x_type.shape[1] % w_type.shape[1] == 0)
+        type_check.expect(x_type.shape[1] > 0, x_type.shape[1] % w_type.shape[1] == 0)
     else:
         type_check.expect(x_type.shape[1] == n_shared * w_type.shape[1])
     if type_check.eval(n_in) == 3:
@@ -80,17 +114,18 @@ class SharedLinearFunction(function_node.FunctionNode):
     """
 
     def __init__(self, n_shared: tp.Optional[int] = None) -> None:
-        self.n_shared = n_shared
+        self.n_shared = None if n_shared is None else _checks.positive_int('n_shared', n_shared)
 
     def check_type_forward(self, in_types):
         check_input_types(in_types, self.n_shared)
 
     def forward(self, inputs):
         x, W = inputs[:2]
+        n_shared = count_blocks(x.shape, W.shape, self.n_shared)
         self.retain_inputs((0, 1))
         # Kept for SharedLinearGradWeight, which would otherwise fold x again;
-        # it is 1/n_shared the size of x.
-        self._x_folded = fold(x, _n_shared_of(x, W))
+        # it is 1/n_shared the size of x (float32 for float16 x: see fold_dtype).
+        self._x_folded = fold(x, n_shared)
         y = _as_dot_operand(self._x_folded).dot(W.T).astype(x.dtype, copy=False)
         if len(inputs) == 3:
             y += inputs[2]
@@ -214,7 +249,8 @@ def shared_linear(x, W, b=None, n_batch_axes=1, *, n_shared=None):
             shape ``(out_size,)``.
         n_batch_axes (int): The number of batch axes, 1 or more.
         n_shared (int): If given, ``in_size`` must be ``n_shared * k``;
-            otherwise ``n_shared`` is whatever the shapes imply.
+            otherwise ``n_shared`` is whatever the shapes imply. The check
+            holds with ``chainer.config.type_check`` off too.
 
     Returns:
         ~chainer.Variable: Output of shape ``(s_1, ..., s_{n_batch_axes}, out_size)``
@@ -230,8 +266,10 @@ def shared_linear(x, W, b=None, n_batch_axes=1, *, n_shared=None):
                [9., 3.]], dtype=float32)
 
     """
-    if n_batch_axes <= 0:
-        raise ValueError('n_batch_axes should be greater than 0.')
+    n_batch_axes = _checks.positive_int('n_batch_axes', n_batch_axes)
+    if n_batch_axes > 1 and n_batch_axes >= x.ndim:
+        raise ValueError('n_batch_axes={} leaves no feature axis in an input of {} axes'
+                         .format(n_batch_axes, x.ndim))
     batch_shape = x.shape[:n_batch_axes]
     if x.ndim > 2 or n_batch_axes > 1:
         # Sizes spelled out rather than -1, which fails on an empty batch.

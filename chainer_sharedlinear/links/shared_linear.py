@@ -1,38 +1,34 @@
 """The shared-weight linear link, a drop-in for :class:`chainer.links.Linear`."""
 
+import collections
 import math
-import numbers
 import typing as tp
 
 import chainer
 import numpy
-from chainer import initializers, link, utils, variable
+from chainer import initializers, variable
 
+from chainer_sharedlinear import _checks
 from chainer_sharedlinear.functions.shared_linear import shared_linear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, weight_hook_types
 
 
 def check_n_shared(n_shared) -> int:
     """Returns ``n_shared`` as an ``int`` or raises ``ValueError`` if it is not one >= 1."""
-    if isinstance(n_shared, bool) or not isinstance(n_shared, numbers.Integral):
-        raise ValueError(
-            'n_shared must be a positive integer, got {!r}'.format(n_shared))
-    if n_shared < 1:
-        raise ValueError('n_shared must be at least 1, got {}'.format(n_shared))
-    return int(n_shared)
+    return _checks.positive_int('n_shared', n_shared)
 
 
 def check_in_size(in_size, n_shared: int) -> int:
     """Returns ``in_size`` or raises ``ValueError`` unless ``n_shared`` divides it."""
-    if isinstance(in_size, bool) or not isinstance(in_size, numbers.Integral) or in_size < 1:
-        raise ValueError('in_size must be a positive integer, got {!r}'.format(in_size))
+    in_size = _checks.positive_int('in_size', in_size)
     if in_size % n_shared:
         raise ValueError(
             'in_size={} is not divisible by n_shared={}: the input must split into '
             'n_shared equal blocks (in_size = n_shared * k)'.format(in_size, n_shared))
-    return int(in_size)
+    return in_size
 
 
-class SharedLinear(link.Link):
+class SharedLinear(VirtualLinear):
     """Linear layer whose weight is shared across ``n_shared`` blocks of the input.
 
     It computes what :class:`chainer.links.Linear` would with the weight
@@ -53,7 +49,13 @@ class SharedLinear(link.Link):
         initialW (:ref:`initializer <initializer>`): Initializer of ``W``. The
             default draws from a normal distribution of variance
             ``1 / in_size``, the scale ``L.Linear`` uses: each output still sums
-            ``in_size`` products. An array must have the shape of ``W``.
+            ``in_size`` products, and for zero-mean inputs the outputs have
+            ``L.Linear``'s variance. Inputs whose features have a mean ``m``
+            and a variance ``s²`` (the outputs of a ReLU, say) give outputs of
+            mean square ``s² + n_shared·m²``, where ``L.Linear`` gives
+            ``s² + m²``: the blocks' means add up through the shared weight
+            (see the documentation's "Initial scale"). An array must have the
+            shape of ``W``.
         initial_bias (:ref:`initializer <initializer>`): Initializer of the
             bias, zero by default.
 
@@ -78,6 +80,8 @@ class SharedLinear(link.Link):
         SharedLinear(in_size=1000, out_size=900, n_shared=10, nobias=False)
     """
 
+    weight_names = ('W',)
+
     def __init__(
             self,
             in_size: tp.Optional[int],
@@ -88,32 +92,9 @@ class SharedLinear(link.Link):
             initialW=None,
             initial_bias=None,
     ) -> None:
-        super().__init__()
-        if out_size is None:
-            in_size, out_size = None, in_size
+        super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
         self.n_shared = check_n_shared(n_shared)
-        if in_size is not None:
-            check_in_size(in_size, self.n_shared)
-        self.in_size = in_size
-        self.out_size = out_size
-
-        with self.init_scope():
-            if initialW is None:
-                # LeCunNormal's fan-in is W.shape[1] = in_size / n_shared;
-                # shrinking the scale by sqrt(n_shared) makes it in_size.
-                W_initializer = initializers.LeCunNormal(scale=1 / math.sqrt(self.n_shared))
-            else:
-                W_initializer = initializers._get_initializer(initialW)
-            self.W = variable.Parameter(W_initializer)
-            if nobias:
-                self.b = None
-            else:
-                if initial_bias is None:
-                    initial_bias = 0
-                bias_initializer = initializers._get_initializer(initial_bias)
-                self.b = variable.Parameter(bias_initializer, out_size)
-        if in_size is not None:
-            self._initialize_params(in_size)
+        self._add_weights(W=initialW)
 
     @property
     def weight_shape(self) -> tp.Optional[tp.Tuple[int, int]]:
@@ -122,20 +103,27 @@ class SharedLinear(link.Link):
             return None
         return self.out_size, self.in_size // self.n_shared
 
-    def _initialize_params(self, in_size: int) -> None:
-        # Everything is checked before anything is set: a refused lazy
-        # initialisation leaves the link as it was.
-        in_size = check_in_size(in_size, self.n_shared)
-        shape = (self.out_size, in_size // self.n_shared)
-        fill_value = getattr(self.W.initializer, 'fill_value', None)
-        if getattr(fill_value, 'ndim', 0) and fill_value.shape != shape:
-            raise ValueError(
-                'initialW has shape {}, but the shared weight of a SharedLinear with '
-                'in_size={}, out_size={}, n_shared={} has shape {}; for a dense '
-                '(out_size, in_size) weight use SharedLinear.from_linear'.format(
-                    fill_value.shape, in_size, self.out_size, self.n_shared, shape))
-        self.in_size = in_size
-        self.W.initialize(shape)
+    def _weight_shapes(self, in_size):
+        check_in_size(in_size, self.n_shared)
+        return collections.OrderedDict(W=(self.out_size, in_size // self.n_shared))
+
+    def _known_weight_shapes(self):
+        return {'W': (self.out_size, None)}
+
+    def _in_size_of_weights(self):
+        return None if self.W.array is None else self.n_shared * self.W.shape[1]
+
+    def _default_initializer(self, name, in_size):
+        # LeCunNormal's fan-in is W.shape[1] = in_size / n_shared; shrinking
+        # the scale by sqrt(n_shared) makes it in_size, as in L.Linear.
+        return initializers.LeCunNormal(scale=1 / math.sqrt(self.n_shared))
+
+    def _hyperparameters(self):
+        return collections.OrderedDict(n_shared=self.n_shared)
+
+    def dense_weight(self):
+        """The tiled weight ``[W W ... W]``, ``(out_size, in_size)``."""
+        return self.xp.tile(self.W.array, (1, self.n_shared))
 
     @classmethod
     def from_params(cls, W, b=None, nobias=False, *, n_shared: int) -> 'SharedLinear':
@@ -221,19 +209,7 @@ class SharedLinear(link.Link):
             >>> layer.to_linear().W.array
             array([[1., 2., 1., 2.]], dtype=float32)
         """
-        if self.W.array is None:
-            raise ValueError(
-                'cannot convert {}: its weight is not initialised yet (in_size is only known '
-                'after the first forward pass); run one, or build it with in_size'.format(self))
-        dense = chainer.links.Linear(
-            self.in_size, self.out_size, nobias=self.b is None,
-            initialW=initializers.Zero(self.W.dtype),
-            initial_bias=None if self.b is None else initializers.Zero(self.b.dtype))
-        dense.to_device(self.device)
-        dense.W.array[...] = self.xp.tile(self.W.array, (1, self.n_shared))
-        if self.b is not None:
-            dense.b.array[...] = self.b.array
-        return dense
+        return super().to_linear()
 
     @property
     def printable_specs(self):
@@ -242,51 +218,32 @@ class SharedLinear(link.Link):
         yield 'n_shared', self.n_shared
         yield 'nobias', self.b is None
 
-    def __repr__(self) -> str:
-        # chainer.Link shows its specs in str() only; n_shared matters in a repr too.
-        return str(self)
-
-    def serialize(self, serializer) -> None:
-        if isinstance(serializer, chainer.serializer.Deserializer):
-            self._check_saved(serializer)
-        else:
-            serializer('n_shared', numpy.asarray(self.n_shared))
-        super().serialize(serializer)
-        if self.in_size is None and self.W.array is not None:
-            self.in_size = self.n_shared * self.W.shape[1]
-
-    def _check_saved(self, deserializer) -> None:
-        # Chainer copies a loaded array into the parameter with broadcasting,
-        # so a weight saved with another n_shared could load without error.
-        try:
-            saved_n_shared = deserializer('n_shared', None)
-        except KeyError:  # saved by something else than SharedLinear
-            saved_n_shared = None
-        if saved_n_shared is not None and int(saved_n_shared) != self.n_shared:
-            raise ValueError(
-                'cannot load a SharedLinear saved with n_shared={} into {}'
-                .format(int(saved_n_shared), self))
-        saved_W = deserializer('W', None)
-        if saved_W is None:
+    def _check_weight_hook(self, hook):
+        spectral_normalization, weight_standardization = weight_hook_types()
+        if isinstance(hook, weight_standardization):
+            # Each row of the tiled weight has the mean and the spread of the row
+            # of W it repeats: standardising W standardises the layer's weight.
             return
-        expected = self.weight_shape or (self.out_size, saved_W.shape[-1])
-        if saved_W.ndim != 2 or tuple(saved_W.shape) != expected:
+        if hook.weight_name != 'W' or hook.use_gamma:
             raise ValueError(
-                'cannot load a weight W of shape {} into {}, whose W has shape {}'
-                .format(tuple(saved_W.shape), self,
-                        self.weight_shape or '({}, in_size // n_shared)'.format(self.out_size)))
+                'SpectralNormalization on SharedLinear normalises the tiled weight, and only '
+                "with weight_name='W' and use_gamma=False: its gamma would start at the "
+                'largest singular value of W, 1/sqrt(n_shared) of the layer\'s (got '
+                'weight_name={!r}, use_gamma={})'.format(hook.weight_name, hook.use_gamma))
 
-    def forward(self, x, n_batch_axes: int = 1):
-        """Applies the layer.
+    def _spectrally_normalized(self) -> bool:
+        # SpectralNormalization swaps W for the Variable W / sigma(W) during a call.
+        if isinstance(self.W, chainer.Parameter):
+            return False
+        spectral_normalization = weight_hook_types()[0]
+        return any(isinstance(hook, spectral_normalization) and hook.weight_name == 'W'
+                   for hook in self.local_link_hooks.values())
 
-        Args:
-            x (~chainer.Variable or :ref:`ndarray`): A batch of inputs; the
-                axes after the first ``n_batch_axes`` hold ``in_size`` features.
-            n_batch_axes (int): The number of batch axes.
-
-        Returns:
-            ~chainer.Variable: The output, ``(*batch_shape, out_size)``.
-        """
-        if self.W.array is None:
-            self._initialize_params(utils.size_of_shape(x.shape[n_batch_axes:]))
-        return shared_linear(x, self.W, self.b, n_batch_axes, n_shared=self.n_shared)
+    def _apply(self, x, n_batch_axes):
+        W = self.W
+        if self.n_shared > 1 and self._spectrally_normalized():
+            # The tiled weight's singular values are sqrt(n_shared) times W's
+            # (tile(W) tile(W)^T = n_shared W W^T), so W / sigma(W) tiled would
+            # have a spectral norm of sqrt(n_shared) instead of 1.
+            W = W * (1 / math.sqrt(self.n_shared))
+        return shared_linear(x, W, self.b, n_batch_axes, n_shared=self.n_shared)

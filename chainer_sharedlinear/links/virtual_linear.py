@@ -1,0 +1,291 @@
+"""The base of the family's links: a linear layer whose dense weight is virtual.
+
+``SharedLinear``, ``HashedLinear`` and ``KroneckerLinear`` each compute
+``y = x · Vᵀ + b`` with an ``(out_size, in_size)`` weight ``V`` that is never
+stored: it is a function of parameters that hold fewer numbers. What they do
+alike lives here, once: the sizes as :class:`chainer.links.Linear` takes them,
+lazy initialisation, the bias, saving and loading with checks, conversion to
+``L.Linear``, and the link hooks that reparametrise a weight.
+"""
+
+import collections
+import typing as tp
+
+import chainer
+import numpy
+from chainer import initializers, link, utils, variable
+
+from chainer_sharedlinear import _checks
+
+
+def weight_hook_types() -> tp.Tuple[type, ...]:
+    """The link hooks that replace a weight parameter by a function of it for each call.
+
+    On a layer of the family they see one stored parameter, not the layer's
+    weight. (Imported here, not at the top: importing this package leaves
+    Chainer's namespace as it was, ``chainer.link_hooks`` included.)
+    """
+    from chainer import link_hooks
+    return link_hooks.SpectralNormalization, link_hooks.WeightStandardization
+
+_NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
+                    'run one, or build the layer with in_size')
+
+
+class VirtualLinear(link.Link):
+    """A linear layer ``y = x · Vᵀ + b`` whose ``(out_size, in_size)`` weight is virtual.
+
+    Subclasses set :attr:`weight_names`, call :meth:`_add_weights` at the end of
+    their ``__init__``, and define the methods marked *pattern* below.
+
+    Attributes:
+        out_size (int): The size of the outputs.
+        b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
+    """
+
+    #: The parameters that make up the virtual weight, in order (not ``b``).
+    weight_names: tp.Tuple[str, ...] = ()
+
+    def __init__(self, in_size, out_size, *, nobias: bool, initial_bias) -> None:
+        super().__init__()
+        if out_size is None:
+            in_size, out_size = None, in_size
+        self.out_size = _checks.positive_int('out_size', out_size)
+        self._in_size = None if in_size is None else _checks.positive_int('in_size', in_size)
+        self._given_initializers: tp.FrozenSet[str] = frozenset()
+        with self.init_scope():
+            if nobias:
+                self.b = None
+            else:
+                self.b = variable.Parameter(
+                    initializers._get_initializer(0 if initial_bias is None else initial_bias),
+                    self.out_size)
+
+    def _add_weights(self, **given) -> None:
+        """Adds the weight parameters, initialised now if ``in_size`` is known.
+
+        Args:
+            given: An initializer (or ``None`` for the default) by parameter name.
+        """
+        with self.init_scope():
+            for name in self.weight_names:
+                initializer = given.get(name)
+                # The default may depend on in_size, so it is chosen at initialisation.
+                setattr(self, name, variable.Parameter(
+                    initializers.NaN() if initializer is None
+                    else initializers._get_initializer(initializer)))
+        self._given_initializers = frozenset(
+            name for name, initializer in given.items() if initializer is not None)
+        if self._in_size is not None:
+            in_size, self._in_size = self._in_size, None
+            self._initialize_params(in_size)
+
+    # --- the pattern: what each subclass defines -------------------------------------------
+
+    def _weight_shapes(self, in_size: int) -> 'collections.OrderedDict[str, tp.Tuple[int, ...]]':
+        """*Pattern.* The shape of each weight parameter for ``in_size`` inputs.
+
+        Raises:
+            ValueError: The pattern cannot take ``in_size`` inputs; the message says why.
+        """
+        raise NotImplementedError
+
+    def _known_weight_shapes(self) -> tp.Dict[str, tp.Tuple[tp.Optional[int], ...]]:
+        """*Pattern.* The weight shapes as far as they are known before ``in_size`` is."""
+        raise NotImplementedError
+
+    def _in_size_of_weights(self) -> tp.Optional[int]:
+        """*Pattern.* ``in_size`` as the initialised weights imply it, if they do."""
+        return None
+
+    def _default_initializer(self, name: str, in_size: int):
+        """*Pattern.* The initializer of weight ``name`` when none was given."""
+        raise NotImplementedError
+
+    def _hyperparameters(self) -> 'collections.OrderedDict[str, tp.Optional[int]]':
+        """*Pattern.* The integers saved with the parameters and checked on loading."""
+        return collections.OrderedDict()
+
+    def dense_weight(self):
+        """*Pattern.* The virtual weight as an ``(out_size, in_size)`` array."""
+        raise NotImplementedError
+
+    def _apply(self, x, n_batch_axes: int):
+        """*Pattern.* The layer's function applied to ``x``."""
+        raise NotImplementedError
+
+    def _check_weight_hook(self, hook: chainer.LinkHook) -> None:
+        """*Pattern.* Raises unless ``hook``, of :func:`weight_hook_types`, is right here."""
+        raise ValueError(
+            '{} is not supported on {}: it reparametrises one stored parameter, not the '
+            "layer's (out_size, in_size) weight, so it would not do what it does on "
+            'L.Linear (spectral normalisation would not make the largest singular value of '
+            "the layer's weight 1). Apply it to the L.Linear that to_linear() returns "
+            'instead.'.format(type(hook).__name__, type(self).__name__))
+
+    # --- what every layer of the family does alike -----------------------------------------
+
+    @property
+    def in_size(self) -> tp.Optional[int]:
+        """The size of the inputs, or ``None`` until it is known.
+
+        Taken from the weights whenever they imply it, however they were set
+        (lazy initialisation, ``copyparams``, ``W.initialize``, loading).
+        """
+        from_weights = self._in_size_of_weights()
+        return self._in_size if from_weights is None else from_weights
+
+    @property
+    def _is_initialized(self) -> bool:
+        # in_size known and every weight parameter with its array.
+        return self.in_size is not None and all(
+            getattr(self, name).array is not None for name in self.weight_names)
+
+    def _initialize_params(self, in_size: int) -> None:
+        # Everything is checked before anything is set: a refused lazy
+        # initialisation leaves the link as it was.
+        in_size = _checks.positive_int('in_size', in_size)
+        shapes = self._weight_shapes(in_size)
+        for name, shape in shapes.items():
+            param = getattr(self, name)
+            if param.array is not None:
+                what, actual = name, tuple(param.shape)
+            else:
+                what = 'initial' + name
+                actual = getattr(getattr(param.initializer, 'fill_value', None), 'shape', shape)
+            if tuple(actual) != shape:
+                raise ValueError('{} has shape {}, but the {} of {} has shape {}{}'.format(
+                    what, tuple(actual), name, self._describe(in_size), shape,
+                    self._shape_hint(name)))
+        self._in_size = in_size
+        for name, shape in shapes.items():
+            param = getattr(self, name)
+            if param.array is None:
+                if name not in self._given_initializers:
+                    param.initializer = self._default_initializer(name, in_size)
+                param.initialize(shape)
+
+    def _shape_hint(self, name: str) -> str:
+        return '; for a dense (out_size, in_size) weight use {}.from_linear'.format(
+            type(self).__name__)
+
+    def _describe(self, in_size=None) -> str:
+        specs = dict(self.printable_specs)
+        if in_size is not None:
+            specs['in_size'] = in_size
+        return '{}({})'.format(type(self).__name__, ', '.join(
+            '{}={}'.format(key, value) for key, value in specs.items()))
+
+    def forward(self, x, n_batch_axes: int = 1):
+        """Applies the layer.
+
+        Args:
+            x (~chainer.Variable or :ref:`ndarray`): A batch of inputs; the
+                axes after the first ``n_batch_axes`` hold ``in_size`` features.
+            n_batch_axes (int): The number of batch axes.
+
+        Returns:
+            ~chainer.Variable: The output, ``(*batch_shape, out_size)``.
+        """
+        if not self._is_initialized:
+            n_batch_axes = _checks.positive_int('n_batch_axes', n_batch_axes)
+            self._initialize_params(utils.size_of_shape(x.shape[n_batch_axes:]))
+        return self._apply(x, n_batch_axes)
+
+    def to_linear(self) -> 'chainer.links.Linear':
+        """Makes the dense :class:`chainer.links.Linear` that computes the same function.
+
+        Its weight is :meth:`dense_weight`, ``(out_size, in_size)``, and its
+        bias a copy of ``b``, on this link's device: a model can be trained
+        with this layer and served by plain Chainer. The outputs agree up to
+        rounding (the sums are taken in another order), not bit for bit.
+
+        Returns:
+            ~chainer.links.Linear: A new link; this one is left as it was.
+        """
+        if not self._is_initialized:
+            raise ValueError('cannot convert {}: it is {}'.format(self, _NOT_INITIALISED))
+        weight = self.dense_weight()
+        dense = chainer.links.Linear(
+            self.in_size, self.out_size, nobias=self.b is None,
+            initialW=initializers.Zero(weight.dtype),
+            initial_bias=None if self.b is None else initializers.Zero(self.b.dtype))
+        dense.to_device(self.device)
+        dense.W.array[...] = weight
+        if self.b is not None:
+            dense.b.array[...] = self.b.array
+        return dense
+
+    def add_hook(self, hook: chainer.LinkHook, name: tp.Optional[str] = None) -> 'VirtualLinear':
+        """Registers a link hook; one that reparametrises a weight is checked first.
+
+        ``SpectralNormalization`` and ``WeightStandardization`` replace a
+        weight parameter by a function of it. On this layer that parameter is
+        not the ``(out_size, in_size)`` weight, so each layer says whether the
+        hook is right for it (see its documentation) and raises
+        ``ValueError`` where it is not.
+        """
+        if isinstance(hook, weight_hook_types()):
+            self._check_weight_hook(hook)
+        return super().add_hook(hook, name)
+
+    def __repr__(self) -> str:
+        # chainer.Link shows its specs in str() only; the pattern matters in a repr too.
+        return str(self)
+
+    # --- saving and loading ----------------------------------------------------------------
+
+    def serialize(self, serializer) -> None:
+        if isinstance(serializer, chainer.serializer.Deserializer):
+            saved_in_size = self._check_saved(serializer)
+            super().serialize(serializer)
+            if self._in_size is None and saved_in_size is not None:
+                self._in_size = saved_in_size
+            return
+        for name, value in self._hyperparameters().items():
+            if value is not None:
+                serializer(name, numpy.asarray(value))
+        super().serialize(serializer)
+
+    def _check_saved(self, deserializer) -> tp.Optional[int]:
+        # Chainer copies a loaded array into a parameter with broadcasting, so a
+        # parameter saved with another shape can load without error; and a saved
+        # bias is ignored by a layer without one. Returns the saved in_size, if any.
+        saved = {}
+        for name, value in self._hyperparameters().items():
+            saved[name] = _read(deserializer, name)
+            if saved[name] is not None and value is not None and int(saved[name]) != value:
+                raise ValueError('cannot load a {} saved with {}={} into {}'.format(
+                    type(self).__name__, name, int(saved[name]), self))
+        saved_in_size = None if saved.get('in_size') is None else int(saved['in_size'])
+        in_size = self.in_size if self.in_size is not None else saved_in_size
+        expected = (self._weight_shapes(in_size) if in_size is not None
+                    else self._known_weight_shapes())
+        for name, shape in list(expected.items()) + [('b', (self.out_size,))]:
+            array = _read(deserializer, name)
+            if name == 'b' and self.b is None:
+                if array is not None:
+                    raise ValueError('cannot load a bias b into {}, which has none (nobias=True)'
+                                     .format(self))
+                continue
+            if array is None:
+                continue
+            fits = array.ndim == len(shape) and all(
+                want is None or want == got for want, got in zip(shape, array.shape))
+            if not fits:
+                raise ValueError('cannot load {} of shape {} into {}, whose {} has shape {}'
+                                 .format(name, tuple(array.shape), self, name,
+                                         _format_shape(shape)))
+        return saved_in_size
+
+
+def _read(deserializer, name):
+    try:
+        return deserializer(name, None)
+    except KeyError:  # not saved (by an older version, or by something else)
+        return None
+
+
+def _format_shape(shape) -> str:
+    return '({})'.format(', '.join('?' if n is None else str(n) for n in shape)
+                         + (',' if len(shape) == 1 else ''))

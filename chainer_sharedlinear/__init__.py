@@ -16,13 +16,20 @@ from chainer_sharedlinear.convert import (  # NOQA
     share_linears,
     unshare_linears,
 )
-from chainer_sharedlinear.functions import TiledLinearFunction, shared_linear  # NOQA
-from chainer_sharedlinear.links import SharedLinear  # NOQA
+from chainer_sharedlinear.functions import (  # NOQA
+    TiledLinearFunction,
+    hashed_linear,
+    kronecker_linear,
+    shared_linear,
+    tied_linear,
+)
+from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear  # NOQA
 from chainer_sharedlinear.registration import register  # NOQA
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'ConversionReport', 'SharedLinear', 'TiledLinearFunction', 'convert_linears', 'register',
-    'share_linears', 'shared_linear', 'unshare_linears',
+    'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
+    'TiledLinearFunction', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'register',
+    'share_linears', 'shared_linear', 'tied_linear', 'unshare_linears',
 ]

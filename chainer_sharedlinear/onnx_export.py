@@ -1,4 +1,4 @@
-"""ONNX export of models that contain ``SharedLinear``, through ``onnx_chainer``.
+"""ONNX export of models that contain the family's layers, through ``onnx_chainer``.
 
 ``onnx_chainer`` (part of Chainer 7.8.1) converts a model by running it and
 turning each :class:`chainer.FunctionNode` of the graph into ONNX nodes, with
@@ -7,10 +7,22 @@ functions only; its documented way to add one is the ``external_converters``
 argument of :func:`onnx_chainer.export`. :data:`converters` is that argument
 for this package, and :func:`export` passes it for you.
 
-A ``SharedLinearFunction`` is exported in its fold form, as in Chainer:
-``Reshape`` to ``(batch, n_shared, k)``, ``ReduceSum`` over the blocks, and
-``Gemm`` with ``W`` of shape ``(out_size, k)`` and the bias. The tiled
-``(out_size, in_size)`` weight is never built, in the file or at run time.
+What the file holds, layer by layer:
+
+- ``SharedLinear``: its fold form, as in Chainer: ``Reshape`` to
+  ``(batch, n_shared, k)``, ``ReduceSum`` over the blocks (in float32 for
+  float16 inputs), and ``Gemm`` with ``W`` of shape ``(out_size, k)`` and the
+  bias. The tiled ``(out_size, in_size)`` weight is never built, in the file
+  or at run time.
+- ``KroneckerLinear``: ``A`` and ``B`` as they are, and two ``MatMul`` on the
+  input reshaped to ``(batch·n1, n2)`` and ``(batch, n_terms·n1, m2)``; no
+  ``(out_size, in_size)`` weight either.
+- ``HashedLinear`` and ``tied_linear``: ONNX has no hash, so the file holds
+  ``W`` and the index map, an ``(out_size, in_size)`` array of 32-bit
+  integers (64-bit past 2**31 stored weights) with the signs folded in: the
+  virtual weight is a ``Gather`` from ``[W, -W]``, then ``Gemm``. The file is
+  as large as a dense float32 layer's: to keep the small one, ship the
+  Chainer ``.npz``.
 
 This module imports ``onnx`` and ``onnx_chainer`` only when a model is
 exported: they come with the ``onnx`` extra (``onnx==1.14.1``; later
@@ -21,6 +33,8 @@ import typing as tp
 import warnings
 
 import numpy
+
+from chainer_sharedlinear.functions.fold import fold_dtype
 
 _MISSING_ONNX = (
     'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
@@ -67,15 +81,13 @@ def convert_shared_linear(params) -> tp.Tuple:
     out_size, k = W.shape
     n_shared = x.shape[1] // k
     x_dtype, w_dtype = numpy.dtype(x.dtype), numpy.dtype(W.dtype)
-    # Chainer multiplies in the wider of the two dtypes and returns x's.
+    # Chainer multiplies in the wider of the two dtypes, adds float16 blocks in
+    # float32, and returns x's dtype.
     dtype = numpy.promote_types(x_dtype, w_dtype)
+    if n_shared > 1:
+        dtype = numpy.promote_types(dtype, fold_dtype(x_dtype))
     gb = onnx_helper.GraphBuilder()
-
-    def cast(name, to, output_names=None):
-        to = onnx.helper.np_dtype_to_tensor_dtype(to)
-        if output_names is None:
-            return gb.op('Cast', [name], to=to)
-        return gb.op_output_named('Cast', [name], output_names, to=to)
+    cast = _caster(onnx, gb)
 
     folded = x_name
     if n_shared > 1:
@@ -83,12 +95,14 @@ def convert_shared_linear(params) -> tp.Tuple:
         blocks_shape = context.add_const(
             numpy.array([0, n_shared, k], numpy.int64), 'blocks_shape')
         blocks = gb.op('Reshape', [x_name, blocks_shape])
+        if x_dtype != dtype:
+            blocks = cast(blocks, dtype)
         if opset < _REDUCE_SUM_AXES_INPUT_OPSET:
             folded = gb.op('ReduceSum', [blocks], axes=[1], keepdims=0)
         else:
             axes = context.add_const(numpy.array([1], numpy.int64), 'blocks_axis')
             folded = gb.op('ReduceSum', [blocks, axes], keepdims=0)
-    if x_dtype != dtype:
+    elif x_dtype != dtype:
         folded = cast(folded, dtype)
     if w_dtype != dtype:
         w_name = cast(w_name, dtype)
@@ -113,14 +127,115 @@ def convert_shared_linear(params) -> tp.Tuple:
     return gb.nodes()
 
 
+def _caster(onnx, gb):
+    def cast(name, to, output_names=None):
+        to = onnx.helper.np_dtype_to_tensor_dtype(numpy.dtype(to))
+        if output_names is None:
+            return gb.op('Cast', [name], to=to)
+        return gb.op_output_named('Cast', [name], output_names, to=to)
+    return cast
+
+
+def _check_opset(name, opset):
+    if opset < 7:
+        raise RuntimeError('{} is exported for opset_version 7 or later, not {}'.format(
+            name, opset))
+
+
+def convert_tied_weight(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of a ``TiedWeight`` node (``HashedLinear``, ``tied_linear``).
+
+    ``V = sign · W.ravel()[index]`` as one ``Gather`` from ``[W, -W]``, the
+    signs folded into the index; ``onnx_chainer``'s own converter of the
+    ``F.linear`` that follows makes the ``Gemm``.
+    """
+    _, onnx_helper = _import_onnx()
+    func, context = params.func, params.context
+    _check_opset('TiedWeight', params.opset_version)
+    n_weights = int(numpy.prod(func.inputs[0].shape))
+    index = _to_numpy(func.index)
+    gb = onnx_helper.GraphBuilder()
+    table = gb.op('Reshape', [params.input_names[0],
+                              context.add_const(numpy.array([-1], numpy.int64), 'flat')])
+    if func.sign is not None:
+        table = gb.op('Concat', [table, gb.op('Neg', [table])], axis=0)
+        index = index + n_weights * (_to_numpy(func.sign) < 0)
+    small = numpy.int32 if 2 * n_weights < 2 ** 31 else numpy.int64
+    index_name = context.add_const(index.astype(small), 'tied_index')
+    gb.op_output_named('Gather', [table, index_name], params.output_names, axis=0)
+    return gb.nodes()
+
+
+def convert_kronecker_linear(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of a ``KroneckerLinearFunction`` node.
+
+    ``Σ_r A[r] · X · B[r]ᵀ`` for each input row ``X`` seen as an
+    ``n1 × n2`` matrix: one ``MatMul`` with all of ``B``, one with all of
+    ``A``, and the reshapes between them, as in Chainer.
+    """
+    onnx, onnx_helper = _import_onnx()
+    func, context = params.func, params.context
+    _check_opset('KroneckerLinearFunction', params.opset_version)
+    x, A, B = func.inputs[:3]
+    x_name, a_name, b_name = params.input_names[:3]
+    bias_name = params.input_names[3] if len(params.input_names) == 4 else None
+    n_terms, m1, n1 = A.shape
+    _, m2, n2 = B.shape
+    x_dtype = numpy.dtype(x.dtype)
+    dtype = numpy.result_type(numpy.float32, x.dtype, A.dtype, B.dtype)
+    gb = onnx_helper.GraphBuilder()
+    cast = _caster(onnx, gb)
+
+    shapes = []
+
+    def shape(*dims):
+        # Each constant needs a name of its own within the node.
+        shapes.append(context.add_const(numpy.array(dims, numpy.int64),
+                                        'shape{}'.format(len(shapes))))
+        return shapes[-1]
+
+    def as_dtype(name, of):
+        return name if numpy.dtype(of) == dtype else cast(name, dtype)
+
+    rows = gb.op('Reshape', [as_dtype(x_name, x.dtype), shape(-1, n2)])
+    b_all = gb.op('Reshape', [as_dtype(b_name, B.dtype), shape(n_terms * m2, n2)])
+    T = gb.op('MatMul', [rows, gb.op('Transpose', [b_all], perm=[1, 0])])
+    if n_terms == 1:
+        T = gb.op('Reshape', [T, shape(-1, n1, m2)])
+        a_all = gb.op('Reshape', [as_dtype(a_name, A.dtype), shape(m1, n1)])
+    else:
+        T = gb.op('Transpose', [gb.op('Reshape', [T, shape(-1, n1, n_terms, m2)])],
+                  perm=[0, 2, 1, 3])
+        T = gb.op('Reshape', [T, shape(-1, n_terms * n1, m2)])
+        a_all = gb.op('Reshape', [gb.op('Transpose', [as_dtype(a_name, A.dtype)],
+                                        perm=[1, 0, 2]), shape(m1, n_terms * n1)])
+    y = gb.op('Reshape', [gb.op('MatMul', [a_all, T]), shape(-1, m1 * m2)])
+    if x_dtype != dtype:
+        y = cast(y, x_dtype)
+    if bias_name is None:
+        gb.op_output_named('Identity', [y], params.output_names)
+    else:
+        gb.op_output_named('Add', [y, bias_name], params.output_names)
+    return gb.nodes()
+
+
+def _to_numpy(array):
+    from chainer import backend
+    return backend.CpuDevice().send(array)
+
+
 #: The ``external_converters`` for :func:`onnx_chainer.export` that this
 #: package needs, keyed by ``FunctionNode`` class name as ``onnx_chainer``
 #: looks them up.
-converters = {'SharedLinearFunction': convert_shared_linear}
+converters = {
+    'SharedLinearFunction': convert_shared_linear,
+    'TiedWeight': convert_tied_weight,
+    'KroneckerLinearFunction': convert_kronecker_linear,
+}
 
 
 def export(model, args, filename=None, **kwargs):
-    """:func:`onnx_chainer.export` for models that contain ``SharedLinear``.
+    """:func:`onnx_chainer.export` for models that contain the family's layers.
 
     The same arguments and result as ``onnx_chainer.export``; the converters
     of this package are added to ``external_converters`` (a converter of your

@@ -1,4 +1,4 @@
-"""Makes ``L.SharedLinear`` and ``F.shared_linear`` available in Chainer's namespaces.
+"""Makes the family's links and functions available in Chainer's namespaces.
 
 Importing :mod:`chainer_sharedlinear` leaves Chainer untouched; code written
 in the ``L.``/``F.`` style calls :func:`register` once, explicitly.
@@ -7,24 +7,30 @@ in the ``L.``/``F.`` style calls :func:`register` once, explicitly.
 import chainer.functions
 import chainer.links
 
-from chainer_sharedlinear.functions.shared_linear import shared_linear
-from chainer_sharedlinear.links.shared_linear import SharedLinear
+from chainer_sharedlinear import functions, links
 
 # (module, name, object): what register() puts where.
 _REGISTRY = (
-    (chainer.links, 'SharedLinear', SharedLinear),
-    (chainer.functions, 'shared_linear', shared_linear),
+    (chainer.links, 'SharedLinear', links.SharedLinear),
+    (chainer.links, 'HashedLinear', links.HashedLinear),
+    (chainer.links, 'KroneckerLinear', links.KroneckerLinear),
+    (chainer.functions, 'shared_linear', functions.shared_linear),
+    (chainer.functions, 'hashed_linear', functions.hashed_linear),
+    (chainer.functions, 'kronecker_linear', functions.kronecker_linear),
+    (chainer.functions, 'tied_linear', functions.tied_linear),
 )
 
 _MISSING = object()
 
 
 def register() -> None:
-    """Adds ``chainer.links.SharedLinear`` and ``chainer.functions.shared_linear``.
+    """Adds the family's links and functions to ``chainer.links`` and ``chainer.functions``.
 
-    Calling it again does nothing. It never replaces another object that
+    The names are ``L.SharedLinear``, ``L.HashedLinear``, ``L.KroneckerLinear``,
+    ``F.shared_linear``, ``F.hashed_linear``, ``F.kronecker_linear`` and
+    ``F.tied_linear``. Calling it again does nothing. It never replaces another object that
     already has one of the names: that raises ``RuntimeError``, and then
-    neither name is added.
+    no name is added.
 
     .. admonition:: Example
 

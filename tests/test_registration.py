@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import chainer_sharedlinear
-from chainer_sharedlinear import SharedLinear, register, shared_linear
+from chainer_sharedlinear import SharedLinear, register, registration, shared_linear
 
-_NAMES = ((chainer.links, 'SharedLinear'), (chainer.functions, 'shared_linear'))
+_NAMES = tuple((module, name) for module, name, _ in registration._REGISTRY)
 _MISSING = object()
 
 
@@ -56,11 +56,16 @@ def test_importing_the_package_changes_nothing_in_chainer():
     assert result.stdout.strip() == 'unchanged'
 
 
-def test_register_adds_the_link_and_the_function(unregistered):
-    assert not hasattr(L, 'SharedLinear') and not hasattr(F, 'shared_linear')
+def test_register_adds_the_links_and_the_functions(unregistered):
+    assert not any(hasattr(module, name) for module, name in _NAMES)
     assert register() is None
     assert L.SharedLinear is SharedLinear
     assert F.shared_linear is shared_linear
+    for module, name in _NAMES:
+        assert getattr(module, name) is getattr(chainer_sharedlinear, name)
+    assert {name for _, name in _NAMES} == {
+        'SharedLinear', 'HashedLinear', 'KroneckerLinear', 'shared_linear', 'hashed_linear',
+        'kronecker_linear', 'tied_linear'}
     assert chainer_sharedlinear.register is register
 
     # Code written in the L./F. style.
@@ -80,6 +85,7 @@ def test_register_twice_is_harmless(unregistered):
     (chainer.links, 'SharedLinear', L.Linear),
     (chainer.links, 'SharedLinear', None),
     (chainer.functions, 'shared_linear', F.linear),
+    (chainer.functions, 'tied_linear', F.linear),
 ])
 def test_register_never_replaces_another_object(unregistered, module, name, other):
     setattr(module, name, other)
@@ -90,7 +96,7 @@ def test_register_never_replaces_another_object(unregistered, module, name, othe
                       module.__name__.replace('.', r'\.'), name)):
         register()
     assert getattr(module, name) is other
-    # All or nothing: the other name was not added either.
+    # All or nothing: no other name was added either.
     for other_module, other_name in _NAMES:
-        if other_module is not module:
+        if other_name != name:
             assert not hasattr(other_module, other_name)

@@ -1,15 +1,27 @@
-"""Functions: the shared-weight linear function and the 2016 tiled oracle."""
+"""Functions: the family's linear functions, their nodes, and the 2016 tiled oracle."""
 
-from chainer_sharedlinear.functions.fold import fold, unfold  # NOQA
+from chainer_sharedlinear.functions.fold import fold, fold_dtype, unfold  # NOQA
+from chainer_sharedlinear.functions.hashed_linear import hashed_index, hashed_linear  # NOQA
+from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
+    KroneckerLinearFunction,
+    kronecker_linear,
+)
 from chainer_sharedlinear.functions.shared_linear import (  # NOQA
     SharedLinearFunction,
     SharedLinearGradData,
     SharedLinearGradWeight,
     shared_linear,
 )
+from chainer_sharedlinear.functions.tied_linear import (  # NOQA
+    TiedWeight,
+    TiedWeightGrad,
+    tied_linear,
+)
 from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction  # NOQA
 
 __all__ = [
-    'SharedLinearFunction', 'SharedLinearGradData', 'SharedLinearGradWeight',
-    'TiledLinearFunction', 'fold', 'shared_linear', 'unfold',
+    'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
+    'SharedLinearGradWeight', 'TiedWeight', 'TiedWeightGrad', 'TiledLinearFunction', 'fold',
+    'fold_dtype', 'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
+    'tied_linear', 'unfold',
 ]

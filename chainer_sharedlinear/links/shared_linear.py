@@ -164,21 +164,8 @@ class SharedLinear(VirtualLinear):
             array([[2., 3.],
                    [1., 1.]], dtype=float32)
         """
-        if not isinstance(linear, chainer.links.Linear):
-            raise TypeError(
-                'from_linear expects a chainer.links.Linear, got {}'.format(type(linear).__name__))
-        n_shared = check_n_shared(n_shared)
-        if linear.W.array is None:
-            raise ValueError(
-                'cannot convert {}: its weight is not initialised yet (in_size is only known '
-                'after the first forward pass); run one, or build it with in_size'.format(linear))
+        shared = cls._like_linear(linear, n_shared=n_shared)
         out_size, in_size = linear.W.shape
-        check_in_size(in_size, n_shared)
-        shared = cls(
-            in_size, out_size, n_shared=n_shared, nobias=linear.b is None,
-            initialW=initializers.Zero(linear.W.dtype),
-            initial_bias=None if linear.b is None else initializers.Zero(linear.b.dtype))
-        shared.to_device(linear.device)
         # The mean taken as the first block plus the mean of the differences
         # to it, in float64: the plain mean does not give back W from a tiling
         # (n * w / n rounds), while this does, since the differences are all 0.
@@ -186,8 +173,6 @@ class SharedLinear(VirtualLinear):
         blocks = blocks.astype(numpy.promote_types(blocks.dtype, numpy.float64))
         first = blocks[:, 0]
         shared.W.array[...] = first + (blocks - first[:, None]).mean(axis=1)
-        if linear.b is not None:
-            shared.b.array[...] = linear.b.array
         return shared
 
     def to_linear(self) -> 'chainer.links.Linear':

@@ -216,6 +216,31 @@ class VirtualLinear(link.Link):
             dense.b.array[...] = self.b.array
         return dense
 
+    @classmethod
+    def _like_linear(cls, linear: 'chainer.links.Linear', **options) -> 'VirtualLinear':
+        """A layer of this kind with ``linear``'s sizes, dtypes, device and bias, weights zero.
+
+        The start of every ``from_linear``, which then sets the weights. ``options``
+        are the keyword arguments of the layer's pattern (``n_shared=…``).
+        """
+        if not isinstance(linear, chainer.links.Linear):
+            raise TypeError('from_linear expects a chainer.links.Linear, got {}'.format(
+                type(linear).__name__))
+        if linear.W.array is None:
+            raise ValueError(
+                'cannot convert {}: its weight is not initialised yet (in_size is only known '
+                'after the first forward pass); run one, or build it with in_size'.format(linear))
+        out_size, in_size = linear.W.shape
+        zero = initializers.Zero(linear.W.dtype)
+        options.update({'initial' + name: zero for name in cls.weight_names})
+        layer = cls(in_size, out_size, nobias=linear.b is None,
+                    initial_bias=None if linear.b is None else initializers.Zero(linear.b.dtype),
+                    **options)
+        layer.to_device(linear.device)
+        if linear.b is not None:
+            layer.b.array[...] = linear.b.array
+        return layer
+
     def add_hook(self, hook: chainer.LinkHook, name: tp.Optional[str] = None) -> 'VirtualLinear':
         """Registers a link hook; one that reparametrises a weight is checked first.
 

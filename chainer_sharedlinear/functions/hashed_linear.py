@@ -1,0 +1,159 @@
+"""HashedNets: a linear function whose virtual weights are drawn from buckets by a hash.
+
+Chen, Wilson, Tyree, Weinberger and Chen, "Compressing Neural Networks with
+the Hashing Trick" (ICML 2015): every virtual weight ``V[i, j]`` of an
+``(out_size, in_size)`` layer is ``ξ(i, j) · w[h(i, j)]``, one of the
+``n_weights`` stored weights ``w`` chosen by a hash ``h``, times a sign
+``ξ(i, j) = ±1`` chosen by another. Only ``w`` is stored; the map is a pure
+function of ``(i, j)``, the sizes and a seed, recomputed when needed.
+
+The hash, fixed once and for all because saved models depend on it, uses
+32-bit unsigned integer arithmetic (which wraps alike on NumPy and CuPy) and
+the ``lowbias32`` mixer of Chris Wellons' hash-prospector, a bijection of
+32-bit integers::
+
+    mix(z) = z ^ z >> 16;  z *= 0x7feb352d;  z ^= z >> 15;  z *= 0x846ca68b;  z ^= z >> 16
+    row(i) = mix(mix(seed ^ 0x68e31da4) ^ i)
+    hash(i, j) = mix(row(i) ^ j)
+    bucket(i, j) = hash(i, j) % n_weights
+    sign(i, j) = +1 if mix(hash(i, j) ^ 0x5bd1e995) < 2**31 else -1
+
+For a given row the hash is a bijection of ``j``, so no two virtual weights
+of a row ever get the same hash; the bucket and the sign come from unrelated
+bits of it.
+"""
+
+import typing as tp
+
+import chainer.functions as F
+import numpy
+from chainer import backend, utils
+
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions.tied_linear import TiedWeight
+
+_MIX_MULTIPLIERS = (0x7feb352d, 0x846ca68b)
+_SEED_KEY = 0x68e31da4
+_SIGN_KEY = 0x5bd1e995
+#: Sizes and bucket counts index 32-bit hashes.
+HASH_LIMIT = 2 ** 32
+
+
+def mix32(z, xp=numpy):
+    """The ``lowbias32`` mixer: a bijection of ``uint32`` values, elementwise.
+
+    >>> import numpy as np
+    >>> mix32(np.array([0, 1, 2], np.uint32))
+    array([         0, 1753845952, 3507691905], dtype=uint32)
+    """
+    z = xp.asarray(z, dtype=numpy.uint32)
+    with numpy.errstate(over='ignore'):  # products wrap modulo 2**32 by design
+        z = z ^ (z >> numpy.uint32(16))
+        z = z * numpy.uint32(_MIX_MULTIPLIERS[0])
+        z = z ^ (z >> numpy.uint32(15))
+        z = z * numpy.uint32(_MIX_MULTIPLIERS[1])
+        return z ^ (z >> numpy.uint32(16))
+
+
+def hashed_index(out_size: int, in_size: int, n_weights: int, seed: int,
+                 xp=numpy) -> tp.Tuple[tp.Any, tp.Any]:
+    """The bucket and the sign of every virtual weight of a hashed layer.
+
+    Args:
+        out_size (int): Rows of the virtual weight.
+        in_size (int): Its columns.
+        n_weights (int): The number of stored weights (buckets).
+        seed (int): The seed of the hash, in ``[0, 2**32)``.
+        xp: ``numpy`` or ``cupy``: where the arrays are made.
+
+    Returns:
+        ``(bucket, sign)``: ``(out_size, in_size)`` arrays, ``bucket`` of
+        ``numpy.intp`` in ``[0, n_weights)``, ``sign`` of ``int8`` ±1.
+
+    .. admonition:: Example
+
+        >>> bucket, sign = hashed_index(2, 3, n_weights=4, seed=0)
+        >>> bucket
+        array([[3, 1, 1],
+               [2, 1, 2]])
+        >>> sign
+        array([[ 1,  1,  1],
+               [-1, -1, -1]], dtype=int8)
+    """
+    out_size = _checks.positive_int('out_size', out_size)
+    in_size = _checks.positive_int('in_size', in_size)
+    n_weights = check_n_weights(n_weights, in_size, out_size)
+    seed = _checks.seed(seed)
+    if max(out_size, in_size) >= HASH_LIMIT:
+        raise ValueError('hashed layers take sizes below 2**32, got {} x {}'.format(
+            out_size, in_size))
+    seed_key = mix32(numpy.uint32(seed) ^ numpy.uint32(_SEED_KEY))
+    rows = mix32(xp.arange(out_size, dtype=numpy.uint32) ^ seed_key, xp)
+    hashes = mix32(rows[:, None] ^ xp.arange(in_size, dtype=numpy.uint32)[None, :], xp)
+    bucket = (hashes % numpy.uint32(n_weights)).astype(numpy.intp)
+    negative = mix32(hashes ^ numpy.uint32(_SIGN_KEY), xp) >> numpy.uint32(31)
+    sign = (1 - 2 * negative.astype(numpy.int8)).astype(numpy.int8)
+    return bucket, sign
+
+
+def check_n_weights(n_weights, in_size: int, out_size: int) -> int:
+    """``n_weights`` as an ``int``; ``ValueError`` unless it is from 1 to ``in_size·out_size``."""
+    n_weights = _checks.positive_int('n_weights', n_weights)
+    if n_weights > in_size * out_size:
+        raise ValueError(
+            'n_weights={} is more than the {} x {} = {} virtual weights of the layer: a hashed '
+            'layer stores at most one weight per virtual weight'.format(
+                n_weights, out_size, in_size, in_size * out_size))
+    if n_weights >= HASH_LIMIT:
+        raise ValueError('n_weights must be below 2**32, got {}'.format(n_weights))
+    return n_weights
+
+
+def hashed_weight(W, bucket, sign):
+    """``V = sign · W[bucket]`` as a Chainer variable, gradients summed per bucket.
+
+    ``bucket`` and ``sign`` are :func:`hashed_index`'s, on ``W``'s device;
+    ``sign`` may already be in ``W``'s dtype.
+    """
+    return TiedWeight(bucket, sign.astype(W.dtype, copy=False)).apply((W,))[0]
+
+
+def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: int):
+    """HashedNets' linear function: ``y = x · Vᵀ + b`` with ``V[i, j] = ξ(i, j) · W[h(i, j)]``.
+
+    The bucket ``h(i, j)`` and the sign ``ξ(i, j)`` of each virtual weight
+    come from a seeded hash of ``(i, j)`` (:func:`hashed_index`, documented in
+    this module). ``V`` is gathered, and the gradient of ``W`` is the signed
+    sum, bucket by bucket, of the gradient of ``V`` (in a fixed order on the
+    CPU). The map is recomputed on every call; the
+    :class:`~chainer_sharedlinear.HashedLinear` link keeps it.
+
+    Args:
+        x (:class:`~chainer.Variable` or :ref:`ndarray`): Input; the axes after
+            the first ``n_batch_axes`` hold ``in_size`` features.
+        W (:class:`~chainer.Variable` or :ref:`ndarray`): The stored weights,
+            of shape ``(n_weights,)``.
+        b (:class:`~chainer.Variable` or :ref:`ndarray`): Optional bias of
+            shape ``(out_size,)``.
+        n_batch_axes (int): The number of batch axes.
+        out_size (int): The size of the outputs (keyword only).
+        seed (int): The seed of the hash, in ``[0, 2**32)`` (keyword only).
+
+    Returns:
+        ~chainer.Variable: Output of shape ``(*batch_shape, out_size)``.
+
+    .. admonition:: Example
+
+        >>> import numpy as np
+        >>> W = np.array([1, 10, 100, 1000], np.float32)
+        >>> hashed_linear(np.eye(3, dtype=np.float32), W, out_size=2, seed=0).array.T
+        array([[1000.,   10.,   10.],
+               [-100.,  -10., -100.]], dtype=float32)
+    """
+    if W.ndim != 1:
+        raise ValueError('W must be a vector, (n_weights,), got shape {}'.format(W.shape))
+    n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
+    in_size = utils.size_of_shape(x.shape[n_batch_axes:])
+    xp = backend.get_array_module(W)
+    bucket, sign = hashed_index(out_size, in_size, W.shape[0], seed, xp)
+    return F.linear(x, hashed_weight(W, bucket, sign), b, n_batch_axes=n_batch_axes)

@@ -1,0 +1,183 @@
+"""HashedNets' linear link: ``n_weights`` stored weights, drawn into the layer by a hash."""
+
+import collections
+import math
+import typing as tp
+
+import chainer
+import chainer.functions as F
+from chainer import initializers
+
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions.hashed_linear import (
+    check_n_weights,
+    hashed_index,
+    hashed_weight,
+)
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+
+
+class HashedLinear(VirtualLinear):
+    """Linear layer whose ``(out_size, in_size)`` weight is hashed into ``n_weights`` buckets.
+
+    HashedNets (Chen et al., ICML 2015): the virtual weight ``V[i, j]`` is
+    ``ξ(i, j) · W[h(i, j)]``, with the bucket ``h`` and the sign ``ξ = ±1``
+    of each ``(i, j)`` from a seeded hash (see
+    :func:`~chainer_sharedlinear.hashed_linear`). It stores ``n_weights``
+    numbers for any ``in_size`` and ``out_size``; every bucket is used about
+    ``in_size · out_size / n_weights`` times, at random places, with random
+    signs. The arithmetic is a dense layer's: ``V`` is gathered for each
+    call, and the gradient of ``W`` is summed from ``V``'s, bucket by bucket.
+
+    The map of buckets and signs is computed when first needed on a device
+    and kept in memory (12 bytes per virtual weight on the CPU: the bucket as
+    a 64-bit integer and the sign), never saved: a saved layer holds ``W``,
+    ``b`` and the integers ``n_weights``, ``seed``, ``in_size`` and
+    ``out_size``, and loading it into a layer that differs in any of them is
+    a ``ValueError``.
+
+    Args:
+        in_size (int or None): The size of the inputs; ``None`` defers it to
+            the first forward pass. If only one size is given, it is ``out_size``.
+        out_size (int): The size of the outputs.
+        n_weights (int): The number of stored weights, from 1 to
+            ``in_size · out_size`` (keyword only).
+        seed (int): The seed of the hash, from 0 to ``2**32 - 1``.
+        nobias (bool): If ``True``, there is no bias.
+        initialW (:ref:`initializer <initializer>`): Initializer of ``W``. The
+            default draws from a normal distribution of variance
+            ``1 / in_size``: with random signs and buckets, the outputs have
+            ``L.Linear``'s variance, whatever the mean of the inputs.
+        initial_bias (:ref:`initializer <initializer>`): Initializer of the
+            bias, zero by default.
+
+    Attributes:
+        W (~chainer.Parameter): The stored weights, ``(n_weights,)``.
+        b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
+        n_weights (int): The number of stored weights.
+        seed (int): The seed of the hash.
+
+    .. admonition:: Example
+
+        >>> import numpy as np
+        >>> from chainer_sharedlinear import HashedLinear
+        >>> layer = HashedLinear(1000, 900, n_weights=900 * 1000 // 8)
+        >>> layer.W.shape
+        (112500,)
+        >>> layer(np.zeros((2, 1000), np.float32)).shape
+        (2, 900)
+        >>> layer
+        HashedLinear(in_size=1000, out_size=900, n_weights=112500, seed=0, nobias=False)
+    """
+
+    weight_names = ('W',)
+
+    def __init__(
+            self,
+            in_size: tp.Optional[int],
+            out_size: tp.Optional[int] = None,
+            *,
+            n_weights: int,
+            seed: int = 0,
+            nobias: bool = False,
+            initialW=None,
+            initial_bias=None,
+    ) -> None:
+        super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
+        self.n_weights = _checks.positive_int('n_weights', n_weights)
+        self.seed = _checks.seed(seed)
+        self._index_map: tp.Optional[tuple] = None
+        self._add_weights(W=initialW)
+
+    def _weight_shapes(self, in_size):
+        check_n_weights(self.n_weights, in_size, self.out_size)
+        return collections.OrderedDict(W=(self.n_weights,))
+
+    def _known_weight_shapes(self):
+        return {'W': (self.n_weights,)}
+
+    def _default_initializer(self, name, in_size):
+        return initializers.Normal(scale=1 / math.sqrt(in_size))
+
+    def _hyperparameters(self):
+        return collections.OrderedDict([
+            ('n_weights', self.n_weights), ('seed', self.seed),
+            ('in_size', self.in_size), ('out_size', self.out_size)])
+
+    def index_map(self) -> tp.Tuple[tp.Any, tp.Any]:
+        """``(bucket, sign)``: where each virtual weight comes from, on this link's device.
+
+        Computed once per device and dtype (:func:`~chainer_sharedlinear.functions.
+        hashed_linear.hashed_index`), kept in memory, never saved; ``sign`` is
+        in ``W``'s dtype.
+        """
+        if self.in_size is None:
+            raise ValueError('{} has no index map yet: in_size is only known after the first '
+                             'forward pass'.format(self))
+        key = (self.device, self.in_size, self.W.dtype)
+        if self._index_map is None or self._index_map[0] != key:
+            bucket, sign = hashed_index(self.out_size, self.in_size, self.n_weights, self.seed,
+                                        self.xp)
+            self._index_map = (key, bucket, sign.astype(self.W.dtype))
+        return self._index_map[1], self._index_map[2]
+
+    def __getstate__(self):
+        # The index map is recomputed where it is needed: neither pickled nor deep-copied.
+        state = self.__dict__.copy()
+        state['_index_map'] = None
+        return state
+
+    def dense_weight(self):
+        """The virtual weight ``ξ · W[h]``, ``(out_size, in_size)``."""
+        bucket, sign = self.index_map()
+        return sign * self.W.array[bucket]
+
+    def _apply(self, x, n_batch_axes):
+        bucket, sign = self.index_map()
+        return F.linear(x, hashed_weight(self.W, bucket, sign), self.b,
+                        n_batch_axes=n_batch_axes)
+
+    @classmethod
+    def from_linear(cls, linear: 'chainer.links.Linear', *, n_weights: int,
+                    seed: int = 0) -> 'HashedLinear':
+        """Makes the ``HashedLinear`` closest to a dense :class:`chainer.links.Linear`.
+
+        Each stored weight is the mean of the dense weights hashed into its
+        bucket, each times its sign: of all hashed layers with this
+        ``n_weights`` and ``seed``, the one whose virtual weight is nearest the
+        dense weight in the Frobenius norm. A bucket no weight is hashed into
+        gets 0. The bias is copied; dtypes and device stay as they were.
+
+        Args:
+            linear (~chainer.links.Linear): An initialised dense layer.
+            n_weights (int): The number of stored weights.
+            seed (int): The seed of the hash.
+
+        Returns:
+            HashedLinear: A new link, with ``in_size`` and ``out_size`` of ``linear``.
+
+        .. admonition:: Example
+
+            >>> import numpy as np
+            >>> hashed = HashedLinear(10, 10, n_weights=5)
+            >>> back = HashedLinear.from_linear(hashed.to_linear(), n_weights=5)
+            >>> np.array_equal(back.W.array, hashed.W.array)  # a hashed weight comes back
+            True
+        """
+        hashed = cls._like_linear(linear, n_weights=n_weights, seed=seed)
+        bucket, sign = hashed.index_map()
+        xp = hashed.xp
+        bucket = bucket.ravel()
+        signed = (sign.astype('d') * linear.W.array.astype('d')).ravel()
+        sums = xp.bincount(bucket, weights=signed, minlength=hashed.n_weights)
+        counts = xp.bincount(bucket, minlength=hashed.n_weights)
+        hashed.W.array[...] = sums / xp.maximum(counts, 1)
+        return hashed
+
+    @property
+    def printable_specs(self):
+        yield 'in_size', self.in_size
+        yield 'out_size', self.out_size
+        yield 'n_weights', self.n_weights
+        yield 'seed', self.seed
+        yield 'nobias', self.b is None

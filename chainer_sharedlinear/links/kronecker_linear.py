@@ -1,0 +1,232 @@
+"""The Kronecker-product link: a weight ``Σ_r A[r] ⊗ B[r]``, and PHM layers."""
+
+import collections
+import math
+import numbers
+import typing as tp
+
+import chainer
+import numpy
+from chainer import initializers
+
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions.kronecker_linear import (
+    factor_pairs,
+    kronecker_linear,
+    most_square_factors,
+)
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+
+
+def check_factors(name: str, factors, size: tp.Optional[int] = None) -> tp.Tuple[int, int]:
+    """``factors`` as a pair of positive ints whose product is ``size``, or a ``ValueError``.
+
+    The error lists the pairs that would do. ``size=None`` takes any product.
+
+    >>> check_factors('in_factors', (25, 40), 1000)
+    (25, 40)
+    >>> check_factors('in_factors', (3, 5), 12)
+    Traceback (most recent call last):
+    ...
+    ValueError: in_factors=(3, 5) do not multiply to 12; choose one of (1, 12), (2, 6), \
+(3, 4), (4, 3), (6, 2), (12, 1)
+    """
+    try:
+        first, second = factors
+    except (TypeError, ValueError):
+        raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
+            name, factors)) from None
+    for factor in (first, second):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
+                name, factors))
+    if size is not None and first * second != size:
+        raise ValueError('{}=({}, {}) do not multiply to {}; choose one of {}'.format(
+            name, first, second, size, ', '.join(str(pair) for pair in factor_pairs(size))))
+    return int(first), int(second)
+
+
+class KroneckerLinear(VirtualLinear):
+    """Linear layer whose weight is a sum of Kronecker products, ``Σ_r A[r] ⊗ B[r]``.
+
+    ``A`` has shape ``(n_terms, m1, n1)`` and ``B`` ``(n_terms, m2, n2)``,
+    with ``in_size = n1·n2`` and ``out_size = m1·m2``. It stores
+    ``n_terms·(m1·n1 + m2·n2)`` numbers instead of ``m1·m2·n1·n2``, and computes
+    ``y`` with products of the factors on the input seen as ``n1 × n2``
+    matrices (:func:`~chainer_sharedlinear.kronecker_linear`), without ever
+    building the ``(out_size, in_size)`` weight.
+
+    The PHM layer of Zhang et al. (ICLR 2021) with ``n`` terms is
+    ``KroneckerLinear(in_size, out_size, in_factors=(n, in_size // n),
+    out_factors=(n, out_size // n), n_terms=n)``.
+
+    Args:
+        in_size (int or None): The size of the inputs; ``None`` defers it to
+            the first forward pass. If only one size is given, it is ``out_size``.
+        out_size (int): The size of the outputs.
+        in_factors (tuple of int): ``(n1, n2)`` with ``n1·n2 = in_size``. By
+            default the most square pair, ``n1 <= n2``.
+        out_factors (tuple of int): ``(m1, m2)`` with ``m1·m2 = out_size``,
+            likewise.
+        n_terms (int): The number of Kronecker products added up.
+        nobias (bool): If ``True``, there is no bias.
+        initialA (:ref:`initializer <initializer>`): Initializer of ``A``.
+        initialB (:ref:`initializer <initializer>`): Initializer of ``B``. By
+            default both draw from normal distributions whose variances
+            multiply to ``1 / (n_terms · in_size)``: each element of the
+            weight then has ``L.Linear``'s variance ``1 / in_size``, and the
+            outputs ``L.Linear``'s variance, whatever the mean of the inputs.
+        initial_bias (:ref:`initializer <initializer>`): Initializer of the
+            bias, zero by default.
+
+    Attributes:
+        A (~chainer.Parameter): ``(n_terms, m1, n1)``.
+        B (~chainer.Parameter): ``(n_terms, m2, n2)``.
+        b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
+        out_factors (tuple of int): ``(m1, m2)``.
+        n_terms (int): The number of terms.
+
+    .. admonition:: Example
+
+        >>> import numpy as np
+        >>> from chainer_sharedlinear import KroneckerLinear
+        >>> layer = KroneckerLinear(1000, 900)
+        >>> layer.A.shape, layer.B.shape
+        ((1, 30, 25), (1, 30, 40))
+        >>> layer(np.zeros((2, 1000), np.float32)).shape
+        (2, 900)
+        >>> phm = KroneckerLinear(1000, 900, in_factors=(4, 250), out_factors=(4, 225),
+        ...                       n_terms=4)
+        >>> phm.A.shape, phm.B.shape
+        ((4, 4, 4), (4, 225, 250))
+    """
+
+    weight_names = ('A', 'B')
+
+    def __init__(
+            self,
+            in_size: tp.Optional[int],
+            out_size: tp.Optional[int] = None,
+            *,
+            in_factors: tp.Optional[tp.Tuple[int, int]] = None,
+            out_factors: tp.Optional[tp.Tuple[int, int]] = None,
+            n_terms: int = 1,
+            nobias: bool = False,
+            initialA=None,
+            initialB=None,
+            initial_bias=None,
+    ) -> None:
+        super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
+        self.n_terms = _checks.positive_int('n_terms', n_terms)
+        self.out_factors = (most_square_factors(self.out_size) if out_factors is None
+                            else check_factors('out_factors', out_factors, self.out_size))
+        if in_factors is not None:
+            in_factors = check_factors('in_factors', in_factors, self._in_size)
+            # The factors tell in_size, so the layer need not wait for an input.
+            self._in_size = in_factors[0] * in_factors[1]
+        self._in_factors = in_factors
+        self._add_weights(A=initialA, B=initialB)
+
+    @property
+    def in_factors(self) -> tp.Optional[tp.Tuple[int, int]]:
+        """``(n1, n2)``, or ``None`` while ``in_size`` is not known."""
+        if self.A.array is not None:
+            return self.A.shape[2], self.B.shape[2]
+        if self._in_factors is not None:
+            return self._in_factors
+        if self.in_size is not None:
+            return most_square_factors(self.in_size)
+        return None
+
+    def _weight_shapes(self, in_size):
+        n1, n2 = (most_square_factors(in_size) if self._in_factors is None
+                  else check_factors('in_factors', self._in_factors, in_size))
+        m1, m2 = self.out_factors
+        return collections.OrderedDict([
+            ('A', (self.n_terms, m1, n1)), ('B', (self.n_terms, m2, n2))])
+
+    def _known_weight_shapes(self):
+        n1, n2 = self._in_factors or (None, None)
+        m1, m2 = self.out_factors
+        return {'A': (self.n_terms, m1, n1), 'B': (self.n_terms, m2, n2)}
+
+    def _in_size_of_weights(self):
+        if self.A.array is None or self.B.array is None:
+            return None
+        return self.A.shape[2] * self.B.shape[2]
+
+    def _default_initializer(self, name, in_size):
+        fan_in = self._weight_shapes(in_size)[name][2]  # n1 for A, n2 for B
+        # Var(A)·Var(B)·n_terms = 1 / (n1·n2): each term adds its share of 1 / in_size.
+        return initializers.Normal(scale=1 / math.sqrt(fan_in * math.sqrt(self.n_terms)))
+
+    def dense_weight(self):
+        """The weight ``Σ_r kron(A[r], B[r])``, ``(out_size, in_size)``."""
+        A, B = self.A.array, self.B.array
+        dtype = numpy.promote_types(A.dtype, B.dtype)
+        wide = numpy.promote_types(dtype, numpy.float32)  # n_terms products summed
+        weight = self.xp.einsum('rij,rkl->ikjl', A.astype(wide), B.astype(wide))
+        return weight.reshape(self.out_size, self.in_size).astype(dtype, copy=False)
+
+    def _apply(self, x, n_batch_axes):
+        return kronecker_linear(x, self.A, self.B, self.b, n_batch_axes)
+
+    @classmethod
+    def from_linear(cls, linear: 'chainer.links.Linear', *,
+                    in_factors: tp.Optional[tp.Tuple[int, int]] = None,
+                    out_factors: tp.Optional[tp.Tuple[int, int]] = None,
+                    n_terms: int = 1) -> 'KroneckerLinear':
+        """Makes the ``KroneckerLinear`` closest to a dense :class:`chainer.links.Linear`.
+
+        Van Loan and Pitsianis' rearrangement turns the dense weight into an
+        ``(m1·n1, m2·n2)`` matrix in which every Kronecker product ``A ⊗ B``
+        is the outer product ``vec(A) vec(B)ᵀ``; the ``n_terms`` leading
+        terms of its singular value decomposition are then the ``n_terms``
+        products whose sum is nearest the dense weight in the Frobenius norm.
+        The bias is copied; dtypes and device stay as they were.
+
+        Args:
+            linear (~chainer.links.Linear): An initialised dense layer.
+            in_factors (tuple of int): ``(n1, n2)``, as in the constructor.
+            out_factors (tuple of int): ``(m1, m2)``, as in the constructor.
+            n_terms (int): The number of terms, at most ``min(m1·n1, m2·n2)``.
+
+        Returns:
+            KroneckerLinear: A new link, with ``in_size`` and ``out_size`` of ``linear``.
+
+        .. admonition:: Example
+
+            >>> import chainer.links as L
+            >>> import numpy as np
+            >>> A, B = np.array([[1., 2.], [3., 4.]]), np.array([[0., 1.], [1., 0.]])
+            >>> dense = L.Linear(4, 4, initialW=np.kron(A, B))
+            >>> layer = KroneckerLinear.from_linear(dense)
+            >>> bool(np.allclose(layer.dense_weight(), dense.W.array, atol=1e-6))
+            True
+        """
+        layer = cls._like_linear(linear, in_factors=in_factors, out_factors=out_factors,
+                                 n_terms=n_terms)
+        (m1, m2), (n1, n2) = layer.out_factors, layer.in_factors
+        most = min(m1 * n1, m2 * n2)
+        if layer.n_terms > most:
+            raise ValueError(
+                'n_terms={} is more than the {} terms a weight of factors {} x {} can need: '
+                'n_terms is at most min(m1*n1, m2*n2) = {}'.format(
+                    layer.n_terms, most, layer.out_factors, layer.in_factors, most))
+        xp = layer.xp
+        weight = linear.W.array.astype('d').reshape(m1, m2, n1, n2)
+        rearranged = weight.transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
+        u, s, vt = xp.linalg.svd(rearranged, full_matrices=False)
+        root = xp.sqrt(s[:layer.n_terms])
+        layer.A.array[...] = (u[:, :layer.n_terms] * root).T.reshape(layer.n_terms, m1, n1)
+        layer.B.array[...] = (vt[:layer.n_terms] * root[:, None]).reshape(layer.n_terms, m2, n2)
+        return layer
+
+    @property
+    def printable_specs(self):
+        yield 'in_size', self.in_size
+        yield 'out_size', self.out_size
+        yield 'in_factors', self.in_factors
+        yield 'out_factors', self.out_factors
+        yield 'n_terms', self.n_terms
+        yield 'nobias', self.b is None

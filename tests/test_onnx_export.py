@@ -138,8 +138,8 @@ def test_input_wider_than_the_weight(ort):
 
 @pytest.mark.parametrize('bias', [False, True])
 def test_weight_wider_than_the_input(ort, bias):
-    # Chainer multiplies a float16 input by a float32 weight in float32, rounds the
-    # product to float16, then adds a float16 bias.
+    # Chainer adds the float16 blocks in float32, multiplies by the float32 weight,
+    # rounds the product to float16, then adds a float16 bias.
     class Model(chainer.Chain):
         def __init__(self):
             super().__init__()
@@ -155,12 +155,12 @@ def test_weight_wider_than_the_input(ort, bias):
     expected = model(x).array
     onnx_model = export(model, x)
     assert [node.op_type for node in onnx_model.graph.node if node.op_type != 'Constant'] == (
-        ['Reshape', 'ReduceSum', 'Cast', 'Gemm', 'Cast'] + (['Add'] if bias else []))
+        ['Reshape', 'Cast', 'ReduceSum', 'Gemm', 'Cast'] + (['Add'] if bias else []))
     y, = _run(ort, onnx_model, x)
     assert y.dtype == np.float16
-    # float16 keeps 11 significant bits, and onnxruntime sums the blocks in float16
-    # in another order than NumPy: a few units in the last place of outputs up to ~10.
-    np.testing.assert_allclose(y, expected, rtol=4e-3, atol=1e-2)
+    # Both sum in float32, in other orders, and round to float16 (11 significant
+    # bits): one unit in the last place at most.
+    np.testing.assert_allclose(y, expected, rtol=2 ** -10, atol=0)
 
 
 def test_onnx_chainer_export_with_the_converters_argument(ort):

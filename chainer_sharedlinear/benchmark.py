@@ -1,24 +1,25 @@
-"""Times forward + backward of one layer: SharedLinear against what users have today.
+"""Times forward + backward of one layer: the family against what users have today.
 
 Run ``python -m chainer_sharedlinear.benchmark --help``, or ``bash benchmarks/run.sh``
-from the repository. For each layer shape (a :class:`Case`) it times four
-implementations of the same step, forward and backward with a fixed output
-gradient:
+from the repository. For each layer shape (a :class:`Case`) it times the same
+step, forward and backward with a fixed output gradient, in several
+implementations:
 
-``shared``
-    :class:`~chainer_sharedlinear.SharedLinear`, this project.
+``layer``
+    The case's layer of this package: ``SharedLinear``, ``HashedLinear`` or
+    ``KroneckerLinear``.
 ``dense``
     :class:`chainer.links.Linear` with the same ``in_size`` and ``out_size``.
 ``tiled2016``
-    :class:`~chainer_sharedlinear.functions.TiledLinearFunction`, the 2016
-    algorithm, on the shared link's own ``W`` and ``b``.
+    For ``SharedLinear`` only: :class:`~chainer_sharedlinear.functions.TiledLinearFunction`,
+    the 2016 algorithm, on the shared link's own ``W`` and ``b``.
 ``floor``
-    :func:`floor_forward_backward`: the fold arithmetic in plain NumPy or CuPy,
-    with no Chainer around it; the bar Chainer's bookkeeping cannot beat.
+    The layer's own array code in plain NumPy or CuPy (:data:`FLOORS`), with no
+    Chainer around it; the bar Chainer's bookkeeping cannot beat.
 
 The implementations of one case are timed round-robin, so that drift on a busy
 machine affects them alike, after warm-up rounds; each figure is a median. The
-report is a table of medians and of speed-ups over ``L.Linear``, the issue's
+report is a table of medians and of speed-ups over ``L.Linear``, the issues'
 targets marked PASS or MISS, a JSON file and a plot.
 """
 
@@ -39,10 +40,14 @@ import chainer.links as L
 import numpy
 
 from chainer_sharedlinear.functions.fold import fold, unfold
+from chainer_sharedlinear.functions.kronecker_linear import KroneckerLinearFunction
+from chainer_sharedlinear.functions.tied_linear import TiedWeight, TiedWeightGrad
 from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction
-from chainer_sharedlinear.links.shared_linear import SharedLinear
+from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear
 
-IMPLEMENTATIONS = ('shared', 'dense', 'tiled2016', 'floor')
+IMPLEMENTATIONS = ('layer', 'dense', 'tiled2016', 'floor')
+LAYERS = {'SharedLinear': SharedLinear, 'HashedLinear': HashedLinear,
+          'KroneckerLinear': KroneckerLinear}
 # Timed in a round of their own, after the others in the same run. The 2016
 # code allocates and frees two (out_size, in_size) arrays per step, after which
 # glibc hands memory back to the OS; interleaved with it, the next step
@@ -56,43 +61,89 @@ MIN_REPEATS = 5
 
 
 class Case(tp.NamedTuple):
-    """One layer shape: ``batch`` rows of ``in_size`` features to ``out_size``.
+    """One layer: ``batch`` rows of ``in_size`` features to ``out_size``, and its pattern.
 
-    >>> Case(100, 1000, 900, 10, nobias=True).label
-    '100x1000->900 n=10 nobias'
+    ``options`` are the keyword arguments of ``layer`` besides the sizes and
+    ``nobias``, as ``(name, value)`` pairs.
+
+    >>> Case(100, 1000, 900, 'SharedLinear', (('n_shared', 10),), nobias=True).label
+    'SharedLinear 100x1000->900 n_shared=10 nobias'
     """
 
     batch: int
     in_size: int
     out_size: int
-    n_shared: int
+    layer: str = 'SharedLinear'
+    options: tp.Tuple[tp.Tuple[str, tp.Any], ...] = ()
     nobias: bool = False
 
     @property
     def label(self) -> str:
-        label = '{}x{}->{} n={}'.format(self.batch, self.in_size, self.out_size, self.n_shared)
+        label = '{} {}x{}->{}'.format(self.layer, self.batch, self.in_size, self.out_size)
+        for name, value in self.options:
+            if isinstance(value, tuple):
+                value = 'x'.join(str(v) for v in value)
+            label += ' {}={}'.format(name, value)
         return label + ' nobias' if self.nobias else label
+
+    def make_layer(self) -> chainer.Link:
+        """The case's layer, with its default initial weights."""
+        return LAYERS[self.layer](self.in_size, self.out_size, nobias=self.nobias,
+                                  **dict(self.options))
+
+    def to_json(self) -> dict:
+        case = self._asdict()
+        case['options'] = {name: list(value) if isinstance(value, tuple) else value
+                           for name, value in self.options}
+        return case
+
+    @classmethod
+    def from_json(cls, case: dict) -> 'Case':
+        options = tuple((name, tuple(value) if isinstance(value, list) else value)
+                        for name, value in case['options'].items())
+        return cls(case['batch'], case['in_size'], case['out_size'], case['layer'], options,
+                   case['nobias'])
+
+
+def shared(batch, in_size, out_size, n_shared, nobias=False) -> Case:
+    return Case(batch, in_size, out_size, 'SharedLinear', (('n_shared', n_shared),), nobias)
+
+
+def hashed(batch, in_size, out_size, compression, nobias=False) -> Case:
+    """A ``HashedLinear`` storing ``1 / compression`` of the dense weights."""
+    return Case(batch, in_size, out_size, 'HashedLinear',
+                (('n_weights', in_size * out_size // compression),), nobias)
+
+
+def kronecker(batch, in_size, out_size, in_factors, out_factors, n_terms=1,
+              nobias=False) -> Case:
+    return Case(batch, in_size, out_size, 'KroneckerLinear',
+                (('in_factors', in_factors), ('out_factors', out_factors),
+                 ('n_terms', n_terms)), nobias)
 
 
 def _large(batch=256, n_shared=8):
-    return Case(batch, 4096, 4096, n_shared)
+    return shared(batch, 4096, 4096, n_shared)
 
 
-# The shapes of the issue. The large layer is also the sweep's n_shared = 8
-# and the batch sweep's 256; a shape in several groups is timed once.
+# The example's l2 (examples/train_mnist3.py) and the large layer of the issues, in
+# each pattern. A shape in several groups is timed once.
 CASE_GROUPS = collections.OrderedDict([
-    # The layer l2 of examples/train_mnist3.py.
-    ('example', (Case(100, 1000, 900, 10, nobias=True),)),
+    ('example', (shared(100, 1000, 900, 10, nobias=True),)),
     ('large', (_large(),)),
     ('sweep', tuple(_large(n_shared=n) for n in (1, 2, 4, 8, 16))),
     ('batch', tuple(_large(batch=b) for b in (1, 32, 256))),
+    ('hashed', (hashed(100, 1000, 900, 8, nobias=True), hashed(256, 4096, 4096, 8))),
+    ('kronecker', (kronecker(100, 1000, 900, (25, 40), (30, 30), nobias=True),
+                   kronecker(100, 1000, 900, (4, 250), (4, 225), n_terms=4, nobias=True),
+                   kronecker(256, 4096, 4096, (64, 64), (64, 64)))),
 ])
 
 
 def select_cases(group_names) -> 'collections.OrderedDict[Case, tp.List[str]]':
     """Maps each case of the named groups (or ``'all'``) to the groups it is in.
 
-    >>> [case.n_shared for case in select_cases(['sweep'])]
+    >>> [dict(case.options)['n_shared'] for case in select_cases(['sweep'])]
     [1, 2, 4, 8, 16]
     """
     names = list(CASE_GROUPS) if 'all' in group_names else list(group_names)
@@ -106,6 +157,8 @@ def select_cases(group_names) -> 'collections.OrderedDict[Case, tp.List[str]]':
             selected.setdefault(case, []).append(name)
     return selected
 
+
+# --- floors: each layer's array code, without Chainer ------------------------------------
 
 def floor_forward_backward(x, W, b, gy, n_shared):
     """Forward and backward of the shared-weight layer in plain NumPy or CuPy.
@@ -136,30 +189,71 @@ def floor_forward_backward(x, W, b, gy, n_shared):
 array([[2., 2.]], dtype=float32))
     """
     x_fold = fold(x, n_shared)
-    y = x_fold.dot(W.T)
+    y = x_fold.dot(W.T).astype(x.dtype, copy=False)
     if b is not None:
         y += b
-    gW = gy.T.dot(x_fold)
+    gW = gy.T.dot(x_fold).astype(W.dtype, copy=False)
     gx = unfold(gy.dot(W), n_shared)
     gb = None if b is None else gy.sum(axis=0)
     return y, gx, gW, gb
 
 
+def hashed_floor_forward_backward(x, W, b, gy, bucket, sign):
+    """Forward and backward of a hashed layer in plain arrays: gather, three products, scatter.
+
+    ``bucket`` and ``sign`` are the layer's index map (``HashedLinear.index_map()``).
+    Returns ``y``, ``gx``, ``gW`` and ``gb`` as :func:`floor_forward_backward` does.
+    """
+    V, = TiedWeight(bucket, sign).forward((W,))
+    y = x.dot(V.T)
+    if b is not None:
+        y += b
+    gx = gy.dot(V)
+    gW, = TiedWeightGrad(bucket, sign, W.shape).forward((gy.T.dot(x),))
+    gb = None if b is None else gy.sum(axis=0)
+    return y, gx, gW, gb
+
+
+def kronecker_floor_forward_backward(x, A, B, b, gy):
+    """Forward and backward of a Kronecker layer in plain arrays, its node's own code.
+
+    Returns ``y``, ``gx``, ``gA``, ``gB`` and ``gb`` (``None`` without a bias).
+    """
+    node = KroneckerLinearFunction()
+    y, = node.forward((x, A, B) if b is None else (x, A, B, b))
+    gx, gA, gB = node._backward_arrays((0, 1, 2), x, A, B, gy)
+    gb = None if b is None else gy.sum(axis=0)
+    return y, gx, gA, gB, gb
+
+
+def _floor_step(case, layer, x, gy):
+    """The zero-argument floor of ``layer`` on ``x`` and ``gy``."""
+    b = None if layer.b is None else layer.b.array
+    if case.layer == 'SharedLinear':
+        W = layer.W.array
+        return lambda: floor_forward_backward(x, W, b, gy, layer.n_shared)
+    if case.layer == 'HashedLinear':
+        W = layer.W.array
+        bucket, sign = layer.index_map()
+        return lambda: hashed_floor_forward_backward(x, W, b, gy, bucket, sign)
+    A, B = layer.A.array, layer.B.array
+    return lambda: kronecker_floor_forward_backward(x, A, B, b, gy)
+
+
 def make_steps(case: Case, device, dtype, seed: int = 0) -> 'collections.OrderedDict':
     """Makes one zero-argument function per implementation, each a forward + backward.
 
-    The three Chainer ones take the input as a :class:`chainer.Variable`, so
-    the gradient of the input is computed as it is inside a network, and
-    clear the gradients they leave before each step.
+    The Chainer ones take the input as a :class:`chainer.Variable`, so the
+    gradient of the input is computed as it is inside a network, and clear
+    the gradients they leave before each step.
     """
     rng = numpy.random.default_rng(seed)
     x = device.send(rng.standard_normal((case.batch, case.in_size)).astype(dtype))
     gy = device.send(rng.standard_normal((case.batch, case.out_size)).astype(dtype))
     with chainer.using_config('dtype', dtype):
-        shared = SharedLinear(case.in_size, case.out_size, n_shared=case.n_shared,
-                              nobias=case.nobias)
+        layer = case.make_layer()
         dense = L.Linear(case.in_size, case.out_size, nobias=case.nobias)
-    shared.to_device(device)
+    layer.to_device(device)
     dense.to_device(device)
     x_var = chainer.Variable(x)
 
@@ -174,25 +268,18 @@ def make_steps(case: Case, device, dtype, seed: int = 0) -> 'collections.Ordered
             backward(link(x_var))
         return step
 
-    params = (shared.W,) if case.nobias else (shared.W, shared.b)
+    steps = collections.OrderedDict([('layer', link_step(layer)), ('dense', link_step(dense))])
+    if case.layer == 'SharedLinear':
+        params = (layer.W,) if case.nobias else (layer.W, layer.b)
 
-    def tiled_step():
-        shared.cleargrads()
-        x_var.cleargrad()
-        backward(TiledLinearFunction()(x_var, *params))
-
-    W = shared.W.array
-    b = None if case.nobias else shared.b.array
-
-    def floor_step():
-        floor_forward_backward(x, W, b, gy, case.n_shared)
-
-    return collections.OrderedDict([
-        ('shared', link_step(shared)),
-        ('dense', link_step(dense)),
-        ('tiled2016', tiled_step),
-        ('floor', floor_step),
-    ])
+        def tiled_step():
+            layer.cleargrads()
+            x_var.cleargrad()
+            backward(TiledLinearFunction()(x_var, *params))
+        steps['tiled2016'] = tiled_step
+    link_step(layer)()  # a hashed layer makes its index map on its first call
+    steps['floor'] = _floor_step(case, layer, x, gy)
+    return steps
 
 
 def _synchronizer(device):
@@ -334,9 +421,10 @@ def run_benchmark(cases, device='@numpy', dtype='float32', repeats=200, warmup=3
             for group in (
                     [name for name in steps if name not in TIMED_ALONE],
                     [name for name in steps if name in TIMED_ALONE]):
-                samples.update(time_round_robin(
-                    {name: steps[name] for name in group}, repeats, warmup, seconds,
-                    synchronize))
+                if group:
+                    samples.update(time_round_robin(
+                        {name: steps[name] for name in group}, repeats, warmup, seconds,
+                        synchronize))
             samples = collections.OrderedDict((name, samples[name]) for name in steps)
             result = _summarize(case, groups, samples)
             if device.xp is numpy:
@@ -363,7 +451,7 @@ def _summarize(case, groups, samples) -> dict:
     medians = collections.OrderedDict(
         (name, statistics.median(times) * 1e3) for name, times in samples.items())
     result = collections.OrderedDict()
-    result['case'] = case._asdict()
+    result['case'] = case.to_json()
     result['label'] = case.label
     result['groups'] = list(groups)
     result['repeats'] = min(len(times) for times in samples.values())
@@ -375,7 +463,7 @@ def _summarize(case, groups, samples) -> dict:
         (name, _quartiles_ms(times)) for name, times in samples.items())
     result['speedup_over_dense'] = collections.OrderedDict(
         (name, medians['dense'] / median) for name, median in medians.items())
-    result['shared_over_floor'] = medians['shared'] / medians['floor']
+    result['layer_over_floor'] = medians['layer'] / medians['floor']
     result['speedup_over_dense_of_min'] = collections.OrderedDict(
         (name, result['min_ms']['dense'] / fastest)
         for name, fastest in result['min_ms'].items())
@@ -385,12 +473,18 @@ def _summarize(case, groups, samples) -> dict:
 
 
 class Target(tp.NamedTuple):
-    """A speed target of the issue, checked on one case of the report."""
+    """A speed target of the issues, checked on one case of the report.
+
+    ``metric``: ``'speedup'`` (dense time / layer time, at least ``goal``),
+    ``'slowdown'`` (layer time / dense time, at most ``goal``), ``'over_floor'``
+    (layer time / floor time, at most ``goal``), or ``'report'`` (no goal: the
+    speed-up is reported).
+    """
 
     description: str
     case: Case
-    metric: str  # 'speedup' (dense / shared) or 'over_floor' (shared / floor)
-    goal: float
+    metric: str
+    goal: tp.Optional[float]
 
 
 TARGETS = (
@@ -402,30 +496,49 @@ TARGETS = (
            _large(n_shared=1), 'speedup', 0.95),
     Target('example layer: SharedLinear <= 1.25x the time of the plain floor',
            CASE_GROUPS['example'][0], 'over_floor', 1.25),
+    Target('large layer: KroneckerLinear 64x64 (x) 64x64 >= 8x faster than L.Linear',
+           CASE_GROUPS['kronecker'][2], 'speedup', 8.0),
+    Target('example shape: KroneckerLinear (most square factors), speed-up reported',
+           CASE_GROUPS['kronecker'][0], 'report', None),
+    Target('example shape: PHM layer, n = 4, speed-up reported',
+           CASE_GROUPS['kronecker'][1], 'report', None),
+    Target('example shape: HashedLinear 1/8 <= 2.0x the time of L.Linear',
+           CASE_GROUPS['hashed'][0], 'slowdown', 2.0),
+    Target('large layer: HashedLinear 1/8 <= 1.3x the time of L.Linear',
+           CASE_GROUPS['hashed'][1], 'slowdown', 1.3),
 )
 
 
 def evaluate_targets(results, itemsize) -> list:
     """Marks each target PASS or MISS with the measured figure (n/a if not measured)."""
-    by_case = {Case(**result['case']): result for result in results}
+    by_case = {Case.from_json(result['case']): result for result in results}
     evaluated = []
     for target in TARGETS:
         result = by_case.get(target.case)
         entry = collections.OrderedDict([('target', target.description)])
         if result is None:
             entry.update(measured=None, status='n/a', note='case not run')
-        elif target.metric == 'speedup':
-            measured = result['speedup_over_dense']['shared']
-            entry.update(measured=round(measured, 3),
-                         status='PASS' if measured >= target.goal else 'MISS',
-                         note='{:.2f}x, goal >= {}x'.format(measured, target.goal))
+            evaluated.append(entry)
+            continue
+        speedup = result['speedup_over_dense']['layer']
+        if target.metric == 'speedup':
+            measured, passed = speedup, speedup >= target.goal
+            note = '{:.2f}x, goal >= {}x'.format(measured, target.goal)
+        elif target.metric == 'slowdown':
+            measured = 1 / speedup
+            passed = measured <= target.goal
+            note = '{:.2f}x the time, goal <= {}x'.format(measured, target.goal)
+        elif target.metric == 'over_floor':
+            measured = result['layer_over_floor']
+            passed = measured <= target.goal
+            note = '{:.2f}x the floor, goal <= {}x'.format(measured, target.goal)
         else:
-            measured = result['shared_over_floor']
-            entry.update(measured=round(measured, 3),
-                         status='PASS' if measured <= target.goal else 'MISS',
-                         note='{:.2f}x the floor, goal <= {}x'.format(measured, target.goal))
+            measured, passed = speedup, None
+            note = '{:.2f}x faster than L.Linear'.format(speedup)
+        entry.update(measured=round(measured, 3), note=note,
+                     status='info' if passed is None else 'PASS' if passed else 'MISS')
         evaluated.append(entry)
-    evaluated.append(_memory_target(results, itemsize))
+    evaluated += _memory_targets(results, itemsize)
     evaluated.append(collections.OrderedDict([
         ('target', 'end to end: an epoch of the example >= 1.8x faster with sharing'),
         ('measured', None), ('status', 'n/a'),
@@ -434,52 +547,63 @@ def evaluate_targets(results, itemsize) -> list:
     return evaluated
 
 
-def _memory_target(results, itemsize):
-    entry = collections.OrderedDict([
-        ('target', 'no (out_size, in_size) array in forward or backward'),
-        ('measured', None), ('status', 'n/a'),
-        ('note', 'peak memory is measured on NumPy only; tests/test_memory.py checks it'),
-    ])
-    # With n_shared = 1 the weight itself is (out_size, in_size).
-    measured = [result for result in results
-                if 'peak_mib' in result and result['case']['n_shared'] > 1]
-    if not measured:
-        return entry
+def _builds_no_dense_weight(case) -> bool:
+    # A hashed layer gathers its (out_size, in_size) weight by design, and
+    # SharedLinear with n_shared = 1 stores one.
+    if case['layer'] == 'HashedLinear':
+        return False
+    return case['layer'] != 'SharedLinear' or case['options']['n_shared'] > 1
 
-    def weight_against_activations(result):
-        case = result['case']
-        return (case['out_size'] * case['in_size']
-                / (case['batch'] * (case['in_size'] + case['out_size'])), case['n_shared'])
 
-    # The case where a dense weight would stand out most from everything else.
-    result = max(measured, key=weight_against_activations)
+def _memory_targets(results, itemsize) -> list:
+    """Per pattern that never builds an (out_size, in_size) array: is the peak below one?"""
+    entries = []
+    for layer in ('SharedLinear', 'KroneckerLinear'):
+        entry = collections.OrderedDict([
+            ('target', '{}: no (out_size, in_size) array in forward or backward'.format(layer)),
+            ('measured', None), ('status', 'n/a'),
+            ('note', 'peak memory is measured on NumPy only; tests/test_memory.py checks it'),
+        ])
+        measured = [result for result in results if 'peak_mib' in result
+                    and result['case']['layer'] == layer
+                    and _builds_no_dense_weight(result['case'])]
+        if measured:
+            # The case where a dense weight would stand out most from everything else.
+            result = max(measured, key=_weight_against_activations)
+            case = result['case']
+            dense_weight_mib = case['out_size'] * case['in_size'] * itemsize / 2 ** 20
+            peak = result['peak_mib']
+            entry.update(
+                measured=peak['layer'],
+                status='PASS' if peak['layer'] < dense_weight_mib else 'MISS',
+                note='{}: peak {} MiB (L.Linear {} MiB); one (out, in) array {:.1f} MiB; '
+                     'bound tested in tests/test_memory.py'.format(
+                         result['label'], peak['layer'], peak['dense'], dense_weight_mib))
+        entries.append(entry)
+    return entries
+
+
+def _weight_against_activations(result):
     case = result['case']
-    dense_weight_mib = case['out_size'] * case['in_size'] * itemsize / 2 ** 20
-    peak = result['peak_mib']
-    # Any one (out_size, in_size) array alive would alone make the peak that large.
-    entry.update(
-        measured=peak['shared'],
-        status='PASS' if peak['shared'] < dense_weight_mib else 'MISS',
-        note='{}: peak {} MiB (L.Linear {} MiB, tiled2016 {} MiB); one (out, in) array '
-             '{:.1f} MiB; bound tested in tests/test_memory.py'.format(
-                 result['label'], peak['shared'], peak['dense'], peak['tiled2016'],
-                 dense_weight_mib))
-    return entry
+    return case['out_size'] * case['in_size'] / (case['batch'] * (case['in_size']
+                                                                  + case['out_size']))
 
 
 def format_table(report) -> str:
     """The medians and speed-ups of a report as a plain-text table."""
-    header = ('case', 'shared ms', 'dense ms', 'tiled16 ms', 'floor ms',
-              'shared x', 'tiled16 x', 'floor x', 'shared/floor', 'reps')
+    header = ('case', 'layer ms', 'dense ms', 'tiled16 ms', 'floor ms', 'layer x',
+              'tiled16 x', 'layer/floor', 'reps')
     rows = []
     for result in report['results']:
         medians, speedups = result['median_ms'], result['speedup_over_dense']
+
+        def cell(values, name, form):
+            return form.format(values[name]) if name in values else '-'
         rows.append(
             (result['label'],)
-            + tuple('{:.3f}'.format(medians[name]) for name in IMPLEMENTATIONS)
-            + tuple('{:.2f}'.format(speedups[name])
-                    for name in ('shared', 'tiled2016', 'floor'))
-            + ('{:.2f}'.format(result['shared_over_floor']), str(result['repeats'])))
+            + tuple(cell(medians, name, '{:.3f}') for name in IMPLEMENTATIONS)
+            + tuple(cell(speedups, name, '{:.2f}') for name in ('layer', 'tiled2016'))
+            + ('{:.2f}'.format(result['layer_over_floor']), str(result['repeats'])))
     widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
     lines = ['  '.join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
                        for i, cell in enumerate(row)) for row in [header] + rows]
@@ -502,7 +626,7 @@ def noisy_cases(report, spread=0.1) -> tp.List[str]:
 
 
 def format_targets(report) -> str:
-    """The issue's targets, one a line: status, target, measured figure."""
+    """The issues' targets, one a line: status, target, measured figure."""
     return '\n'.join('{:<4}  {}  [{}]'.format(t['status'], t['target'], t['note'])
                      for t in report['targets'])
 
@@ -529,19 +653,20 @@ def write_json(report, path) -> None:
 
 
 def plot(report, path) -> None:
-    """Draws speed-ups over ``L.Linear``: bars for named shapes, lines over ``n_shared``.
+    """Draws speed-ups over ``L.Linear``: bars for the layers, lines over ``n_shared``.
 
     Needs matplotlib (the ``examples`` extra).
     """
     from matplotlib.figure import Figure
 
-    compared = ('shared', 'tiled2016', 'floor')
+    compared = ('layer', 'tiled2016', 'floor')
     named = [r for r in report['results'] if set(r['groups']) - {'sweep'}]
     sweep = sorted((r for r in report['results'] if 'sweep' in r['groups']),
-                   key=lambda r: r['case']['n_shared'])
+                   key=lambda r: r['case']['options']['n_shared'])
     panels = [panel for panel in (named, sweep) if panel]
-    figure = Figure(figsize=(5.5 * len(panels), 4.5), layout='constrained')
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    widths = [max(5.5, 1.1 * len(panel)) if panel is named else 5.5 for panel in panels]
+    figure = Figure(figsize=(sum(widths), 5), layout='constrained')
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
     axes_of = dict(zip((id(panel) for panel in panels), axes))
 
     if named:
@@ -549,22 +674,23 @@ def plot(report, path) -> None:
         width = 0.8 / len(compared)
         for i, name in enumerate(compared):
             positions = [j + (i - (len(compared) - 1) / 2) * width for j in range(len(named))]
-            bars = ax.bar(positions, [r['speedup_over_dense'][name] for r in named], width,
-                          label=name)
-            ax.bar_label(bars, fmt='%.1f', fontsize=7)
+            heights = [r['speedup_over_dense'].get(name, float('nan')) for r in named]
+            bars = ax.bar(positions, heights, width, label=name)
+            ax.bar_label(bars, labels=['' if h != h else '{:.1f}'.format(h) for h in heights],
+                         fontsize=7)
         ax.axhline(1.0, color='black', linewidth=0.8, label='L.Linear')
+        ax.set_yscale('log', base=2)
         ax.set_xticks(range(len(named)))
-        ax.set_xticklabels(['{}\n{}'.format(r['groups'][0], r['label'].replace(' ', '\n', 1))
-                            for r in named], fontsize=8)
+        ax.set_xticklabels([r['label'].replace(' ', '\n') for r in named], fontsize=7)
         ax.set_ylabel('speed-up over L.Linear (forward + backward)')
-        ax.set_title('Layer shapes')
+        ax.set_title('The layers of the family')
         ax.legend(fontsize=8)
     if sweep:
         ax = axes_of[id(sweep)]
-        n_shared = [r['case']['n_shared'] for r in sweep]
+        n_shared = [r['case']['options']['n_shared'] for r in sweep]
         for name in compared:
             ax.plot(n_shared, [r['speedup_over_dense'][name] for r in sweep], marker='o',
-                    label=name)
+                    label='SharedLinear' if name == 'layer' else name)
         ax.plot(n_shared, n_shared, linestyle='--', color='gray',
                 label='n_shared (arithmetic limit)')
         ax.axhline(1.0, color='black', linewidth=0.8, label='L.Linear')
@@ -579,8 +705,8 @@ def plot(report, path) -> None:
         ax.set_xlabel('n_shared')
         ax.set_ylabel('speed-up over L.Linear')
         case = sweep[0]['case']
-        ax.set_title('batch {}, {} -> {}'.format(case['batch'], case['in_size'],
-                                                   case['out_size']))
+        ax.set_title('SharedLinear, batch {}, {} -> {}'.format(
+            case['batch'], case['in_size'], case['out_size']))
         ax.legend(fontsize=8)
     machine = report['machine']
     figure.suptitle('{}, {}, {}: medians of forward + backward'.format(
@@ -595,8 +721,9 @@ def plot(report, path) -> None:
 def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='python -m chainer_sharedlinear.benchmark',
-        description='Times forward + backward of SharedLinear against L.Linear, the 2016 '
-                    'tiled algorithm and plain NumPy/CuPy, and checks the speed targets.')
+        description='Times forward + backward of the family (SharedLinear, HashedLinear, '
+                    'KroneckerLinear) against L.Linear, the 2016 tiled algorithm and plain '
+                    'NumPy/CuPy, and checks the speed targets.')
     parser.add_argument('--device', default='@numpy',
                         help="Chainer device: '@numpy' (default) or '@cupy:0' for a GPU")
     parser.add_argument('--dtype', default='float32', help='float16, float32 or float64')

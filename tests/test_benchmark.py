@@ -10,13 +10,15 @@ import chainer
 import numpy as np
 import pytest
 
-from chainer_sharedlinear import SharedLinear, benchmark
-from chainer_sharedlinear.benchmark import Case
+from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear, benchmark
+from chainer_sharedlinear.benchmark import Case, hashed, kronecker, shared
 
 TINY_CASES = collections.OrderedDict([
-    (Case(3, 8, 5, 2, nobias=True), ['example']),
-    (Case(3, 8, 5, 1), ['sweep']),
-    (Case(3, 8, 5, 4), ['sweep', 'batch']),
+    (shared(3, 8, 5, 2, nobias=True), ['example']),
+    (shared(3, 8, 5, 1), ['sweep']),
+    (shared(3, 8, 5, 4), ['sweep', 'batch']),
+    (hashed(3, 8, 5, 4, nobias=True), ['hashed']),
+    (kronecker(3, 8, 6, (2, 4), (3, 2), n_terms=2), ['kronecker']),
 ])
 
 
@@ -48,6 +50,45 @@ def test_floor_computes_what_shared_linear_does(n_shared, nobias):
         np.testing.assert_allclose(gb, link.b.grad, rtol=1e-12)
 
 
+def _link_grads(link, x, gy):
+    link.cleargrads()  # Chainer fills new gradients with NaN
+    x_var = chainer.Variable(x)
+    y = link(x_var)
+    y.grad = gy
+    y.backward()
+    return y.array, x_var.grad
+
+
+@pytest.mark.parametrize('nobias', [True, False])
+def test_hashed_floor_computes_what_hashed_linear_does(nobias):
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((4, 10)), rng.standard_normal((4, 3))
+    with chainer.using_config('dtype', np.float64):
+        link = HashedLinear(10, 3, n_weights=7, nobias=nobias, initial_bias=1.0)
+    y, gx = _link_grads(link, x, gy)
+    b = None if nobias else link.b.array
+    y_floor, gx_floor, gW, gb = benchmark.hashed_floor_forward_backward(
+        x, link.W.array, b, gy, *link.index_map())
+    np.testing.assert_allclose(y_floor, y, rtol=1e-12)
+    np.testing.assert_allclose(gx_floor, gx, rtol=1e-12)
+    np.testing.assert_allclose(gW, link.W.grad, rtol=1e-12)
+    assert gb is None if nobias else np.allclose(gb, link.b.grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize('n_terms', [1, 3])
+def test_kronecker_floor_computes_what_kronecker_linear_does(n_terms):
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((4, 12)), rng.standard_normal((4, 6))
+    with chainer.using_config('dtype', np.float64):
+        link = KroneckerLinear(12, 6, n_terms=n_terms, initial_bias=1.0)
+    y, gx = _link_grads(link, x, gy)
+    y_floor, gx_floor, gA, gB, gb = benchmark.kronecker_floor_forward_backward(
+        x, link.A.array, link.B.array, link.b.array, gy)
+    for mine, theirs in ((y_floor, y), (gx_floor, gx), (gA, link.A.grad), (gB, link.B.grad),
+                         (gb, link.b.grad)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-14)
+
+
 def test_floor_takes_a_float32_layer():
     x = np.ones((2, 6), np.float32)
     W = np.ones((4, 3), np.float32)
@@ -59,9 +100,19 @@ def test_floor_takes_a_float32_layer():
 
 def test_all_times_each_shape_once_and_keeps_its_groups():
     cases = benchmark.select_cases(['all'])
-    assert len(cases) == len(set(cases)) == 8
-    assert cases[Case(256, 4096, 4096, 8)] == ['large', 'sweep', 'batch']
-    assert cases[Case(100, 1000, 900, 10, nobias=True)] == ['example']
+    assert len(cases) == len(set(cases)) == 13
+    assert cases[shared(256, 4096, 4096, 8)] == ['large', 'sweep', 'batch']
+    assert cases[shared(100, 1000, 900, 10, nobias=True)] == ['example']
+    assert cases[hashed(256, 4096, 4096, 8)] == ['hashed']
+    assert cases[kronecker(256, 4096, 4096, (64, 64), (64, 64))] == ['kronecker']
+
+
+def test_a_case_makes_its_layer_and_survives_json():
+    for case in benchmark.select_cases(['example', 'hashed', 'kronecker']):
+        assert Case.from_json(json.loads(json.dumps(case.to_json()))) == case
+    layer = kronecker(100, 1000, 900, (4, 250), (4, 225), n_terms=4).make_layer()
+    assert (layer.A.shape, layer.B.shape) == ((4, 4, 4), (4, 225, 250))
+    assert hashed(100, 1000, 900, 8).make_layer().W.shape == (112500,)
 
 
 def test_an_unknown_group_is_refused():
@@ -83,16 +134,18 @@ def test_steps_are_interleaved_and_stop_when_time_is_up():
 
 
 def test_targets_pass_and_miss_at_their_goals():
-    def result(case, shared_speedup, over_floor):
-        return {'case': case._asdict(), 'speedup_over_dense': {'shared': shared_speedup},
-                'shared_over_floor': over_floor}
+    def result(case, speedup, over_floor=1.0):
+        return {'case': case.to_json(), 'speedup_over_dense': {'layer': speedup},
+                'layer_over_floor': over_floor}
 
-    example = benchmark.CASE_GROUPS['example'][0]
-    large = benchmark.CASE_GROUPS['large'][0]
+    groups = benchmark.CASE_GROUPS
     targets = benchmark.evaluate_targets(
-        [result(example, 6.0, 1.26), result(large, 6.99, 1.0)], itemsize=4)
+        [result(groups['example'][0], 6.0, 1.26), result(groups['large'][0], 6.99),
+         result(groups['kronecker'][2], 8.0), result(groups['kronecker'][0], 1.7),
+         result(groups['hashed'][0], 0.5), result(groups['hashed'][1], 1 / 1.31)], itemsize=4)
     status = {t['target']: t['status'] for t in targets}
-    assert [status[t.description] for t in benchmark.TARGETS] == ['PASS', 'MISS', 'n/a', 'MISS']
+    assert [status[t.description] for t in benchmark.TARGETS] == [
+        'PASS', 'MISS', 'n/a', 'MISS', 'PASS', 'info', 'n/a', 'PASS', 'MISS']
 
 
 def test_a_wide_spread_of_times_is_flagged():
@@ -111,14 +164,17 @@ def test_run_benchmark_reports_every_implementation(tmp_path):
     assert [r['label'] for r in report['results']] == [c.label for c in TINY_CASES]
     for result in report['results']:
         assert result['repeats'] == 6
-        assert list(result['median_ms']) == list(benchmark.IMPLEMENTATIONS)
+        implementations = list(benchmark.IMPLEMENTATIONS)
+        if result['case']['layer'] != 'SharedLinear':
+            implementations.remove('tiled2016')
+        assert list(result['median_ms']) == implementations
         assert all(t > 0 for t in result['median_ms'].values())
         assert result['speedup_over_dense']['dense'] == 1.0
         assert result['speedup_over_dense_of_min']['dense'] == 1.0
         assert all(q1 <= q3 for q1, q3 in result['quartiles_ms'].values())
         assert all(len(times) == 6 for times in result['samples_ms'].values())
-        assert set(result['peak_mib']) == set(benchmark.IMPLEMENTATIONS)
-    assert {t['status'] for t in report['targets']} <= {'PASS', 'MISS', 'n/a'}
+        assert list(result['peak_mib']) == implementations
+    assert {t['status'] for t in report['targets']} <= {'PASS', 'MISS', 'n/a', 'info'}
     table = benchmark.format_table(report)
     assert all(c.label in table for c in TINY_CASES)
 
@@ -135,15 +191,16 @@ def test_command_line_writes_table_json_and_plot(tmp_path, capsys):
     assert status == 0
 
     printed = capsys.readouterr().out
-    assert '100x1000->900 n=10 nobias' in printed
+    assert 'SharedLinear 100x1000->900 n_shared=10 nobias' in printed
     assert 'example layer: SharedLinear >= 6.0x faster than L.Linear' in printed
     report = json.loads(json_path.read_text())
     assert set(report) == {'machine', 'settings', 'results', 'targets'}
     assert report['settings']['dtype'] == 'float32'
     result, = report['results']
     assert result['case'] == {'batch': 100, 'in_size': 1000, 'out_size': 900,
-                              'n_shared': 10, 'nobias': True}
+                              'layer': 'SharedLinear', 'options': {'n_shared': 10},
+                              'nobias': True}
     assert set(result['speedup_over_dense']) == set(benchmark.IMPLEMENTATIONS)
-    assert result['shared_over_floor'] == pytest.approx(
-        result['median_ms']['shared'] / result['median_ms']['floor'])
+    assert result['layer_over_floor'] == pytest.approx(
+        result['median_ms']['layer'] / result['median_ms']['floor'])
     assert plot_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

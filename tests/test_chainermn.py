@@ -17,6 +17,8 @@ import subprocess
 import sys
 
 import chainer
+import command_line
+import multi_node
 import numpy as np
 import pytest
 import train_mnist3
@@ -181,6 +183,15 @@ EXAMPLE_QUICK = ['--dataset', 'mnist-5k', '--train-size', '400', '--val-size', '
                  '--batchsize', '100', '--seed', '0']
 
 
+def run_example(*args):
+    """Runs the example on two ranks with ``EXAMPLE_QUICK`` and ``args``; returns its output."""
+    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive'] + list(args) + EXAMPLE_QUICK,
+                               timeout=90)
+    assert rc == 0, output
+    assert 'Traceback' not in output, output
+    return output
+
+
 def files_under(folder):
     return sorted(os.path.relpath(os.path.join(parent, name), str(folder))
                   for parent, _, names in os.walk(str(folder)) for name in names)
@@ -194,7 +205,7 @@ def read_log(folder):
 def initial_validation(argv):
     """Loss and accuracy of the example's initial model on its whole validation set."""
     args = train_mnist3.parse_args(argv)
-    _, val_set = train_mnist3.load_dataset(args)
+    _, val_set = command_line.load_datasets(args)
     model = train_mnist3.build_model(args, val_set[0][0].size, dense=False)
     x, t = chainer.dataset.concat_examples(val_set)
     with chainer.using_config('train', False), chainer.no_backprop_mode():
@@ -202,13 +213,34 @@ def initial_validation(argv):
     return float(model.loss.array), float(model.accuracy.array)
 
 
+def without_times(log):
+    return [{k: v for k, v in entry.items() if k != 'elapsed_time'} for entry in log]
+
+
+def assert_same_training(resumed, straight):
+    """The logs but for the times, and the trainers' states in the snapshots, bit for bit."""
+    assert without_times(read_log(resumed)) == without_times(read_log(straight))
+    with np.load(str(resumed / 'snapshot_iter_8')) as a, \
+            np.load(str(straight / 'snapshot_iter_8')) as b:
+        keys = [key for key in b.files if key.startswith('updater/')]
+        assert sorted(key for key in a.files if key.startswith('updater/')) == sorted(keys)
+        for key in keys:
+            assert a[key].tobytes() == b[key].tobytes(), key
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+    """Two epochs of the example on two ranks that never stopped: iterations 1 to 8."""
+    out = tmp_path_factory.mktemp('straight') / 'result'
+    run_example('--epoch', '2', '--out', str(out))
+    return out
+
+
 def test_example_trains_on_two_ranks_and_only_rank_0_reports_then_resumes(tmp_path,
-                                                                          dataset_root):
+                                                                          dataset_root,
+                                                                          straight_run):
     out = tmp_path / 'result'
-    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--epoch', '1',
-                                '--out', str(out)] + EXAMPLE_QUICK, timeout=90)
-    assert rc == 0, output
-    assert 'Traceback' not in output, output
+    output = run_example('--epoch', '1', '--out', str(out))
     # Rank 0 alone writes: one copy of each result, nothing else anywhere.
     assert files_under(tmp_path) == ['result/accuracy.png', 'result/log', 'result/loss.png',
                                      'result/snapshot_iter_4'], output
@@ -233,10 +265,7 @@ def test_example_trains_on_two_ranks_and_only_rank_0_reports_then_resumes(tmp_pa
     assert output.count('validation/main/accuracy  elapsed_time') == 1, output
     assert output.count('100.00%') == 1, output  # the progress bar
 
-    rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--epoch', '2',
-                                '--out', str(out), '--resume', str(out)] + EXAMPLE_QUICK,
-                               timeout=90)
-    assert rc == 0, output
+    output = run_example('--epoch', '2', '--out', str(out), '--resume', str(out))
     assert output.count('Resuming from {} (epoch 1, iteration 4)'.format(
         out / 'snapshot_iter_4')) == 1, output
     assert files_under(tmp_path) == ['result/accuracy.png', 'result/log', 'result/loss.png',
@@ -246,6 +275,20 @@ def test_example_trains_on_two_ranks_and_only_rank_0_reports_then_resumes(tmp_pa
     assert [(e['epoch'], e['iteration']) for e in resumed] == [(0, 0), (1, 4), (2, 8)]
     with np.load(str(out / 'snapshot_iter_8')) as snapshot:
         assert snapshot['updater/optimizer:main/t'] == 8
+    # As if it had never stopped.
+    assert_same_training(out, straight_run)
+
+
+def test_example_resumes_exactly_from_the_middle_of_an_epoch(tmp_path, dataset_root,
+                                                             straight_run):
+    out = tmp_path / 'result'
+    output = run_example('--epoch', '1', '--snapshot-every', '3', '--out', str(out))
+    assert files_under(tmp_path) == ['result/accuracy.png', 'result/log', 'result/loss.png',
+                                     'result/snapshot_iter_3'], output
+    output = run_example('--epoch', '2', '--out', str(out), '--resume', str(out))
+    assert output.count('Resuming from {} (epoch 0, iteration 3)'.format(
+        out / 'snapshot_iter_3')) == 1, output
+    assert_same_training(out, straight_run)
 
 
 def test_example_mistake_found_on_rank_0_ends_every_rank(tmp_path, dataset_root):
@@ -261,7 +304,7 @@ def test_example_mistake_found_on_rank_0_ends_every_rank(tmp_path, dataset_root)
 
 def test_example_communicator_without_mpiexec_is_one_line(tmp_path):
     env = {name: value for name, value in os.environ.items()
-           if name not in train_mnist3.MPI_LAUNCHER_VARIABLES}
+           if name not in multi_node.MPI_LAUNCHER_VARIABLES}
     result = subprocess.run([sys.executable, EXAMPLE, '--communicator', 'naive', '--out',
                              str(tmp_path / 'out')], cwd=ROOT, env=env,
                             stdin=subprocess.DEVNULL, capture_output=True, text=True,

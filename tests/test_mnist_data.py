@@ -409,9 +409,9 @@ def test_the_example_trains_on_mnist_from_a_mirror(server, tmp_path, capsys, mon
         monkeypatch.setitem(mnist_data.MNIST_MD5, name, md5sum)
     argv = ['--dataset', 'mnist', '--mirror', server.url + 'missing/', '--mirror',
             server.url + 'good/', '--epoch', '1', '--unit', '100', '--out-units', '90',
-            '--out', str(tmp_path / 'out')]
+            '--batchsize', '10', '--out', str(tmp_path / 'out')]
     assert train_mnist3.main(argv) == 0
     out, _ = capsys.readouterr()
     assert '# dataset: mnist (30 training, 20 validation images)' in out
     assert 'Final validation accuracy' in out
-    assert (tmp_path / 'out' / 'snapshot_iter_1').is_file()
+    assert (tmp_path / 'out' / 'snapshot_iter_3').is_file()  # 30 images, 10 a minibatch

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import chainer
 import chainer.links as L
 import numpy as np
 import pytest
@@ -275,3 +276,231 @@ def test_20_epochs_of_mnist_5k_reach_093(tmp_path, capsys):
     assert last['epoch'] == 20
     assert last['validation/main/accuracy'] >= 0.93
     assert np.isfinite(last['main/loss'])
+
+
+# --- Issue 15, items 1-5: nothing a user saved is lost, bad input is one line ---------------
+
+# A network ten times smaller than the example's, for runs that only check files.
+SMALL = QUICK + ['--unit', '100', '--out-units', '90']
+
+
+def snapshot_files(folder):
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in sorted(folder.rglob('*')) if path.is_file()}
+
+
+@pytest.mark.parametrize('overwrite', [[], ['--overwrite']])
+def test_resuming_from_a_subfolder_of_out_keeps_everything(tmp_path, capsys, overwrite):
+    out = tmp_path / 'C'
+    status, _, err = main(capsys, *SMALL, '--compare', '--epoch', '1', '--out', out)
+    assert status == 0, err
+    before = snapshot_files(out)
+
+    status, stdout, err = main(capsys, *SMALL, '--epoch', '2', '--resume', out / 'shared',
+                               '--out', out, *overwrite)
+    assert status == 0, err
+    assert 'Resuming from {} (epoch 1, iteration 2)'.format(
+        out / 'shared' / 'snapshot_iter_2') in stdout
+    # A single run writes no shared/, dense/ or compare.png: they are left as they were.
+    after = snapshot_files(out)
+    assert {name: after[name] for name in before} == before
+    assert [(e['epoch'], e['iteration']) for e in read_log(out)] == [(0, 0), (1, 2), (2, 4)]
+
+
+def test_the_refusal_suggests_resume_only_where_it_works(tmp_path, capsys):
+    out = tmp_path / 'out'
+    status, _, _ = main(capsys, *SMALL, '--epoch', '1', '--out', out)
+    assert status == 0
+    status, _, err = main(capsys, *SMALL, '--epoch', '2', '--out', out)
+    assert status == 2
+    suggestion = '--resume {} --out {}'.format(out, out)
+    assert suggestion in err
+    status, _, err = main(capsys, *SMALL, '--epoch', '2', *suggestion.split())
+    assert status == 0, err
+    assert read_log(out)[-1]['epoch'] == 2
+
+    # A log and no snapshot: there is nothing to resume from, so no such advice.
+    other = tmp_path / 'other'
+    other.mkdir()
+    (other / 'log').write_text('mine')
+    status, _, err = main(capsys, *SMALL, '--epoch', '1', '--out', other)
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert 'already holds' in err and '--overwrite' in err
+    assert '--resume' not in err
+    assert (other / 'log').read_text() == 'mine'
+
+
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch):
+    # What an unset $OUT in `--out "$OUT"` gives.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'log').write_text('mine')
+    status, _, err = main(capsys, *SMALL, '--epoch', '1', '--out', '')
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert "--out '' is empty: expected a directory (--out . for the current one)" in err
+    assert sorted(os.listdir(tmp_path)) == ['log']
+    assert (tmp_path / 'log').read_text() == 'mine'
+
+
+def test_overwrite_removes_only_what_this_run_writes(tmp_path, capsys):
+    out = tmp_path / 'out'
+    status, _, _ = main(capsys, *SMALL, '--compare', '--epoch', '1', '--out', out)
+    assert status == 0
+    for name in ('notes.txt', 'shared/notes.txt', 'dense/notes.txt'):
+        (out / name).write_text('mine')
+    # A single run writes into out itself, not into shared/ or dense/.
+    status, _, err = main(capsys, *SMALL, '--epoch', '1', '--out', out, '--overwrite')
+    assert status == 0, err
+    assert (out / 'shared' / 'snapshot_iter_2').is_file()
+    assert (out / 'dense' / 'log').is_file()
+    # --compare replaces the results in shared/ and dense/, and nothing else there.
+    shared_log = read_log(out / 'shared')
+    status, _, err = main(capsys, *SMALL, '--compare', '--epoch', '1', '--seed', '1',
+                          '--out', out, '--overwrite')
+    assert status == 0, err
+    assert read_log(out / 'shared') != shared_log
+    for name in ('notes.txt', 'shared/notes.txt', 'dense/notes.txt'):
+        assert (out / name).read_text() == 'mine', name
+    assert (out / 'log').is_file() and (out / 'snapshot_iter_2').is_file()
+
+
+def not_a_snapshot(tmp_path, kind):
+    path = tmp_path / 'not-a-snapshot' / kind
+    path.parent.mkdir()
+    if kind == 'log':
+        path.write_text('[{"epoch": 0}]\n')
+    elif kind == 'empty':
+        path.write_bytes(b'')
+    elif kind == 'array.npy':
+        np.save(str(path), np.zeros(3))
+    elif kind == 'truncated':
+        path.write_bytes(b'PK\x03\x04' + bytes(20))
+    else:  # a folder whose latest "snapshot" is text
+        path.mkdir()
+        (path / 'snapshot_iter_7').write_text('mine')
+        return path, path / 'snapshot_iter_7'
+    return path, path
+
+
+@pytest.mark.parametrize('kind', ['log', 'empty', 'array.npy', 'truncated', 'folder'])
+def test_resuming_from_a_file_that_is_not_a_snapshot_is_one_line(tmp_path, capsys, kind):
+    resume, snapshot = not_a_snapshot(tmp_path, kind)
+    out = tmp_path / 'out'
+    status, _, _ = main(capsys, *SMALL, '--epoch', '1', '--out', out)
+    assert status == 0
+    before = snapshot_files(out)
+    status, _, err = main(capsys, *SMALL, '--epoch', '2', '--resume', resume, '--out', out,
+                          '--overwrite')
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert 'error: cannot resume from {}: not a snapshot of this example'.format(
+        snapshot) in err
+    # Nothing is removed before the snapshot is loaded.
+    assert snapshot_files(out) == before
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--out', '{tmp}/file/sub'], '--out {tmp}/file/sub: {tmp}/file is a file, not a directory'),
+    (['--batchsize', '201'], '--batchsize 201 is more than the 200 training images'),
+])
+def test_mistakes_found_before_training(tmp_path, capsys, args, message):
+    (tmp_path / 'file').write_text('mine')
+    args = [arg.format(tmp=tmp_path) for arg in args]
+    if '--out' not in args:
+        args += ['--out', str(tmp_path / 'out')]
+    status, stdout, err = main(capsys, *SMALL, '--epoch', '1', *args)
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert message.format(tmp=tmp_path) in err
+    assert 'main/loss' not in stdout  # no training began
+    assert (tmp_path / 'file').read_text() == 'mine'
+    assert not (tmp_path / 'out').exists()
+
+
+# --- Issue 11: a resumed run continues exactly -----------------------------------------------
+
+# 250 training images in minibatches of 100: an epoch is 2.5 iterations, so epochs end
+# mid-minibatch (at iterations 3, 5, 8 and 10) and the next epoch's order is drawn there.
+EXACT = ['--dataset', 'mnist-5k', '--train-size', '250', '--val-size', '100',
+         '--batchsize', '100', '--unit', '100', '--out-units', '90', '--seed', '5']
+
+
+def snapshot_arrays(path):
+    """The trainer's state in a snapshot, less the times: the updater's arrays and the log."""
+    with np.load(str(path)) as snapshot:
+        arrays = {key: snapshot[key] for key in snapshot.files if key.startswith('updater/')}
+        log = json.loads(str(snapshot['extensions/LogReport/_log']))
+    return arrays, without_times(log)
+
+
+def assert_same_training(resumed, straight):
+    assert without_times(read_log(resumed)) == without_times(read_log(straight))
+    for plot in ('loss.png', 'accuracy.png'):
+        assert (resumed / plot).read_bytes() == (straight / plot).read_bytes(), plot
+    resumed_arrays, resumed_log = snapshot_arrays(resumed / 'snapshot_iter_10')
+    straight_arrays, straight_log = snapshot_arrays(straight / 'snapshot_iter_10')
+    assert resumed_log == straight_log
+    assert sorted(resumed_arrays) == sorted(straight_arrays)
+    for key, array in straight_arrays.items():
+        assert resumed_arrays[key].dtype == array.dtype, key
+        assert resumed_arrays[key].tobytes() == array.tobytes(), key
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+    """Four epochs that never stopped: iterations 1 to 10."""
+    out = tmp_path_factory.mktemp('straight')
+    assert train_mnist3.main(EXACT + ['--epoch', '4', '--out', str(out), '--overwrite']) == 0
+    assert [(e['epoch'], e['iteration']) for e in read_log(out)] == [
+        (0, 0), (1, 3), (2, 5), (3, 8), (4, 10)]
+    return out
+
+
+@pytest.mark.parametrize('stop, snapshot', [
+    (['--epoch', '2'], 'snapshot_iter_5'),                           # at an epoch's end
+    (['--epoch', '1', '--snapshot-every', '2'], 'snapshot_iter_2'),  # in the first epoch
+    (['--epoch', '2', '--snapshot-every', '4'], 'snapshot_iter_4'),  # in the second
+    (['--epoch', '3', '--snapshot-every', '7'], 'snapshot_iter_7'),  # 2 iterations into it
+])
+def test_a_resumed_run_equals_one_that_never_stopped(tmp_path, capsys, straight_run, stop,
+                                                    snapshot):
+    out = tmp_path / 'resumed'
+    status, _, err = main(capsys, *EXACT, *stop, '--out', out)
+    assert status == 0, err
+    assert sorted(name for name in os.listdir(out) if name.startswith('snapshot')) == [snapshot]
+    status, stdout, err = main(capsys, *EXACT, '--epoch', '4', '--resume', out, '--out', out)
+    assert status == 0, err
+    assert 'Resuming from {}'.format(out / snapshot) in stdout
+    assert_same_training(out, straight_run)
+
+
+def test_snapshot_every_n_iterations(tmp_path, capsys):
+    status, _, err = main(capsys, *EXACT, '--epoch', '2', '--snapshot-every', '2',
+                          '--out', tmp_path)
+    assert status == 0, err
+    # Iterations 2 and 4 (of 5); the latest is kept.
+    assert sorted(os.listdir(tmp_path)) == ['accuracy.png', 'log', 'loss.png',
+                                            'snapshot_iter_4']
+
+
+def test_an_interrupted_run_resumes_exactly_as_it_says(tmp_path, capsys, monkeypatch,
+                                                       straight_run):
+    # Ctrl-C during iteration 8, two iterations after the snapshot of iteration 6.
+    update = chainer.training.updaters.StandardUpdater.update
+
+    def interrupted_update(updater):
+        if updater.iteration == 7:
+            raise KeyboardInterrupt
+        update(updater)
+
+    out = tmp_path / 'out'
+    monkeypatch.setattr(chainer.training.updaters.StandardUpdater, 'update', interrupted_update)
+    status, _, err = main(capsys, *EXACT, '--epoch', '4', '--snapshot-every', '3', '--out', out)
+    assert status == 130
+    hint = '--resume {0} --out {0} continues from {0}/snapshot_iter_6'.format(out)
+    assert err.endswith('interrupted; {}\n'.format(hint))
+    monkeypatch.undo()
+    status, _, err = main(capsys, *EXACT, '--epoch', '4', *hint.split()[:4])
+    assert status == 0, err
+    assert_same_training(out, straight_run)

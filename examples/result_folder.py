@@ -1,0 +1,171 @@
+"""Result folders: what a run writes into ``--out``, and what it may replace there.
+
+Nothing a user saved is lost or overwritten without asking. A run names the
+files it writes as glob patterns relative to ``--out`` (for one training,
+:func:`training_results`); :func:`claim` finds those already there and lets the
+run replace them only with ``--overwrite`` or the user's yes in a terminal, and
+:meth:`Claim.take` replaces them once the run has read all it needs (the
+dataset, the snapshot to resume from). Other files and folders in ``--out``
+are never touched.
+"""
+
+import glob
+import os
+import re
+import sys
+import tempfile
+
+from command_line import UsageError
+
+#: The snapshots that ``resumable.snapshot`` writes: ``snapshot_iter_<iteration>``.
+SNAPSHOT_PREFIX = 'snapshot_iter_'
+
+
+def training_results(folders=('',), plots=()):
+    """The patterns of what a Chainer training writes into each of ``folders`` (of ``--out``).
+
+    Its ``log`` (``LogReport``), its ``plots`` (``PlotReport`` file names) and
+    its snapshots. Every name that starts with ``snapshot_iter_`` counts: the
+    snapshot extension, keeping only the latest, deletes all the others.
+    """
+    return [os.path.join(folder, name) for folder in folders
+            for name in ('log',) + tuple(plots) + (SNAPSHOT_PREFIX + '*',)]
+
+
+def latest_snapshot(folder):
+    """The path of the ``snapshot_iter_N`` with the largest N in ``folder``, or ``None``."""
+    if not os.path.isdir(folder):
+        return None
+    iterations = {}
+    for name in os.listdir(folder):
+        match = re.fullmatch(re.escape(SNAPSHOT_PREFIX) + r'(\d+)', name)
+        if match:
+            iterations[int(match.group(1))] = name
+    return os.path.join(folder, iterations[max(iterations)]) if iterations else None
+
+
+def find_snapshot(path):
+    """The snapshot that ``--resume path`` names: ``path``, or the latest one in it."""
+    if os.path.isdir(path):
+        snapshot = latest_snapshot(path)
+        if snapshot is None:
+            raise UsageError('--resume {}: no {}N snapshot in that directory'.format(
+                path, SNAPSHOT_PREFIX))
+        return snapshot
+    if not os.path.isfile(path):
+        raise UsageError('--resume {}: no such snapshot file or directory'.format(path))
+    return path
+
+
+def resume_hint(out, can_resume=True):
+    """``'; --resume OUT --out OUT continues from SNAPSHOT'``, or ``''`` without a snapshot."""
+    snapshot = latest_snapshot(out) if can_resume else None
+    return '' if snapshot is None else '; --resume {} --out {} continues from {}'.format(
+        out, out, snapshot)
+
+
+def check_folder(out, folder=''):
+    """Raises :class:`UsageError` unless ``folder`` of ``--out out`` is, or can become, one.
+
+    ``out`` must not be empty (as an unset ``$OUT`` in ``--out "$OUT"``
+    gives), and neither it nor ``folder`` in it may be a file or lie under
+    one. Nothing is created.
+    """
+    if not out:
+        raise UsageError("--out '' is empty: expected a directory (--out . for the current "
+                         'one)')
+    existing = (os.path.join(out, folder) if folder else out).rstrip(os.sep) or os.sep
+    while existing and not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if existing and not os.path.isdir(existing):
+        if existing == out.rstrip(os.sep):
+            raise UsageError('--out {} is a file, not a directory'.format(out))
+        raise UsageError('--out {}: {} is a file, not a directory'.format(out, existing))
+
+
+def find_results(out, results):
+    """The paths, relative to ``out``, of the files there that match ``results`` (patterns)."""
+    found = set()
+    for pattern in results:
+        for path in glob.glob(os.path.join(glob.escape(out), pattern)):
+            if os.path.isdir(path) and not os.path.islink(path):
+                raise UsageError('--out {}: {} is a directory, where this run writes a '
+                                 'file'.format(out, path))
+            found.add(os.path.relpath(path, out))
+    return sorted(found)
+
+
+class Claim(object):
+    """The folders a run writes into, and the earlier results there it replaces."""
+
+    def __init__(self, out, results, replaced):
+        self.out = out
+        self.results = results
+        self.folders = sorted({os.path.normpath(os.path.join(out, os.path.dirname(pattern)))
+                               for pattern in results})
+        self.replaced = replaced
+
+    def take(self):
+        """Creates the folders, checks that they are writable, then removes ``replaced``."""
+        for folder in self.folders:
+            try:
+                os.makedirs(folder, exist_ok=True)
+                tempfile.TemporaryFile(dir=folder).close()
+            except OSError as e:
+                raise UsageError('--out {}: cannot write into {} ({})'.format(
+                    self.out, folder, e.strerror or e)) from None
+        for name in self.replaced:
+            try:
+                os.remove(os.path.join(self.out, name))
+            except OSError as e:
+                raise UsageError('--out {}: cannot replace {} ({})'.format(
+                    self.out, name, e.strerror or e)) from None
+
+    def find(self):
+        """The results that are in ``out`` now (see :func:`find_results`)."""
+        return find_results(self.out, self.results)
+
+
+def take(claim):
+    """``claim.take()``, where ``claim`` is not ``None``."""
+    if claim is not None:
+        claim.take()
+
+
+def claim(out, results, *, overwrite=False, resume_from=None, can_resume=True):
+    """Checks ``out`` and finds what in it this run may replace; returns a :class:`Claim`.
+
+    ``results`` are the glob patterns, relative to ``out``, of what the run
+    writes. The earlier results among them are replaced when ``resume_from``
+    (the snapshot the run resumes from) is one of them, as the run continues
+    there the run that wrote them; with ``overwrite``; or when the user,
+    asked in a terminal, says so. Otherwise this raises a :class:`UsageError`
+    that says what to do, suggesting ``--resume out --out out`` only where
+    ``can_resume`` and ``out`` holds a snapshot. Nothing is changed on disk.
+    """
+    for folder in sorted({os.path.dirname(pattern) for pattern in results} | {''}):
+        check_folder(out, folder)
+    found = find_results(out, results)
+    continued = resume_from is not None and any(
+        os.path.samefile(resume_from, os.path.join(out, name)) for name in found)
+    if continued:
+        # The run rewrites the log and plots, and its next snapshot replaces this one:
+        # until then, a crash loses nothing.
+        return Claim(out, results, [])
+    if not found or overwrite:
+        return Claim(out, results, found)
+    listing = ', '.join(found)
+    if not sys.stdin.isatty():
+        resume = ''
+        if can_resume and latest_snapshot(out) is not None:
+            resume = ', --resume {} --out {} to continue that run there'.format(out, out)
+        raise UsageError('{} already holds the results of a run ({}): pass --overwrite to replace '
+                         'them{}, or another --out'.format(out, listing, resume))
+    try:
+        answer = input('{} already holds the results of a run ({}). Replace them? '
+                       '[y/N] '.format(out, listing))
+    except EOFError:
+        answer = ''
+    if answer.strip().lower() not in ('y', 'yes'):
+        raise UsageError('nothing done: {} is left as it was'.format(out))
+    return Claim(out, results, found)

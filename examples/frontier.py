@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Which sharing pattern at which parameter budget: accuracy against stored parameters.
+
+Trains one network per setting, pattern, compression and seed, and writes
+``OUT/frontier.json`` (one record per network), ``OUT/frontier.png`` and a table:
+
+- ``--setting 2016``: the network of train_mnist3.py, 784-1000-900-10, ``l2`` compressed;
+  ``hashednets``: HashedNets' 784-1000-10, both layers compressed.
+- ``--patterns``: ``dense`` (the reference), ``shared``, ``hashed``, ``kronecker``,
+  ``phm``, and two baselines at equal storage: ``lowrank`` (two ``L.Linear``) and
+  ``narrow`` (fewer hidden units).
+- ``--compressions``: each compressed layer stores about ``1/c`` of its dense
+  parameters, as closely as its pattern's sizes allow (examples/compression.py).
+
+A rerun with the same ``--out`` skips the networks that have finished. See
+docs/frontier.md for the figures measured on Fashion-MNIST.
+"""
+
+import argparse
+import os
+import sys
+
+import chainer
+import chainer.links as L
+import command_line
+import compression
+import frontier_results as results
+import malloc_tuning
+import numpy
+import reports
+import resumable
+from chainer import training
+from chainer.training import extensions
+
+
+def train(network, train_set, val_set, args, device, seed, out):
+    """Trains ``network`` with Adam, validated after every epoch; returns the log."""
+    model = L.Classifier(network)
+    model.to_device(device)
+    optimizer = chainer.optimizers.Adam()
+    optimizer.setup(model)
+    train_iter = resumable.shuffled_iterator(train_set, args.batchsize, seed)
+    val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
+    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
+    trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=out)
+    trainer.extend(extensions.Evaluator(val_iter, model, device=device))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.ProgressBar(update_interval=10))
+    trainer.run()
+    return trainer.get_extension('LogReport').log
+
+
+def run_grid(args, device, train_set, val_set):
+    records = results.load_records(args.out)
+    results.check_same_grid(records, args.dataset, args.epoch, args.out)
+    done = {results.key_of(record) for record in records}
+    grid = [(setting, pattern, c, seed) for setting in args.setting
+            for pattern in args.patterns
+            for c in ([1] if pattern == 'dense' else args.compressions)
+            for seed in range(args.seeds)]
+    trained = {}  # network description -> its record, for compressions that give one network
+    for number, (setting, pattern, c, seed) in enumerate(grid, 1):
+        record = {'dataset': args.dataset, 'epochs': args.epoch, 'setting': setting,
+                  'pattern': pattern, 'compression': c, 'seed': seed}
+        if results.key_of(record) in done:
+            continue
+        numpy.random.seed(seed)
+        network, layers = compression.build_network(setting, pattern, c, seed=seed)
+        dense = compression.build_network(setting, 'dense', 1)[1]
+        record.update(
+            layers=[compression.describe(layer) for layer in layers],
+            params=sum(compression.stored_parameters(layer) for layer in layers),
+            dense_params=sum(compression.stored_parameters(layer) for layer in dense),
+            network_params=compression.stored_parameters(network))
+        same = trained.get((setting, pattern, seed, tuple(record['layers'])))
+        print('[{}/{}] {} {} c={} seed {}: {}'.format(
+            number, len(grid), setting, pattern, c, seed, '; '.join(record['layers'])),
+            file=sys.stderr, flush=True)
+        if same is not None:  # another compression gave this very network: not trained twice
+            record.update({k: same[k] for k in ('accuracy', 'best_accuracy', 'loss', 'curve',
+                                                'seconds_per_epoch')}, same_as=same['compression'])
+        else:
+            run_folder = '{setting}-{pattern}-c{compression}-seed{seed}'.format(**record)
+            log = train(network, train_set, val_set, args, device, seed,
+                        os.path.join(args.out, 'runs', run_folder))
+            curve = [entry['validation/main/accuracy'] for entry in log]
+            # Training and validation, from the start: defined for one epoch too.
+            record.update(accuracy=curve[-1], best_accuracy=max(curve), curve=curve,
+                          loss=log[-1]['validation/main/loss'],
+                          seconds_per_epoch=log[-1]['elapsed_time'] / log[-1]['epoch'])
+        trained.setdefault((setting, pattern, seed, tuple(record['layers'])), record)
+        records.append(record)
+        results.save_records(args.out, records)
+    return [r for r in records if r['dataset'] == args.dataset and r['epochs'] == args.epoch]
+
+
+def comma_separated(kind):
+    """An argument type: a comma-separated list of ``kind``, at least one."""
+    def parse(text):
+        items = [kind(item.strip()) for item in text.split(',') if item.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError('expected a comma-separated list, got {!r}'
+                                             .format(text))
+        return items
+    return parse
+
+
+def choices(allowed):
+    """An argument type: a comma-separated list of names from ``allowed``."""
+    def check(name):
+        if name not in allowed:
+            raise argparse.ArgumentTypeError('{!r} is not one of {}'.format(
+                name, ', '.join(allowed)))
+        return name
+    return comma_separated(check)
+
+
+def parse_args(argv=None):
+    parser = command_line.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--setting', type=choices(compression.SETTINGS),
+                        default=list(compression.SETTINGS),
+                        help='comma-separated: 2016, hashednets (default: both)')
+    parser.add_argument('--patterns', type=choices(compression.PATTERNS),
+                        default=list(compression.PATTERNS),
+                        help='comma-separated, from {} (default: all)'.format(
+                            ', '.join(compression.PATTERNS)))
+    parser.add_argument('--compressions', type=comma_separated(command_line.positive_int),
+                        default=[4, 16, 64],
+                        help='comma-separated integers c: each compressed layer stores about '
+                        '1/c of its dense parameters (default: 4,16,64)')
+    parser.add_argument('--seeds', type=command_line.positive_int, default=1,
+                        help='Seeds 0 to N-1 for each point (default: 1)')
+    parser.add_argument('--epoch', '-e', type=command_line.positive_int, default=20,
+                        help='Number of sweeps over the dataset to train (default: 20)')
+    parser.add_argument('--batchsize', '-b', type=command_line.positive_int, default=100,
+                        help='Number of images in each mini-batch (default: 100)')
+    parser.add_argument('--device', '-d', default='-1',
+                        help='Device specifier: -1 or @numpy for the CPU, 0 or @cupy:0 for '
+                        'the first GPU (default: -1)')
+    parser.add_argument('--out', '-o', default='result/frontier',
+                        help='Folder of the results; a rerun continues there '
+                        '(default: result/frontier)')
+    command_line.add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    command_line.check_data_arguments(parser, args)
+    return args
+
+
+def run(args):
+    malloc_tuning.keep_freed_memory()
+    device = command_line.get_device(args.device)
+    if not args.out:
+        raise command_line.UsageError('--out is empty: name the folder of the results')
+    train_set, val_set = command_line.load_datasets(args)
+    records = run_grid(args, device, train_set, val_set)
+    title = '{}, {} epochs, {} training and {} validation images'.format(
+        args.dataset, args.epoch, len(train_set), len(val_set))
+    print(title)
+    print(results.format_table(records))
+    print('Records in {}'.format(os.path.join(args.out, results.RESULTS_FILE)))
+    if reports.plots_available():
+        results.plot(records, os.path.join(args.out, results.PLOT_FILE), title)
+        print('Plot in {}'.format(os.path.join(args.out, results.PLOT_FILE)))
+
+
+def main(argv=None):
+    return command_line.exit_status(run, parse_args(argv))
+
+
+if __name__ == '__main__':
+    sys.exit(main())

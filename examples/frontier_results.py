@@ -1,0 +1,138 @@
+"""The records of a frontier run: kept in ``frontier.json``, summarised in a table and a plot.
+
+``frontier.json`` is a list of records, one per trained network, written anew
+(atomically) after each one, so that a run stopped at any point keeps every
+network it finished and a rerun skips them.
+"""
+
+import collections
+import json
+import os
+import statistics
+import tempfile
+import typing as tp
+
+from command_line import UsageError
+
+RESULTS_FILE = 'frontier.json'
+PLOT_FILE = 'frontier.png'
+
+#: What identifies a run: a rerun with a record of the same key skips it.
+KEY_FIELDS = ('dataset', 'epochs', 'setting', 'pattern', 'compression', 'seed')
+
+
+class FrontierError(UsageError):
+    """A results folder that cannot be read or continued; the message is one line."""
+
+
+def key_of(record: dict) -> tuple:
+    return tuple(record[field] for field in KEY_FIELDS)
+
+
+def load_records(folder: str) -> tp.List[dict]:
+    """The records in ``folder``'s ``frontier.json``, or none if there is no such file."""
+    path = os.path.join(folder, RESULTS_FILE)
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            records = json.load(f)
+        if not isinstance(records, list) or not all(
+                isinstance(r, dict) and all(k in r for k in KEY_FIELDS) for r in records):
+            raise ValueError('not a list of frontier records')
+    except (OSError, ValueError) as e:
+        raise FrontierError('{}: cannot continue from it ({}); move it away or choose '
+                            'another --out'.format(path, e)) from None
+    return records
+
+
+def check_same_grid(records: tp.List[dict], dataset: str, epochs: int, folder: str) -> None:
+    """Refuses to add runs of another dataset or length to ``folder``'s records."""
+    others = sorted({(r['dataset'], r['epochs']) for r in records} - {(dataset, epochs)})
+    if others:
+        raise FrontierError(
+            '{} holds runs of {}, which this run ({} for {} epochs) would mix with its own: '
+            'choose another --out'.format(folder, ', '.join(
+                '{} for {} epochs'.format(*other) for other in others), dataset, epochs))
+
+
+def save_records(folder: str, records: tp.List[dict]) -> None:
+    """Writes ``frontier.json`` atomically: a reader sees the old file or the new one."""
+    os.makedirs(folder, exist_ok=True)
+    fd, part = tempfile.mkstemp(prefix=RESULTS_FILE + '.', suffix='.part', dir=folder)
+    with os.fdopen(fd, 'w') as f:
+        json.dump(records, f, indent=1)
+        f.write('\n')
+    os.replace(part, os.path.join(folder, RESULTS_FILE))
+
+
+def summarize(records: tp.List[dict]) -> tp.List[dict]:
+    """One row per setting, pattern and compression: the mean and spread over seeds."""
+    groups = collections.OrderedDict()
+    for record in sorted(records, key=lambda r: (r['setting'], r['pattern'], -r['params'])):
+        groups.setdefault((record['setting'], record['pattern'], record['compression']),
+                          []).append(record)
+    rows = []
+    for (setting, pattern, compression), group in groups.items():
+        accuracies = [r['accuracy'] for r in group]
+        rows.append({
+            'setting': setting, 'pattern': pattern, 'compression': compression,
+            'params': group[0]['params'], 'dense_params': group[0]['dense_params'],
+            'seeds': len(group), 'accuracy': statistics.mean(accuracies),
+            'std': statistics.stdev(accuracies) if len(group) > 1 else 0.0,
+            'low': min(accuracies), 'high': max(accuracies),
+            'seconds_per_epoch': statistics.mean(r['seconds_per_epoch'] for r in group),
+        })
+    return rows
+
+
+def format_table(records: tp.List[dict]) -> str:
+    """A Markdown table of :func:`summarize`'s rows."""
+    lines = ['| setting | pattern | compression | stored params | actual compression | '
+             'seeds | accuracy (mean ± std) | min–max | s/epoch |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for row in summarize(records):
+        lines.append('| {} | {} | {:g} | {:,} | {:.1f}x | {} | {:.4f} ± {:.4f} | {:.4f}–{:.4f} '
+                     '| {:.2f} |'.format(
+                         row['setting'], row['pattern'], row['compression'], row['params'],
+                         row['dense_params'] / row['params'], row['seeds'], row['accuracy'],
+                         row['std'], row['low'], row['high'], row['seconds_per_epoch']))
+    return '\n'.join(lines)
+
+
+def plot(records: tp.List[dict], path: str, title: str) -> None:
+    """Accuracy against stored parameters (log x), a line per pattern, a panel per setting.
+
+    Each point is the mean over seeds, with a bar from the lowest to the highest.
+    """
+    from matplotlib.figure import Figure
+
+    rows = summarize(records)
+    settings = list(collections.OrderedDict.fromkeys(row['setting'] for row in rows))
+    figure = Figure(figsize=(6.5 * len(settings), 5), layout='constrained')
+    axes = figure.subplots(1, len(settings), squeeze=False)[0]
+    for ax, setting in zip(axes, settings):
+        patterns = collections.OrderedDict()
+        for row in rows:
+            if row['setting'] == setting:
+                patterns.setdefault(row['pattern'], []).append(row)
+        for pattern, points in patterns.items():
+            points.sort(key=lambda row: row['params'])
+            x = [row['params'] for row in points]
+            y = [row['accuracy'] for row in points]
+            spread = [[row['accuracy'] - row['low'] for row in points],
+                      [row['high'] - row['accuracy'] for row in points]]
+            if pattern == 'dense':
+                ax.axhline(y[0], color='black', linewidth=0.8, linestyle='--',
+                           label='dense ({:,} params)'.format(x[0]))
+                continue
+            ax.errorbar(x, y, yerr=spread, marker='o', markersize=4, capsize=2,
+                        label=pattern)
+        ax.set_xscale('log')
+        ax.set_xlabel('stored parameters of the compressed layers')
+        ax.set_ylabel('validation accuracy')
+        ax.set_title(setting)
+        ax.grid(True, which='both', linewidth=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=120)

@@ -1,0 +1,168 @@
+"""examples/frontier.py and examples/compression.py: the accuracy-per-parameter frontier."""
+
+import json
+import os
+
+import chainer.links as L
+import compression
+import frontier
+import frontier_results
+import numpy as np
+import pytest
+
+from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
+
+pytestmark = pytest.mark.usefixtures('dataset_root')
+
+
+@pytest.mark.parametrize('pattern', ['shared', 'hashed', 'kronecker', 'lowrank'])
+@pytest.mark.parametrize('c', [2, 8, 64])
+def test_each_pattern_stores_about_its_budget(pattern, c):
+    layer = compression.compressed_linear(pattern, 1000, 900, c, nobias=True)
+    stored = compression.stored_parameters(layer)
+    # The budget is met as closely as the pattern's sizes allow: within 30% here.
+    assert stored == pytest.approx(1000 * 900 / c, rel=0.3)
+    x = np.ones((2, 1000), np.float32)
+    assert layer(x).shape == (2, 900)
+
+
+def test_the_layers_each_pattern_makes():
+    def make(pattern, c):
+        return compression.compressed_linear(pattern, 1000, 900, c)
+
+    assert make('shared', 8).n_shared == 8
+    assert make('shared', 64).n_shared == 50  # the divisor of 1000 nearest 64 on a log scale
+    assert make('hashed', 8).W.shape == (112500,)
+    kron = make('kronecker', 8)
+    assert kron.n_terms == 1
+    assert kron.A.size + kron.B.size == pytest.approx(112500, rel=0.01)
+    phm = make('phm', 10)  # n = 10: 10 terms of 10 x 10 matrices
+    assert (phm.n_terms, phm.A.shape[1:], phm.in_factors) == (10, (10, 10), (10, 100))
+    assert type(make('dense', 8)) is L.Linear
+    with pytest.raises(ValueError, match="unknown pattern 'tiled'"):
+        make('tiled', 8)
+
+
+def test_the_networks_compress_the_layers_the_setting_names():
+    network, layers = compression.build_network('2016', 'hashed', 8)
+    assert [type(layer) for layer in network.layers] == [L.Linear, HashedLinear, L.Linear]
+    assert layers == [network.layers[1]] and layers[0].b is None  # l2 has no bias
+    network, layers = compression.build_network('hashednets', 'kronecker', 8)
+    assert [type(layer) for layer in network.layers] == [KroneckerLinear, KroneckerLinear]
+    # narrow: a dense network whose hidden layer is 1/c as wide.
+    network, layers = compression.build_network('hashednets', 'narrow', 8)
+    assert [(layer.W.shape[1], layer.W.shape[0]) for layer in network.layers] == [
+        (784, 125), (125, 10)]
+    assert compression.stored_parameters(network) == 784 * 125 + 125 + 125 * 10 + 10
+    network, _ = compression.build_network('2016', 'shared', 10)
+    assert isinstance(network.layers[1], SharedLinear)
+    assert network(np.ones((3, 784), np.float32)).shape == (3, 10)
+
+
+def read_records(folder):
+    with open(os.path.join(str(folder), 'frontier.json')) as f:
+        return json.load(f)
+
+
+TWO_POINTS = ['--setting', '2016', '--patterns', 'shared,hashed', '--compressions', '8',
+              '--epoch', '1', '--train-size', '200', '--val-size', '100']
+
+
+def test_a_two_point_grid_for_one_epoch(tmp_path, capsys):
+    out = tmp_path / 'frontier'
+    assert frontier.main(TWO_POINTS + ['--out', str(out)]) == 0
+    stdout = capsys.readouterr().out
+    records = read_records(out)
+    assert [(r['setting'], r['pattern'], r['compression'], r['seed']) for r in records] == [
+        ('2016', 'shared', 8, 0), ('2016', 'hashed', 8, 0)]
+    for record in records:
+        assert record['dataset'] == 'mnist-5k' and record['epochs'] == 1
+        assert record['params'] == 112500 and record['dense_params'] == 900000
+        assert 0 <= record['accuracy'] <= 1 and record['curve'] == [record['accuracy']]
+        assert record['seconds_per_epoch'] > 0
+        assert record['network_params'] == 784 * 1000 + 1000 + 112500 + 900 * 10 + 10
+    assert records[0]['layers'] == [
+        'SharedLinear(in_size=1000, out_size=900, n_shared=8, nobias=True)']
+    assert '| 2016 | hashed | 8 | 112,500 | 8.0x | 1 |' in stdout
+    assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert sorted(os.listdir(out / 'runs')) == ['2016-hashed-c8-seed0', '2016-shared-c8-seed0']
+
+
+def test_a_rerun_skips_what_has_finished_and_adds_the_rest(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / 'frontier')
+    assert frontier.main(TWO_POINTS + ['--out', out]) == 0
+    first = read_records(out)
+    trained = []
+    real_train = frontier.train
+    monkeypatch.setattr(frontier, 'train', lambda network, *args: trained.append(
+        network) or real_train(network, *args))
+    more = TWO_POINTS[:3] + ['shared,hashed,dense'] + TWO_POINTS[4:]
+    assert frontier.main(more + ['--out', out]) == 0
+    assert len(trained) == 1  # the dense network alone
+    records = read_records(out)
+    assert records[:2] == first
+    assert [r['pattern'] for r in records] == ['shared', 'hashed', 'dense']
+
+
+def test_two_compressions_that_give_one_network_train_it_once(tmp_path, capsys):
+    out = tmp_path / 'frontier'
+    # PHM on 1000 -> 900 can divide by 25 at most: c = 64 and c = 100 both give n = 25.
+    argv = ['--setting', '2016', '--patterns', 'phm', '--compressions', '64,100', '--epoch',
+            '1', '--train-size', '100', '--val-size', '100', '--out', str(out)]
+    assert frontier.main(argv) == 0
+    first, second = read_records(out)
+    assert second['same_as'] == 64 and 'same_as' not in first
+    assert second['accuracy'] == first['accuracy'] and second['layers'] == first['layers']
+    assert os.listdir(out / 'runs') == ['2016-phm-c64-seed0']
+
+
+def test_the_same_seed_gives_the_same_records(tmp_path, capsys):
+    def run(name):
+        assert frontier.main(TWO_POINTS + ['--out', str(tmp_path / name)]) == 0
+        return [{k: v for k, v in r.items() if k != 'seconds_per_epoch'}
+                for r in read_records(tmp_path / name)]
+    assert run('a') == run('b')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--patterns', 'dense,tiled'], "argument --patterns: 'tiled' is not one of dense"),
+    (['--setting', '2017'], "argument --setting: '2017' is not one of 2016, hashednets"),
+    (['--compressions', '8,0'], "argument --compressions: expected a positive integer, got '0'"),
+    (['--compressions', ','], 'expected a comma-separated list'),
+    (['--out', ''], '--out is empty'),
+    (['--dataset', 'fashion-mnist', '--data-dir', '{tmp}'], 'fashion-mnist: {tmp} lacks'),
+])
+def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    if '--out' not in argv:
+        argv += ['--out', str(tmp_path / 'out')]
+    try:
+        status = frontier.main(argv)
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert message.format(tmp=tmp_path) in err
+
+
+def test_a_folder_of_another_grid_or_not_a_frontier_is_refused(tmp_path, capsys):
+    out = tmp_path / 'frontier'
+    assert frontier.main(TWO_POINTS + ['--out', str(out)]) == 0
+    before = (out / 'frontier.json').read_bytes()
+    longer = [arg if arg != '1' else '2' for arg in TWO_POINTS]  # --epoch 2
+    assert frontier.main(longer + ['--out', str(out)]) == 2
+    assert 'holds runs of mnist-5k for 1 epochs' in capsys.readouterr().err
+    assert (out / 'frontier.json').read_bytes() == before
+
+    (out / 'frontier.json').write_text('{"not": "a list"}')
+    assert frontier.main(TWO_POINTS + ['--out', str(out)]) == 2
+    assert 'cannot continue from it' in capsys.readouterr().err
+
+
+def test_records_are_saved_atomically(tmp_path):
+    records = [{'dataset': 'mnist-5k', 'epochs': 1, 'setting': '2016', 'pattern': 'dense',
+                'compression': 1, 'seed': 0}]
+    frontier_results.save_records(str(tmp_path), records)
+    assert frontier_results.load_records(str(tmp_path)) == records
+    assert os.listdir(str(tmp_path)) == ['frontier.json']  # no temporary file left

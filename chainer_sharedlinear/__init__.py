@@ -19,6 +19,7 @@ from chainer_sharedlinear.functions import TiledLinearFunction, shared_linear  #
 from chainer_sharedlinear.links import SharedLinear  # NOQA
 from chainer_sharedlinear.registration import register  # NOQA
 
+# The one place the version is written: pyproject.toml reads it from here when building.
 __version__ = '0.1.0'
 
 __all__ = [

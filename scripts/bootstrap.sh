@@ -58,6 +58,8 @@ install_python_with_uv() {
     local uv
     uv=$(find_or_install_uv)
     export UV_PYTHON_INSTALL_DIR="$tools/python"
+    # uv would also link python3.11 into ~/.local/bin; everything stays in .tools.
+    export UV_PYTHON_BIN_DIR="$tools/bin"
     echo "Installing Python 3.11 into $UV_PYTHON_INSTALL_DIR with $uv" >&2
     "$uv" python install 3.11 >&2 ||
         fail "uv could not install Python 3.11 (it downloads it from GitHub; UV_PYTHON_INSTALL_MIRROR names another source); or set PYTHON to a Python 3.8 to 3.11"

@@ -44,7 +44,8 @@ esac
 # uv: "python install" puts a fake Python 3.11 into $UV_PYTHON_INSTALL_DIR, or fails as
 # an offline uv does when FAKE_DOWNLOAD=fail; "python find" prints its path.
 UV = r'''#!{bash}
-echo "uv $* UV_PYTHON_INSTALL_DIR=${{UV_PYTHON_INSTALL_DIR:-}}" >> "$FAKE_LOG"
+echo "uv $* UV_PYTHON_INSTALL_DIR=${{UV_PYTHON_INSTALL_DIR:-}}" \
+  "UV_PYTHON_BIN_DIR=${{UV_PYTHON_BIN_DIR:-}}" >> "$FAKE_LOG"
 python311="$UV_PYTHON_INSTALL_DIR/cpython-3.11/bin/python3.11"
 case "$1 $2" in
   "python install")
@@ -118,8 +119,11 @@ def test_without_python_3_8_to_3_11_uv_installs_python_3_11_for_the_venv(sandbox
         '{} -m venv {}'.format(sandbox.bin / 'python3', tools / 'uv'),
         '{} -m pip install --quiet uv>=0.4 PIP_CONSTRAINT='.format(
             tools / 'uv' / 'bin' / 'python'),
-        'uv python install 3.11 UV_PYTHON_INSTALL_DIR={}'.format(tools / 'python'),
-        'uv python find 3.11 UV_PYTHON_INSTALL_DIR={}'.format(tools / 'python'),
+        # Nothing goes outside the repo: uv would link python3.11 into ~/.local/bin.
+        'uv python install 3.11 UV_PYTHON_INSTALL_DIR={} UV_PYTHON_BIN_DIR={}'.format(
+            tools / 'python', tools / 'bin'),
+        'uv python find 3.11 UV_PYTHON_INSTALL_DIR={} UV_PYTHON_BIN_DIR={}'.format(
+            tools / 'python', tools / 'bin'),
         '{} --version'.format(python311),
         '{} -m venv {}'.format(python311, repo / '.venv'),
         '{} -m pip install --quiet --editable {} PIP_CONSTRAINT={}'.format(

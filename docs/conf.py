@@ -112,9 +112,7 @@ def _alias(module_name, name, obj, top_name):
     signature = name
     if kind != 'data':
         try:
-            # A class's signature is its __init__'s, whose "-> None" says nothing here.
-            signature += str(inspect.signature(obj).replace(
-                return_annotation=inspect.Signature.empty))
+            signature += str(_without_annotations(inspect.signature(obj)))
         except (TypeError, ValueError):
             pass
     return [
@@ -124,6 +122,14 @@ def _alias(module_name, name, obj, top_name):
         '   The same object as :{}:`{}.{}`.'.format(role, top_name, name),
         '',
     ]
+
+
+def _without_annotations(signature):
+    # The full entry shows the types; an alias shows the call. (Python 3.8 would also
+    # write Optional[int] as Union[int, NoneType], a name Sphinx 7.1 cannot resolve.)
+    return signature.replace(
+        parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+        return_annotation=signature.empty)
 
 
 def setup(app):

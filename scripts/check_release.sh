@@ -16,7 +16,13 @@ export PIP_CONSTRAINT="$root/constraints.txt" PIP_DISABLE_PIP_VERSION_CHECK=1
 step() { echo "== $* ($SECONDS s)" >&2; }
 
 step "Building the sdist and the wheel into $work/dist"
-.venv/bin/python -m build --quiet --outdir "$work/dist" "$root" >&2
+# Its log (setuptools' deprecation notices about the licence table among it) is shown on
+# a failure only.
+if ! .venv/bin/python -m build --outdir "$work/dist" "$root" >"$work/build.log" 2>&1; then
+    cat "$work/build.log" >&2
+    exit 1
+fi
+tail -n 1 "$work/build.log"
 wheel=$(echo "$work"/dist/*.whl)
 sdist=$(echo "$work"/dist/*.tar.gz)
 .venv/bin/python -m twine check --strict "$wheel" "$sdist"

@@ -2,8 +2,8 @@
 
 The Markdown pages beside this file are the source (myst-parser); ``api.rst`` is
 the API reference, generated from the docstrings by autodoc. Nothing is fetched
-at build time: there is no intersphinx, and names from Chainer, NumPy, CuPy or
-ONNX stay plain text.
+at build time: there is no intersphinx, and names from Chainer, NumPy or CuPy
+stay plain text.
 """
 
 import importlib
@@ -37,16 +37,6 @@ exclude_patterns = ['_build', 'README.md']
 
 # The pages link to each other's sections by their headings.
 myst_heading_anchors = 3
-
-# Every cross-reference must resolve, so that a misspelt name in a docstring or a link
-# to a missing page fails the build. Names of the projects this one builds on are the
-# exception: their inventories would have to be fetched, so those stay plain text.
-nitpicky = True
-nitpick_ignore_regex = [
-    (r'py:.*', r'(chainer|chainerx|cupy|numpy|onnx|onnx_chainer)(\..*)?'),
-    # Napoleon reads the prose types of "Args:" ("str or file-like") as names.
-    (r'py:class', r'.*-like'),
-]
 
 autodoc_member_order = 'bysource'
 # A method without a docstring of its own (forward, backward, ...) would show

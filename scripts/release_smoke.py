@@ -76,11 +76,13 @@ def check_training_step(link):
 
 def check_register():
     csl.register()
-    for namespace, names in ((L, REGISTERED_LINKS), (F, REGISTERED_FUNCTIONS)):
+    checked = []
+    for namespace, prefix, names in ((L, 'L.', REGISTERED_LINKS), (F, 'F.', REGISTERED_FUNCTIONS)):
         for name in names:
             if hasattr(csl, name):
-                assert getattr(namespace, name) is getattr(csl, name), name
-    print('register(): L.SharedLinear and F.shared_linear are the package\'s')
+                assert getattr(namespace, name) is getattr(csl, name), prefix + name
+                checked.append(prefix + name)
+    print('register(): {} are the package\'s'.format(', '.join(checked)))
 
 
 def check_conversion():

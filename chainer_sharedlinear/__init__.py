@@ -26,6 +26,7 @@ from chainer_sharedlinear.functions import (  # NOQA
 from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear  # NOQA
 from chainer_sharedlinear.registration import register  # NOQA
 
+# The one place the version is written: pyproject.toml reads it from here when building.
 __version__ = '0.1.0'
 
 __all__ = [

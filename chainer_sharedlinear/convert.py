@@ -61,7 +61,7 @@ class ConversionReport:
 
     @property
     def needs_optimizer_setup(self) -> bool:
-        """``True`` if any link changed: an optimizer must be set up on the model again."""
+        """bool: ``True`` if any link changed: an optimizer must be set up on the model again."""
         return bool(self.changed)
 
     def __str__(self) -> str:

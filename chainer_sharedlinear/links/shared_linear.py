@@ -98,7 +98,7 @@ class SharedLinear(VirtualLinear):
 
     @property
     def weight_shape(self) -> tp.Optional[tp.Tuple[int, int]]:
-        """The shape ``W`` has, or will have: ``(out_size, in_size // n_shared)``."""
+        """tuple or None: The shape ``W`` has or will have: ``(out_size, in_size // n_shared)``."""
         if self.in_size is None:
             return None
         return self.out_size, self.in_size // self.n_shared

@@ -1,0 +1,114 @@
+"""A short run of the installed package, as a user starts with it.
+
+scripts/check_release.sh runs this in a fresh virtual environment outside the
+repository, once with the wheel installed and once with the sdist. It checks that
+the package imports from that environment with its metadata, trains one step of
+SharedLinear against the dense layer it stands for, registers the package with
+Chainer, and converts a model to shared layers and back. The other links of the
+family (HashedLinear, KroneckerLinear) get the same step when the package exports
+them. Any failure raises, so the exit status says whether all of it held.
+"""
+
+import importlib.metadata
+import os
+import sys
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import numpy as np
+
+import chainer_sharedlinear as csl
+
+DISTRIBUTION = 'chainer-sharedlinear'
+# Links of the family with the arguments of a small layer, 12 -> 6, for each.
+FAMILY = (
+    ('SharedLinear', dict(n_shared=3)),
+    ('HashedLinear', dict(n_weights=20, seed=1)),
+    ('KroneckerLinear', dict()),
+)
+# What register() adds to chainer.links and chainer.functions, where the package has it.
+REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear')
+REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'tied_linear')
+
+
+def check_installation():
+    package_dir = os.path.dirname(os.path.abspath(csl.__file__))
+    prefix = os.path.abspath(sys.prefix)
+    assert os.path.commonpath([package_dir, prefix]) == prefix, (
+        'imported {} from {}, not from the environment {}'.format(csl.__name__, package_dir,
+                                                                  prefix))
+    assert csl.__version__ == importlib.metadata.version(DISTRIBUTION), (
+        csl.__version__, importlib.metadata.version(DISTRIBUTION))
+    assert os.path.isfile(os.path.join(package_dir, 'py.typed'))
+    licence = [f for f in importlib.metadata.files(DISTRIBUTION) if f.name == 'LICENSE']
+    assert licence, 'no LICENSE among the installed files'
+    assert 'MIT License' in licence[0].read_text()
+    print('{} {} imported from {}'.format(DISTRIBUTION, csl.__version__, package_dir))
+
+
+def check_training_step(link):
+    """One step of ``link`` agrees with its dense twin ``link.to_linear()``, then updates."""
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((4, 12)).astype(np.float32)
+    gy = rng.standard_normal((4, 6)).astype(np.float32)
+    dense = link.to_linear()
+    grads = []
+    for layer in (link, dense):
+        layer.cleargrads()  # a new parameter's grad is NaN until cleared
+        x_var = chainer.Variable(x)
+        y = layer(x_var)
+        y.grad = gy
+        y.backward()
+        grads.append((y.array, x_var.grad))
+    (y, gx), (y_dense, gx_dense) = grads
+    np.testing.assert_allclose(y, y_dense, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gx, gx_dense, rtol=1e-4, atol=1e-5)
+    before = {name: param.array.copy() for name, param in link.namedparams()}
+    optimizer = chainer.optimizers.SGD(lr=0.1)
+    optimizer.setup(link)
+    optimizer.update()
+    for name, param in link.namedparams():
+        assert np.isfinite(param.grad).all(), name
+        assert not np.array_equal(param.array, before[name]), name + ' did not change'
+    print('{}: a training step agrees with its dense layer'.format(type(link).__name__))
+
+
+def check_register():
+    csl.register()
+    checked = []
+    for namespace, prefix, names in ((L, 'L.', REGISTERED_LINKS), (F, 'F.', REGISTERED_FUNCTIONS)):
+        for name in names:
+            if hasattr(csl, name):
+                assert getattr(namespace, name) is getattr(csl, name), prefix + name
+                checked.append(prefix + name)
+    print('register(): {} are the package\'s'.format(', '.join(checked)))
+
+
+def check_conversion():
+    model = chainer.Sequential(L.Linear(12, 6), F.relu, L.Linear(6, 4))
+    linears = tuple(path for path, _ in model.namedlinks(skipself=True))
+    x = np.random.RandomState(1).standard_normal((2, 12)).astype(np.float32)
+    report = csl.share_linears(model, n_shared=3)
+    assert report.changed == linears, report
+    assert all(isinstance(link, csl.SharedLinear) for link in model.children())
+    y_shared = model(x).array
+    report = csl.unshare_linears(model)
+    assert report.changed == linears, report
+    assert all(type(link) is L.Linear for link in model.children())
+    np.testing.assert_allclose(model(x).array, y_shared, rtol=1e-4, atol=1e-5)
+    print('share_linears and unshare_linears: converted both ways, same outputs')
+
+
+def main():
+    check_installation()
+    for name, kwargs in FAMILY:
+        if hasattr(csl, name):
+            check_training_step(getattr(csl, name)(12, 6, **kwargs))
+    check_register()
+    check_conversion()
+    print('smoke run: every check held')
+
+
+if __name__ == '__main__':
+    main()

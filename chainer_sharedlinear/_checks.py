@@ -37,13 +37,15 @@ def seed(value) -> int:
 
 
 def n_batch_axes(value, ndim: int) -> int:
-    """``value`` as an ``int``; ``ValueError`` unless ``1 <= value < ndim``.
+    """``value`` as an ``int``; ``ValueError`` unless it is 1, or from 2 to ``ndim - 1``.
 
-    An input of ``ndim`` axes has at least one feature axis after its batch axes.
+    Several batch axes must leave at least one feature axis. One batch axis is
+    always taken here: an input of one axis is the type check's to refuse, as
+    ``F.linear`` does (``x.ndim == 2``).
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError('n_batch_axes must be a positive integer, got {!r}'.format(value))
-    if value >= ndim:
+    if value > 1 and value >= ndim:
         raise ValueError(
             'n_batch_axes={} leaves no feature axis in an input of {} axes: the axes after '
             'the first n_batch_axes are the features'.format(value, ndim))

@@ -9,11 +9,14 @@ from hypothesis import strategies as st
 
 from chainer_sharedlinear import (
     ConversionReport,
+    HashedLinear,
+    KroneckerLinear,
     SharedLinear,
     convert_linears,
     share_linears,
     unshare_linears,
 )
+from chainer_sharedlinear.functions.kronecker_linear import most_square_factors
 
 # to_linear computes a dense product of in_size terms where SharedLinear sums the
 # blocks first: the same real number, rounded differently. For float32 inputs and
@@ -570,3 +573,164 @@ def test_loading_a_shared_file_into_an_unconverted_model_fails_clearly(tmp_path)
     # Chainer's own shape check (by broadcasting) refuses the (24, 3) weight for (24, 12).
     with pytest.raises(ValueError):
         chainer.serializers.load_npz(path, MLP())
+
+
+# --- The family: one entry point for every pattern (issue 9) ------------------------------
+
+
+def _n_weights_quarter(linear):
+    return HashedLinear.from_linear(linear, n_weights=linear.W.size // 4, seed=1)
+
+
+def test_convert_linears_to_hashed_layers_in_a_nested_model():
+    np.random.seed(0)
+    model = Nested()
+    x = _standard_normal((3, 12), 0)
+    model(x)
+    before = _linears(model)
+    report = convert_linears(model, _n_weights_quarter)
+
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
+    assert report.skipped == {}
+    hashed = _linears(model, HashedLinear)
+    assert sorted(hashed) == sorted(before)
+    for path, link in hashed.items():
+        dense = before[path]
+        assert (link.in_size, link.out_size, link.n_weights, link.seed) == (
+            dense.W.shape[1], dense.W.shape[0], dense.W.size // 4, 1)
+        np.testing.assert_array_equal(link.W.array, _n_weights_quarter(dense).W.array)
+    assert model.encoder[2].b is None
+    weights = sum(link.W.size // 4 for link in before.values())
+    biases = sum(link.b.size for link in before.values() if link.b is not None)
+    assert (report.params_before, report.params_after) == (
+        sum(link.W.size for link in before.values()) + biases, weights + biases)
+    assert [type(layer) for layer in model.encoder] == [HashedLinear, type(F.relu),
+                                                        HashedLinear, type(F.tanh)]
+    assert model(x).shape == (3, 6)
+
+
+def test_a_converter_that_refuses_a_layer_skips_it_with_its_reason():
+    model = Nested()  # weights of 288, 384, 128, 96 and 84 numbers
+    report = convert_linears(
+        model, lambda linear: HashedLinear.from_linear(linear, n_weights=100))
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0')
+    assert report.skipped == {
+        '/heads/1': 'n_weights=100 is more than the 6 x 16 = 96 virtual weights of the '
+                    'layer: a hashed layer stores at most one weight per virtual weight',
+        '/out': 'n_weights=100 is more than the 6 x 14 = 84 virtual weights of the layer: '
+                'a hashed layer stores at most one weight per virtual weight',
+    }
+    assert type(model.heads[1]) is type(model.out) is L.Linear
+
+
+def test_convert_linears_to_kronecker_layers_with_factors_that_fit_some():
+    model = Nested()
+    report = convert_linears(
+        model, lambda linear: KroneckerLinear.from_linear(linear, in_factors=(4, 4)))
+    assert report.changed == ('/heads/0', '/heads/1')  # the two of 16 inputs
+    assert report.skipped['/encoder/0'] == (
+        'in_factors=(4, 4) do not multiply to 12; choose one of (1, 12), (2, 6), (3, 4), '
+        '(4, 3), (6, 2), (12, 1)')
+    assert report.skipped['/out'].startswith('in_factors=(4, 4) do not multiply to 14')
+    assert model.heads[0].A.shape == (1, 2, 4) and model.heads[0].B.shape == (1, 4, 4)
+
+
+def _exact_kronecker(linear):
+    # As many terms as the rearranged weight has rank: the sum is the dense weight.
+    out_size, in_size = linear.W.shape
+    (n1, n2), (m1, m2) = most_square_factors(in_size), most_square_factors(out_size)
+    return KroneckerLinear.from_linear(linear, n_terms=min(m1 * n1, m2 * n2))
+
+
+def test_convert_linears_to_full_rank_kronecker_layers_keeps_the_function():
+    np.random.seed(0)
+    model = Nested()
+    x = _standard_normal((5, 12), 0)
+    expected = model(x).array
+    report = convert_linears(model, _exact_kronecker)
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
+    assert all(type(link) is KroneckerLinear for link in _linears(model, KroneckerLinear)
+               .values()) and not _linears(model)
+    # The SVD is taken in float64 and stored in float32: a rounding per factor.
+    np.testing.assert_allclose(model(x).array, expected, rtol=1e-5, atol=1e-5)
+
+
+def _mixed_family_model():
+    np.random.seed(0)
+    model = Nested()
+    model(_standard_normal((1, 12), 0))
+    convert_linears(model, lambda linear: SharedLinear.from_linear(linear, 2),
+                    include=['/encoder/0', '/out'])
+    convert_linears(model, _n_weights_quarter, include='/encoder/1')
+    convert_linears(model, lambda linear: KroneckerLinear.from_linear(linear, n_terms=2),
+                    include=['/heads/0', '/heads/1'])
+    for link in model.links(skipself=True):  # trained weights, not the conversions' means
+        for param in link.params(include_uninit=False):
+            param.array[...] = _standard_normal(param.shape, len(param.name)) / 3
+    return model
+
+
+def test_unshare_linears_turns_every_family_link_back():
+    model = _mixed_family_model()
+    assert [type(model.encoder[0]), type(model.encoder[2]), type(model.heads[0]),
+            type(model.heads[1]), type(model.out)] == [
+        SharedLinear, HashedLinear, KroneckerLinear, KroneckerLinear, SharedLinear]
+    family = dict(model.namedlinks())
+    x = _standard_normal((4, 12), 1)
+    expected = model(x).array
+
+    report = unshare_linears(model)
+    assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
+    assert report.skipped == {}
+    links = dict(model.namedlinks())
+    for path in report.changed:
+        assert type(links[path]) is L.Linear
+        np.testing.assert_array_equal(links[path].W.array, family[path].dense_weight())
+    assert model.encoder[2].b is None
+    np.testing.assert_allclose(model(x).array, expected, **TO_LINEAR_TOLERANCE)
+
+
+def test_unshare_linears_skips_lazy_family_links_and_their_subclasses():
+    class ScaledHashed(HashedLinear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = chainer.ChainList(HashedLinear(4, n_weights=3), KroneckerLinear(4),
+                              ScaledHashed(4, 4, n_weights=3), KroneckerLinear(8, 4))
+    report = unshare_linears(model)
+    assert report.changed == ('/3',)
+    assert report.skipped['/0'].startswith('not initialised yet')
+    assert report.skipped['/1'].startswith('not initialised yet')
+    assert report.skipped['/2'] == ('a subclass of HashedLinear (ScaledHashed), whose '
+                                    'forward may differ')
+
+
+@pytest.mark.parametrize('include', ['/q', ['p'], lambda path, link: path == '/q'])
+def test_a_tied_link_becomes_one_hashed_link_at_both_paths(include):
+    model = Tied()
+    x = _standard_normal((2, 4), 0)
+    report = convert_linears(
+        model, lambda linear: HashedLinear.from_linear(linear, n_weights=6), include=include)
+    assert model.p is model.q
+    assert type(model.p) is HashedLinear and type(model.other) is L.Linear
+    assert report.changed == ('/p', '/q')
+    assert report.tied == (('/p', '/q'),)
+    # One hashed layer of 6 + 4, and the dense one of 4 * 4 + 4.
+    assert (report.params_before, report.params_after) == (40, 30)
+    assert model(x).shape == (2, 4)
+    back = unshare_linears(model)
+    assert back.changed == ('/p', '/q') and model.p is model.q and type(model.p) is L.Linear
+
+
+def test_hooks_that_a_family_link_refuses_are_dropped_with_the_reason():
+    model = MLP(n_units=(24, 16, 6), n_in=12)
+    model.l1.add_hook(link_hooks.SpectralNormalization())
+    model.l2.add_hook(link_hooks.TimerHook())
+    report = convert_linears(model, _n_weights_quarter)
+    assert report.changed == ('/l1', '/l2', '/l3')
+    assert report.hooks == {'/l2': ('TimerHook',)}
+    reason = report.dropped_hooks['/l1']['SpectralNormalization']
+    assert reason.startswith('ValueError: SpectralNormalization is not supported on '
+                             'HashedLinear')
+    assert not model.l1.local_link_hooks
+    assert list(model.l2.local_link_hooks) == ['TimerHook']

@@ -7,7 +7,7 @@ from chainer.utils.type_check import InvalidType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear import TiledLinearFunction, shared_linear
+from chainer_sharedlinear import TiledLinearFunction, kronecker_linear, shared_linear, tied_linear
 from chainer_sharedlinear.functions import fold, unfold
 from tests.helpers import BACKENDS, dense_oracle, tiled
 
@@ -301,3 +301,19 @@ def test_a_bad_n_batch_axes_is_a_clear_error(n_batch_axes):
 def test_n_batch_axes_must_leave_a_feature_axis():
     with pytest.raises(ValueError, match='n_batch_axes=2 leaves no feature axis'):
         shared_linear(np.ones((2, 6), np.float32), np.ones((3, 1), np.float32), n_batch_axes=2)
+
+
+@pytest.mark.parametrize('apply', [
+    lambda x, b: shared_linear(x, np.ones((3, 2), np.float32), b),
+    lambda x, b: kronecker_linear(x, np.ones((1, 1, 2), np.float32),
+                                  np.ones((1, 3, 3), np.float32), b),
+    lambda x, b: tied_linear(x, np.ones(4, np.float32), np.zeros((3, 6), np.int64), b=b),
+], ids=['shared_linear', 'kronecker_linear', 'tied_linear'])
+def test_a_bias_of_another_size_is_refused_with_type_checking_off(apply):
+    # A bias of one element would broadcast to every output.
+    x = np.ones((2, 6), np.float32)
+    with chainer.using_config('type_check', False):
+        with pytest.raises(InvalidType, match=r'b has shape \(1,\), but the layer has '
+                                              r'out_size=3 outputs'):
+            apply(x, np.ones(1, np.float32))
+        assert apply(x, np.ones(3, np.float32)).shape == (2, 3)

@@ -1,4 +1,4 @@
-"""Forward + backward of SharedLinear never allocates an ``(out_size, in_size)`` array.
+"""Forward + backward of SharedLinear and KroneckerLinear allocates no ``(out, in)`` array.
 
 Measured with ``tracemalloc``, which NumPy tells about every array buffer it
 allocates (through ``PyTraceMalloc_Track``, since NumPy 1.13). The peak that
@@ -11,14 +11,25 @@ while everything the shared layer allocates is about 8.5 MiB: the weight
 gradient (out_size, in_size / 8) of 8 MiB, and activations of B x 4096. The
 dense layer must allocate its 64 MiB weight gradient, and the 2016 algorithm
 the tiled weight and a dense gradient too, so the same bound fails for them: the test can fail.
+
+KroneckerLinear with 64x64 factors at the same shape stores two 64x64 factors and
+allocates activations of B x 4096 and the products with B of (B·64, 64): well under 1 MiB,
+while a Kronecker layer that built its weight would allocate the 64 MiB.
 """
 
 import chainer
+import chainer.functions as F
 import chainer.links as L
 import numpy as np
 import pytest
 
-from chainer_sharedlinear import SharedLinear, TiledLinearFunction, shared_linear
+from chainer_sharedlinear import (
+    KroneckerLinear,
+    SharedLinear,
+    TiledLinearFunction,
+    kronecker_linear,
+    shared_linear,
+)
 from chainer_sharedlinear.benchmark import peak_allocated_bytes
 
 BATCH, IN_SIZE, OUT_SIZE, N_SHARED = 8, 4096, 4096, 8
@@ -82,4 +93,36 @@ def test_tiled_2016_algorithm_allocates_the_tiled_weight(shared_link):
     params = [shared_link.W, shared_link.b]
     step = forward_backward(lambda x: TiledLinearFunction()(x, *params), params)
     # The tiled weight in forward and backward, then the dense gradient.
+    assert peak_bytes(step) >= DENSE_BYTES > BOUND
+
+
+@pytest.fixture(scope='module')
+def kronecker_link():
+    return KroneckerLinear(IN_SIZE, OUT_SIZE)
+
+
+def test_kronecker_linear_link_allocates_no_dense_array(kronecker_link):
+    assert kronecker_link.A.shape == kronecker_link.B.shape == (1, 64, 64)
+    step = forward_backward(kronecker_link, list(kronecker_link.params()))
+    assert peak_bytes(step) < BOUND
+
+
+def test_kronecker_linear_function_with_several_terms_allocates_no_dense_array():
+    rng = np.random.default_rng(0)
+    A = chainer.Parameter(rng.standard_normal((4, 64, 64), dtype=np.float32))
+    B = chainer.Parameter(rng.standard_normal((4, 64, 64), dtype=np.float32))
+    step = forward_backward(lambda x: kronecker_linear(x, A, B), [A, B])
+    assert peak_bytes(step) < BOUND
+
+
+def test_a_kronecker_layer_that_builds_its_weight_allocates_it(kronecker_link):
+    A, B = kronecker_link.A, kronecker_link.B
+
+    def built(x):
+        # kron(A[0], B[0]) by broadcasting: the (out_size, in_size) weight.
+        W = F.reshape(F.reshape(A[0], (64, 1, 64, 1)) * F.reshape(B[0], (1, 64, 1, 64)),
+                      (OUT_SIZE, IN_SIZE))
+        return F.linear(x, W)
+
+    step = forward_backward(built, [A, B])
     assert peak_bytes(step) >= DENSE_BYTES > BOUND

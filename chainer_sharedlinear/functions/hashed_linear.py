@@ -25,12 +25,11 @@ bits of it.
 
 import typing as tp
 
-import chainer.functions as F
 import numpy
 from chainer import backend, utils
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions.tied_linear import TiedWeight
+from chainer_sharedlinear.functions.tied_linear import TiedWeight, linear
 
 _MIX_MULTIPLIERS = (0x7feb352d, 0x846ca68b)
 _SEED_KEY = 0x68e31da4
@@ -156,4 +155,4 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     in_size = utils.size_of_shape(x.shape[n_batch_axes:])
     xp = backend.get_array_module(W)
     bucket, sign = hashed_index(out_size, in_size, W.shape[0], seed, xp)
-    return F.linear(x, hashed_weight(W, bucket, sign), b, n_batch_axes=n_batch_axes)
+    return linear(x, hashed_weight(W, bucket, sign), b, n_batch_axes)

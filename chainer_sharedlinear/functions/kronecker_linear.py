@@ -15,10 +15,11 @@ import typing as tp
 import chainer
 import chainer.functions as F
 import numpy
-from chainer import backend, function_node, utils
+from chainer import backend, function_node
 from chainer.utils import type_check
 
 from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions import shapes
 
 
 def factor_pairs(n: int) -> tp.List[tp.Tuple[int, int]]:
@@ -83,6 +84,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         y = xp.matmul(_terms_side_by_side(A, dtype), self._T).reshape(batch, m1 * m2)
         y = y.astype(x.dtype, copy=False)
         if len(inputs) == 4:
+            shapes.check_bias(inputs[3].shape, m1 * m2)
             y += inputs[3]
         return y,
 
@@ -230,14 +232,7 @@ def kronecker_linear(x, A, B, b=None, n_batch_axes: int = 1):
         array([[1., 0., 2., 0.],
                [0., 1., 0., 2.]], dtype=float32)
     """
-    n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
-    batch_shape = x.shape[:n_batch_axes]
-    if x.ndim > 2 or n_batch_axes > 1:
-        # Sizes spelled out rather than -1, which fails on an empty batch.
-        x = F.reshape(x, (utils.size_of_shape(batch_shape),
-                          utils.size_of_shape(x.shape[n_batch_axes:])))
+    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
     args = (x, A, B) if b is None else (x, A, B, b)
     y, = KroneckerLinearFunction().apply(args)
-    if n_batch_axes > 1:
-        y = F.reshape(y, batch_shape + (y.shape[1],))
-    return y
+    return shapes.with_batch_axes(y, batch_shape)

@@ -11,10 +11,11 @@ import typing as tp
 
 import chainer
 import numpy
-from chainer import function_node, utils
+from chainer import function_node
 from chainer.utils import type_check
 
 from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions import shapes
 from chainer_sharedlinear.functions.fold import fold, unfold
 
 
@@ -128,6 +129,7 @@ class SharedLinearFunction(function_node.FunctionNode):
         self._x_folded = fold(x, n_shared)
         y = _as_dot_operand(self._x_folded).dot(W.T).astype(x.dtype, copy=False)
         if len(inputs) == 3:
+            shapes.check_bias(inputs[2].shape, W.shape[0])
             y += inputs[2]
         return y,
 
@@ -266,17 +268,7 @@ def shared_linear(x, W, b=None, n_batch_axes=1, *, n_shared=None):
                [9., 3.]], dtype=float32)
 
     """
-    n_batch_axes = _checks.positive_int('n_batch_axes', n_batch_axes)
-    if n_batch_axes > 1 and n_batch_axes >= x.ndim:
-        raise ValueError('n_batch_axes={} leaves no feature axis in an input of {} axes'
-                         .format(n_batch_axes, x.ndim))
-    batch_shape = x.shape[:n_batch_axes]
-    if x.ndim > 2 or n_batch_axes > 1:
-        # Sizes spelled out rather than -1, which fails on an empty batch.
-        x = x.reshape(utils.size_of_shape(batch_shape),
-                      utils.size_of_shape(x.shape[n_batch_axes:]))
+    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
     args = (x, W) if b is None else (x, W, b)
     y, = SharedLinearFunction(n_shared).apply(args)
-    if n_batch_axes > 1:
-        y = y.reshape(batch_shape + (W.shape[0],))
-    return y
+    return shapes.with_batch_axes(y, batch_shape)

@@ -17,6 +17,7 @@ import numpy
 from chainer import backend, function_node
 from chainer.utils import type_check
 
+from chainer_sharedlinear.functions import shapes
 from chainer_sharedlinear.functions.fold import fold_dtype
 
 
@@ -123,6 +124,19 @@ def check_index(index, sign, n_weights: int, xp) -> tp.Tuple[tp.Any, tp.Any]:
     return index, sign
 
 
+def linear(x, V, b=None, n_batch_axes: int = 1):
+    """:func:`chainer.functions.linear` of a gathered weight, checked as the family checks.
+
+    ``F.linear`` reshapes with ``-1``, which fails on an empty batch with
+    several feature or batch axes, and, with type checking off, broadcasts a
+    bias of the wrong size; here neither happens.
+    """
+    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
+    if b is not None:
+        shapes.check_bias(b.shape, V.shape[0])
+    return shapes.with_batch_axes(F.linear(x, V, b), batch_shape)
+
+
 def tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
     """Linear function whose weight is tied to a smaller one by an index map.
 
@@ -177,4 +191,4 @@ def tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
     if sign is not None:
         sign = sign.astype(W_array.dtype, copy=False)
     V, = TiedWeight(index, sign).apply((W,))
-    return F.linear(x, V, b, n_batch_axes=n_batch_axes)
+    return linear(x, V, b, n_batch_axes)

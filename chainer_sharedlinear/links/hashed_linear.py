@@ -5,7 +5,6 @@ import math
 import typing as tp
 
 import chainer
-import chainer.functions as F
 from chainer import initializers
 
 from chainer_sharedlinear import _checks
@@ -14,6 +13,7 @@ from chainer_sharedlinear.functions.hashed_linear import (
     hashed_index,
     hashed_weight,
 )
+from chainer_sharedlinear.functions.tied_linear import linear as _linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 
@@ -134,8 +134,7 @@ class HashedLinear(VirtualLinear):
 
     def _apply(self, x, n_batch_axes):
         bucket, sign = self.index_map()
-        return F.linear(x, hashed_weight(self.W, bucket, sign), self.b,
-                        n_batch_axes=n_batch_axes)
+        return _linear(x, hashed_weight(self.W, bucket, sign), self.b, n_batch_axes)
 
     @classmethod
     def from_linear(cls, linear: 'chainer.links.Linear', *, n_weights: int,

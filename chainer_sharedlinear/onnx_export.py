@@ -142,27 +142,45 @@ def _check_opset(name, opset):
             name, opset))
 
 
-def convert_tied_weight(params) -> tp.Tuple:
-    """The ``onnx_chainer`` converter of a ``TiedWeight`` node (``HashedLinear``, ``tied_linear``).
+def convert_tied_linear(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of ``TiedLinearFunction``: ``HashedLinear``, ``tied_linear``.
 
     ``V = sign · W.ravel()[index]`` as one ``Gather`` from ``[W, -W]``, the
-    signs folded into the index; ``onnx_chainer``'s own converter of the
-    ``F.linear`` that follows makes the ``Gemm``.
+    signs folded into the index, then ``Gemm`` with ``x`` and the bias.
     """
-    _, onnx_helper = _import_onnx()
+    onnx, onnx_helper = _import_onnx()
     func, context = params.func, params.context
-    _check_opset('TiedWeight', params.opset_version)
-    n_weights = int(numpy.prod(func.inputs[0].shape))
+    _check_opset('TiedLinearFunction', params.opset_version)
+    x, W = func.inputs[:2]
+    x_name, w_name = params.input_names[:2]
+    bias_name = params.input_names[2] if len(params.input_names) == 3 else None
+    n_weights = int(numpy.prod(W.shape))
+    out_size = func.index.shape[0]
+    x_dtype = numpy.dtype(x.dtype)
+    # F.linear's arithmetic: the product in the wider dtype, the output in x's.
+    dtype = numpy.promote_types(x_dtype, W.dtype)
     index = _to_numpy(func.index)
     gb = onnx_helper.GraphBuilder()
-    table = gb.op('Reshape', [params.input_names[0],
-                              context.add_const(numpy.array([-1], numpy.int64), 'flat')])
+    cast = _caster(onnx, gb)
+    table = gb.op('Reshape', [w_name, context.add_const(numpy.array([-1], numpy.int64), 'flat')])
     if func.sign is not None:
         table = gb.op('Concat', [table, gb.op('Neg', [table])], axis=0)
         index = index + n_weights * (_to_numpy(func.sign) < 0)
     small = numpy.int32 if 2 * n_weights < 2 ** 31 else numpy.int64
-    index_name = context.add_const(index.astype(small), 'tied_index')
-    gb.op_output_named('Gather', [table, index_name], params.output_names, axis=0)
+    V = gb.op('Gather', [table, context.add_const(index.astype(small), 'tied_index')], axis=0)
+    if numpy.dtype(W.dtype) != dtype:
+        V = cast(V, dtype)
+    rows = x_name if x_dtype == dtype else cast(x_name, dtype)
+    gemm_inputs = [rows, V]
+    if params.opset_version < _GEMM_OPTIONAL_BIAS_OPSET:
+        gemm_inputs.append(context.add_const(numpy.zeros(out_size, dtype), 'zero_bias'))
+    y = gb.op('Gemm', gemm_inputs, transB=1)
+    if x_dtype != dtype:
+        y = cast(y, x_dtype)
+    if bias_name is None:
+        gb.op_output_named('Identity', [y], params.output_names)
+    else:
+        gb.op_output_named('Add', [y, bias_name], params.output_names)
     return gb.nodes()
 
 
@@ -229,7 +247,7 @@ def _to_numpy(array):
 #: looks them up.
 converters = {
     'SharedLinearFunction': convert_shared_linear,
-    'TiedWeight': convert_tied_weight,
+    'TiedLinearFunction': convert_tied_linear,
     'KroneckerLinearFunction': convert_kronecker_linear,
 }
 

@@ -540,7 +540,7 @@ def test_all_virtual_weights_may_have_their_own_bucket():
 
 def test_an_input_of_another_size_is_a_type_error():
     layer = HashedLinear(12, 3, n_weights=5)
-    with pytest.raises(InvalidType, match=r'x.shape\[1\] == W.shape\[1\]'):
+    with pytest.raises(InvalidType, match=r'x.shape\[1\] == index.shape\[1\]'):
         layer(np.ones((2, 8), np.float32))
 
 

@@ -13,6 +13,7 @@ from chainer_sharedlinear.functions.shared_linear import (  # NOQA
     shared_linear,
 )
 from chainer_sharedlinear.functions.tied_linear import (  # NOQA
+    TiedLinearFunction,
     TiedWeight,
     TiedWeightGrad,
     tied_linear,
@@ -21,7 +22,8 @@ from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction  # N
 
 __all__ = [
     'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
-    'SharedLinearGradWeight', 'TiedWeight', 'TiedWeightGrad', 'TiledLinearFunction', 'fold',
+    'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
+    'TiledLinearFunction', 'fold',
     'fold_dtype', 'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
     'tied_linear', 'unfold',
 ]

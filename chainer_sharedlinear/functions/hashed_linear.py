@@ -29,7 +29,7 @@ import numpy
 from chainer import backend, utils
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions.tied_linear import TiedWeight, linear
+from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
 
 _MIX_MULTIPLIERS = (0x7feb352d, 0x846ca68b)
 _SEED_KEY = 0x68e31da4
@@ -108,15 +108,6 @@ def check_n_weights(n_weights, in_size: int, out_size: int) -> int:
     return n_weights
 
 
-def hashed_weight(W, bucket, sign):
-    """``V = sign · W[bucket]`` as a Chainer variable, gradients summed per bucket.
-
-    ``bucket`` and ``sign`` are :func:`hashed_index`'s, on ``W``'s device;
-    ``sign`` may already be in ``W``'s dtype.
-    """
-    return TiedWeight(bucket, sign.astype(W.dtype, copy=False)).apply((W,))[0]
-
-
 def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: int):
     """HashedNets' linear function: ``y = x · Vᵀ + b`` with ``V[i, j] = ξ(i, j) · W[h(i, j)]``.
 
@@ -155,4 +146,4 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     in_size = utils.size_of_shape(x.shape[n_batch_axes:])
     xp = backend.get_array_module(W)
     bucket, sign = hashed_index(out_size, in_size, W.shape[0], seed, xp)
-    return linear(x, hashed_weight(W, bucket, sign), b, n_batch_axes)
+    return apply_tied_linear(x, W, bucket, sign.astype(W.dtype), b, n_batch_axes)

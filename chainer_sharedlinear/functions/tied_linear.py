@@ -3,10 +3,15 @@
 Every shared-weight linear layer maps each virtual weight ``V[i, j]`` of its
 ``(out_size, in_size)`` weight to a stored one. :func:`tied_linear` takes that
 map as arrays, ``V[i, j] = sign[i, j] · W.ravel()[index[i, j]]``, and computes
-``y = x · Vᵀ + b``: :class:`TiedWeight` gathers ``V``, and
-:func:`chainer.functions.linear` does the rest. Its backward pass adds the
-gradient of ``V`` up bucket by bucket (:class:`TiedWeightGrad`), in a fixed
-order on the CPU, so that the same inputs give the same gradient bit for bit.
+``y = x · Vᵀ + b`` in one node, :class:`TiedLinearFunction`: it gathers ``V``
+once and keeps it for the backward pass, which adds the gradient of ``V`` up
+bucket by bucket, in a fixed order on the CPU, so that the same inputs give
+the same gradient bit for bit. The gather and its adjoint are also nodes of
+their own, :class:`TiedWeight` and :class:`TiedWeightGrad`, of which the
+backward pass is made when it is itself differentiated (double backprop).
+
+(:class:`TiedLinearFunction` is not :class:`~chainer_sharedlinear.functions.TiledLinearFunction`,
+the 2016 algorithm of ``SharedLinear``.)
 """
 
 import typing as tp
@@ -39,6 +44,108 @@ def scatter_add(size: int, index, values, dtype):
     return out.astype(dtype, copy=False)
 
 
+def gather(W, index, sign):
+    """``sign · W.ravel()[index]``, a new array of ``index``'s shape in ``W``'s dtype."""
+    V = W.ravel().take(index)
+    if sign is not None:
+        V *= sign
+    return V
+
+
+class TiedLinearFunction(function_node.FunctionNode):
+    """``y = x · Vᵀ + b`` with ``V = sign · W.ravel()[index]``, for ``x`` of ``(N, in_size)``.
+
+    The node of :func:`tied_linear` and :func:`~chainer_sharedlinear.hashed_linear`.
+    Its forward pass keeps ``x``, ``W`` and the gathered ``V``. In first-order
+    backprop, which records no graph, the backward pass computes ``gx = gy · V``,
+    ``gV = gyᵀ · x`` and the signed sums of ``gV`` per stored weight as arrays,
+    as :func:`chainer.functions.linear` would with ``V`` and then
+    :class:`TiedWeightGrad`, without their nodes; with double backprop it is
+    made of those differentiable nodes.
+
+    Args:
+        index: As :class:`TiedWeight` takes it, ``(out_size, in_size)``.
+        sign: As :class:`TiedWeight` takes it, or ``None``.
+    """
+
+    def __init__(self, index, sign=None) -> None:
+        self.index = index
+        self.sign = sign
+
+    def check_type_forward(self, in_types):
+        n_in = in_types.size()
+        type_check.expect(2 <= n_in, n_in <= 3)
+        x_type, w_type = in_types[:2]
+        type_check._argname((x_type, w_type), ('x', 'W'))
+        type_check.expect(x_type.dtype.kind == 'f', w_type.dtype.kind == 'f',
+                          x_type.ndim == 2)
+        out_size, in_size = (type_check.make_variable(n, 'index.shape[{}]'.format(axis))
+                             for axis, n in enumerate(self.index.shape))
+        type_check.expect(x_type.shape[1] == in_size)
+        if type_check.eval(n_in) == 3:
+            b_type = in_types[2]
+            type_check._argname((b_type,), ('b',))
+            type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
+            type_check.expect(b_type.shape[0] == out_size)
+
+    def forward(self, inputs):
+        x, W = inputs[:2]
+        out_size, in_size = self.index.shape
+        if x.ndim != 2 or x.shape[1] != in_size:
+            raise type_check.InvalidType(
+                'x.shape[1] == index.shape[1]', '{} != {}'.format(x.shape[1:], in_size),
+                'x has shape {}, but the index map takes {} features\nExpect: x.shape[1] == '
+                'index.shape[1]\nActual: {} != {}'.format(x.shape, in_size, x.shape[1:],
+                                                          in_size))
+        self.retain_inputs((0, 1))
+        self._V = gather(W, self.index, self.sign)
+        # As F.linear: products in the wider dtype, the output in x's.
+        y = x.dot(self._V.T).astype(x.dtype, copy=False)
+        if len(inputs) == 3:
+            shapes.check_bias(inputs[2].shape, out_size)
+            y += inputs[2]
+        return y,
+
+    def backward(self, indexes, grad_outputs):
+        x, W = self.get_retained_inputs()
+        gy, = grad_outputs
+        if chainer.config.enable_backprop:
+            return self._backward_differentiable(indexes, x, W, gy)
+        # First-order backprop records no graph: the arrays are computed directly,
+        # in the wider dtype of x and W (as the differentiable nodes do), and the
+        # signs are applied to this node's own gV in place.
+        dtype = numpy.promote_types(x.dtype, W.dtype)
+        gy = gy.array.astype(dtype, copy=False)
+        grads = []
+        if 0 in indexes:
+            grads.append(gy.dot(self._V).astype(x.dtype, copy=False))
+        if 1 in indexes:
+            gV = gy.T.dot(x.array.astype(dtype, copy=False))
+            if self.sign is not None:
+                gV *= self.sign
+            gW = scatter_add(W.size, self.index.ravel(), gV.ravel(), W.dtype)
+            grads.append(gW.reshape(W.shape))
+        if 2 in indexes:
+            grads.append(grad_outputs[0].array.sum(axis=0))
+        return [chainer.Variable(g, requires_grad=False) for g in grads]
+
+    def _backward_differentiable(self, indexes, x, W, gy):
+        dtype = numpy.promote_types(x.dtype, W.dtype)
+        gy_ = gy if gy.dtype == dtype else F.cast(gy, dtype)
+        grads = []
+        if 0 in indexes:
+            V, = TiedWeight(self.index, self.sign).apply((W,))
+            gx = F.matmul(gy_, V if V.dtype == dtype else F.cast(V, dtype))
+            grads.append(gx if gx.dtype == x.dtype else F.cast(gx, x.dtype))
+        if 1 in indexes:
+            gV = F.matmul(gy_, x if x.dtype == dtype else F.cast(x, dtype), transa=True)
+            gW, = TiedWeightGrad(self.index, self.sign, W.shape).apply((gV,))
+            grads.append(gW if gW.dtype == W.dtype else F.cast(gW, W.dtype))
+        if 2 in indexes:
+            grads.append(F.sum(gy, axis=0))
+        return grads
+
+
 class TiedWeight(function_node.FunctionNode):
     """``V = sign · W.ravel()[index]``: the virtual weight, gathered from the stored one.
 
@@ -61,10 +168,7 @@ class TiedWeight(function_node.FunctionNode):
     def forward(self, inputs):
         W, = inputs
         self._w_shape = W.shape
-        V = W.ravel().take(self.index)
-        if self.sign is not None:
-            V *= self.sign
-        return V,
+        return gather(W, self.index, self.sign),
 
     def backward(self, indexes, grad_outputs):
         gV, = grad_outputs
@@ -124,17 +228,16 @@ def check_index(index, sign, n_weights: int, xp) -> tp.Tuple[tp.Any, tp.Any]:
     return index, sign
 
 
-def linear(x, V, b=None, n_batch_axes: int = 1):
-    """:func:`chainer.functions.linear` of a gathered weight, checked as the family checks.
+def apply_tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
+    """:class:`TiedLinearFunction` on ``x`` with any batch axes; ``index`` and ``sign`` unchecked.
 
-    ``F.linear`` reshapes with ``-1``, which fails on an empty batch with
-    several feature or batch axes, and, with type checking off, broadcasts a
-    bias of the wrong size; here neither happens.
+    For callers whose index map is right by construction (the hashed layer);
+    :func:`tied_linear` checks a map first.
     """
     x, batch_shape = shapes.as_matrix(x, n_batch_axes)
-    if b is not None:
-        shapes.check_bias(b.shape, V.shape[0])
-    return shapes.with_batch_axes(F.linear(x, V, b), batch_shape)
+    args = (x, W) if b is None else (x, W, b)
+    y, = TiedLinearFunction(index, sign).apply(args)
+    return shapes.with_batch_axes(y, batch_shape)
 
 
 def tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
@@ -190,5 +293,4 @@ def tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
     index, sign = check_index(index, sign, W_array.size, xp)
     if sign is not None:
         sign = sign.astype(W_array.dtype, copy=False)
-    V, = TiedWeight(index, sign).apply((W,))
-    return linear(x, V, b, n_batch_axes)
+    return apply_tied_linear(x, W, index, sign, b, n_batch_axes)

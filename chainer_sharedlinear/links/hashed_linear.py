@@ -8,12 +8,8 @@ import chainer
 from chainer import initializers
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions.hashed_linear import (
-    check_n_weights,
-    hashed_index,
-    hashed_weight,
-)
-from chainer_sharedlinear.functions.tied_linear import linear as _linear
+from chainer_sharedlinear.functions.hashed_linear import check_n_weights, hashed_index
+from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 
@@ -134,7 +130,7 @@ class HashedLinear(VirtualLinear):
 
     def _apply(self, x, n_batch_axes):
         bucket, sign = self.index_map()
-        return _linear(x, hashed_weight(self.W, bucket, sign), self.b, n_batch_axes)
+        return apply_tied_linear(x, self.W, bucket, sign, self.b, n_batch_axes)
 
     @classmethod
     def from_linear(cls, linear: 'chainer.links.Linear', *, n_weights: int,

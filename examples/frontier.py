@@ -89,9 +89,8 @@ def run_grid(args, device, train_set, val_set):
                           loss=log[-1]['validation/main/loss'],
                           seconds_per_epoch=log[-1]['elapsed_time'] / log[-1]['epoch'])
         trained.setdefault((setting, pattern, seed, tuple(record['layers'])), record)
-        records.append(record)
-        results.save_records(args.out, records)
-    return [r for r in records if r['dataset'] == args.dataset and r['epochs'] == args.epoch]
+        results.add_record(args.out, record)
+    return results.load_records(args.out)
 
 
 def comma_separated(kind):

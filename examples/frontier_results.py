@@ -2,15 +2,23 @@
 
 ``frontier.json`` is a list of records, one per trained network, written anew
 (atomically) after each one, so that a run stopped at any point keeps every
-network it finished and a rerun skips them.
+network it finished and a rerun skips them. Several processes may share a
+folder (one per setting, say, to use more cores): each adds its records under
+a lock, to what the file holds at that moment.
 """
 
 import collections
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import typing as tp
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: one process per folder
+    fcntl = None
 
 from command_line import UsageError
 
@@ -64,6 +72,28 @@ def save_records(folder: str, records: tp.List[dict]) -> None:
         json.dump(records, f, indent=1)
         f.write('\n')
     os.replace(part, os.path.join(folder, RESULTS_FILE))
+
+
+@contextlib.contextmanager
+def _locked(folder: str):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, RESULTS_FILE + '.lock'), 'w') as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def add_record(folder: str, record: dict) -> None:
+    """Adds ``record`` to ``folder``'s records, as they are on disk now, and saves them.
+
+    A record of the same key (another process finished the same network) is
+    kept as it was.
+    """
+    with _locked(folder):
+        records = load_records(folder)
+        if key_of(record) not in {key_of(r) for r in records}:
+            records.append(record)
+            save_records(folder, records)
 
 
 def summarize(records: tp.List[dict]) -> tp.List[dict]:

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import chainer.links as L
 import compression
@@ -166,3 +168,32 @@ def test_records_are_saved_atomically(tmp_path):
     frontier_results.save_records(str(tmp_path), records)
     assert frontier_results.load_records(str(tmp_path)) == records
     assert os.listdir(str(tmp_path)) == ['frontier.json']  # no temporary file left
+
+
+def test_a_record_is_added_to_what_the_folder_holds_now(tmp_path):
+    def record(seed, accuracy):
+        return {'dataset': 'mnist-5k', 'epochs': 1, 'setting': '2016', 'pattern': 'dense',
+                'compression': 1, 'seed': seed, 'accuracy': accuracy}
+
+    folder = str(tmp_path)
+    frontier_results.add_record(folder, record(0, 0.5))
+    frontier_results.add_record(folder, record(1, 0.6))  # another process's network
+    frontier_results.add_record(folder, record(0, 0.7))  # the same network again: kept as was
+    assert frontier_results.load_records(folder) == [record(0, 0.5), record(1, 0.6)]
+
+
+def test_two_processes_can_share_a_folder(tmp_path):
+    # One process per setting, at the same time, into one folder: both grids are kept.
+    out = str(tmp_path / 'shared')
+    common = ['--patterns', 'shared', '--compressions', '8', '--epoch', '1', '--train-size',
+              '200', '--val-size', '100', '--out', out]
+    script = frontier.__file__
+    processes = [subprocess.Popen([sys.executable, script, '--setting', setting] + common,
+                                  cwd=str(tmp_path), stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  universal_newlines=True)
+                 for setting in ('2016', 'hashednets')]
+    for process in processes:
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+    assert sorted(r['setting'] for r in read_records(out)) == ['2016', 'hashednets']

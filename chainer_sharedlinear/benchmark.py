@@ -652,6 +652,20 @@ def write_json(report, path) -> None:
         f.write('\n')
 
 
+def _short_label(case) -> str:
+    """A case in a few short lines, for the plot's axis."""
+    options = case['options']
+    if case['layer'] == 'SharedLinear':
+        pattern = 'n_shared={}'.format(options['n_shared'])
+    elif case['layer'] == 'HashedLinear':
+        pattern = '1/{:g} of W'.format(case['in_size'] * case['out_size'] / options['n_weights'])
+    else:  # the shapes of A and B
+        (m1, m2), (n1, n2) = options['out_factors'], options['in_factors']
+        pattern = 'A {0}x{1}x{3}\nB {0}x{2}x{4}'.format(options['n_terms'], m1, m2, n1, n2)
+    return '{}\n{}\n{}x{}->{}'.format(case['layer'], pattern, case['batch'], case['in_size'],
+                                       case['out_size'])
+
+
 def plot(report, path) -> None:
     """Draws speed-ups over ``L.Linear``: bars for the layers, lines over ``n_shared``.
 
@@ -681,7 +695,7 @@ def plot(report, path) -> None:
         ax.axhline(1.0, color='black', linewidth=0.8, label='L.Linear')
         ax.set_yscale('log', base=2)
         ax.set_xticks(range(len(named)))
-        ax.set_xticklabels([r['label'].replace(' ', '\n') for r in named], fontsize=7)
+        ax.set_xticklabels([_short_label(r['case']) for r in named], fontsize=7)
         ax.set_ylabel('speed-up over L.Linear (forward + backward)')
         ax.set_title('The layers of the family')
         ax.legend(fontsize=8)

@@ -19,6 +19,7 @@ docs/frontier.md for the figures measured on Fashion-MNIST.
 import argparse
 import os
 import sys
+import time
 
 import chainer
 import chainer.links as L
@@ -34,7 +35,10 @@ from chainer.training import extensions
 
 
 def train(network, train_set, val_set, args, device, seed, out):
-    """Trains ``network`` with Adam, validated after every epoch; returns the log."""
+    """Trains ``network`` with Adam, validated after every epoch.
+
+    Returns the log and the CPU seconds the process spent in training.
+    """
     model = L.Classifier(network)
     model.to_device(device)
     optimizer = chainer.optimizers.Adam()
@@ -46,23 +50,23 @@ def train(network, train_set, val_set, args, device, seed, out):
     trainer.extend(extensions.Evaluator(val_iter, model, device=device))
     trainer.extend(extensions.LogReport())
     trainer.extend(extensions.ProgressBar(update_interval=10))
+    cpu_started = time.process_time()
     trainer.run()
-    return trainer.get_extension('LogReport').log
+    return trainer.get_extension('LogReport').log, time.process_time() - cpu_started
 
 
 def run_grid(args, device, train_set, val_set):
-    records = results.load_records(args.out)
-    results.check_same_grid(records, args.dataset, args.epoch, args.out)
-    done = {results.key_of(record) for record in records}
+    results.check_same_grid(results.load_records(args.out), args.dataset, args.epoch, args.out)
     grid = [(setting, pattern, c, seed) for setting in args.setting
             for pattern in args.patterns
             for c in ([1] if pattern == 'dense' else args.compressions)
             for seed in range(args.seeds)]
-    trained = {}  # network description -> its record, for compressions that give one network
     for number, (setting, pattern, c, seed) in enumerate(grid, 1):
         record = {'dataset': args.dataset, 'epochs': args.epoch, 'setting': setting,
                   'pattern': pattern, 'compression': c, 'seed': seed}
-        if results.key_of(record) in done:
+        # Read anew for each network: another process may share the folder.
+        finished = results.load_records(args.out)
+        if results.key_of(record) in {results.key_of(r) for r in finished}:
             continue
         numpy.random.seed(seed)
         network, layers = compression.build_network(setting, pattern, c, seed=seed)
@@ -72,23 +76,28 @@ def run_grid(args, device, train_set, val_set):
             params=sum(compression.stored_parameters(layer) for layer in layers),
             dense_params=sum(compression.stored_parameters(layer) for layer in dense),
             network_params=compression.stored_parameters(network))
-        same = trained.get((setting, pattern, seed, tuple(record['layers'])))
+        # Another compression may have given this very network: it is not trained twice.
+        same = next((r for r in finished if 'same_as' not in r and all(
+            r[k] == record[k] for k in ('setting', 'pattern', 'seed', 'layers'))), None)
         print('[{}/{}] {} {} c={} seed {}: {}'.format(
             number, len(grid), setting, pattern, c, seed, '; '.join(record['layers'])),
             file=sys.stderr, flush=True)
-        if same is not None:  # another compression gave this very network: not trained twice
+        if same is not None:
             record.update({k: same[k] for k in ('accuracy', 'best_accuracy', 'loss', 'curve',
-                                                'seconds_per_epoch')}, same_as=same['compression'])
+                                                'seconds_per_epoch', 'cpu_seconds_per_epoch')
+                           if k in same}, same_as=same['compression'])
         else:
             run_folder = '{setting}-{pattern}-c{compression}-seed{seed}'.format(**record)
-            log = train(network, train_set, val_set, args, device, seed,
-                        os.path.join(args.out, 'runs', run_folder))
+            log, cpu_seconds = train(network, train_set, val_set, args, device, seed,
+                                     os.path.join(args.out, 'runs', run_folder))
             curve = [entry['validation/main/accuracy'] for entry in log]
-            # Training and validation, from the start: defined for one epoch too.
+            # Training and validation, from the start: defined for one epoch too. The
+            # CPU time is the process's, all its threads: other work on the machine
+            # does not inflate it as it does the wall-clock time.
             record.update(accuracy=curve[-1], best_accuracy=max(curve), curve=curve,
                           loss=log[-1]['validation/main/loss'],
-                          seconds_per_epoch=log[-1]['elapsed_time'] / log[-1]['epoch'])
-        trained.setdefault((setting, pattern, seed, tuple(record['layers'])), record)
+                          seconds_per_epoch=log[-1]['elapsed_time'] / log[-1]['epoch'],
+                          cpu_seconds_per_epoch=cpu_seconds / log[-1]['epoch'])
         results.add_record(args.out, record)
     return results.load_records(args.out)
 

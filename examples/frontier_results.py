@@ -112,6 +112,8 @@ def summarize(records: tp.List[dict]) -> tp.List[dict]:
             'std': statistics.stdev(accuracies) if len(group) > 1 else 0.0,
             'low': min(accuracies), 'high': max(accuracies),
             'seconds_per_epoch': statistics.mean(r['seconds_per_epoch'] for r in group),
+            'cpu_seconds_per_epoch': statistics.mean(
+                r.get('cpu_seconds_per_epoch', float('nan')) for r in group),
         })
     return rows
 
@@ -119,14 +121,15 @@ def summarize(records: tp.List[dict]) -> tp.List[dict]:
 def format_table(records: tp.List[dict]) -> str:
     """A Markdown table of :func:`summarize`'s rows."""
     lines = ['| setting | pattern | compression | stored params | actual compression | '
-             'seeds | accuracy (mean ± std) | min–max | s/epoch |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+             'seeds | accuracy (mean ± std) | min–max | s/epoch | CPU s/epoch |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
     for row in summarize(records):
         lines.append('| {} | {} | {:g} | {:,} | {:.1f}x | {} | {:.4f} ± {:.4f} | {:.4f}–{:.4f} '
-                     '| {:.2f} |'.format(
+                     '| {:.2f} | {:.2f} |'.format(
                          row['setting'], row['pattern'], row['compression'], row['params'],
                          row['dense_params'] / row['params'], row['seeds'], row['accuracy'],
-                         row['std'], row['low'], row['high'], row['seconds_per_epoch']))
+                         row['std'], row['low'], row['high'], row['seconds_per_epoch'],
+                         row['cpu_seconds_per_epoch']))
     return '\n'.join(lines)
 
 

@@ -11,6 +11,7 @@ import inspect
 import os
 import sys
 
+import chainer
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
@@ -93,6 +94,12 @@ def _full_entry(module_name, name, obj):
     lines = ['.. auto{}:: {}.{}'.format(kind, module_name, name)]
     if kind == 'class':
         lines += ['   :members:', '   :show-inheritance:']
+        if issubclass(obj, chainer.Link):
+            # What a link of the family inherits from the family's base (to_linear,
+            # in_size, add_hook) is part of its API; what it inherits from Chainer's
+            # Link is Chainer's, documented there.
+            lines += ['   :inherited-members: Link, DeviceResident, object',
+                      '   :exclude-members: printable_specs']
     return lines + ['']
 
 

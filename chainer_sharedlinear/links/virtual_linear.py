@@ -28,6 +28,7 @@ def weight_hook_types() -> tp.Tuple[type, ...]:
     from chainer import link_hooks
     return link_hooks.SpectralNormalization, link_hooks.WeightStandardization
 
+
 _NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
                     'run one, or build the layer with in_size')
 
@@ -188,7 +189,7 @@ class VirtualLinear(link.Link):
             ~chainer.Variable: The output, ``(*batch_shape, out_size)``.
         """
         if not self._is_initialized:
-            n_batch_axes = _checks.positive_int('n_batch_axes', n_batch_axes)
+            n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
             self._initialize_params(utils.size_of_shape(x.shape[n_batch_axes:]))
         return self._apply(x, n_batch_axes)
 
@@ -261,6 +262,12 @@ class VirtualLinear(link.Link):
     # --- saving and loading ----------------------------------------------------------------
 
     def serialize(self, serializer) -> None:
+        """Saves the layer's integers with its parameters; checks them first on loading.
+
+        A file saved with other integers (``n_shared``, ``n_weights``, ``seed``,
+        the sizes) or parameters of other shapes raises ``ValueError`` before
+        anything is loaded, as does a saved bias for a layer without one.
+        """
         if isinstance(serializer, chainer.serializer.Deserializer):
             saved_in_size = self._check_saved(serializer)
             super().serialize(serializer)

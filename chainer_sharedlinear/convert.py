@@ -42,7 +42,7 @@ class ConversionReport:
             left as they were, each with the reason.
         params_before (int): Parameter elements in the model before.
         params_after (int): Parameter elements in the model after.
-        tied (tuple of tuples of str): The paths at which one link object is
+        tied (tuple): The paths at which one link object is
             reachable, for each such link (weight tying). A tied link is one
             layer: it is converted at all of its paths, or at none.
         hooks (dict): The names of the link hooks carried over to each new link,

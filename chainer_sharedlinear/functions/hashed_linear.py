@@ -112,8 +112,9 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     """HashedNets' linear function: ``y = x · Vᵀ + b`` with ``V[i, j] = ξ(i, j) · W[h(i, j)]``.
 
     The bucket ``h(i, j)`` and the sign ``ξ(i, j)`` of each virtual weight
-    come from a seeded hash of ``(i, j)`` (:func:`hashed_index`, documented in
-    this module). ``V`` is gathered, and the gradient of ``W`` is the signed
+    come from a seeded hash of ``(i, j)``
+    (:func:`~chainer_sharedlinear.functions.hashed_index`, documented in this
+    module). ``V`` is gathered, and the gradient of ``W`` is the signed
     sum, bucket by bucket, of the gradient of ``V`` (in a fixed order on the
     CPU). The map is recomputed on every call; the
     :class:`~chainer_sharedlinear.HashedLinear` link keeps it.

@@ -151,7 +151,7 @@ class TiedWeight(function_node.FunctionNode):
 
     Args:
         index: Integer array into ``W.ravel()``, of ``V``'s shape, already checked
-            (see :func:`check_index`) and of the platform's integer type
+            (see ``check_index`` in this module) and of the platform's integer type
             (``numpy.intp``), which NumPy gathers with fastest.
         sign: Array of ±1 of ``V``'s shape and ``W``'s dtype, or ``None`` for all +1.
     """

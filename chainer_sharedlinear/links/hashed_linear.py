@@ -103,9 +103,9 @@ class HashedLinear(VirtualLinear):
     def index_map(self) -> tp.Tuple[tp.Any, tp.Any]:
         """``(bucket, sign)``: where each virtual weight comes from, on this link's device.
 
-        Computed once per device and dtype (:func:`~chainer_sharedlinear.functions.
-        hashed_linear.hashed_index`), kept in memory, never saved; ``sign`` is
-        in ``W``'s dtype.
+        Computed once per device and dtype
+        (:func:`~chainer_sharedlinear.functions.hashed_index`), kept in memory,
+        never saved; ``sign`` is in ``W``'s dtype.
         """
         if self.in_size is None:
             raise ValueError('{} has no index map yet: in_size is only known after the first '

@@ -36,9 +36,9 @@ def scatter_add(size: int, index, values, dtype):
     xp = backend.get_array_module(values)
     out = xp.zeros(size, fold_dtype(dtype))
     values = values.astype(out.dtype, copy=False)
-    if xp is numpy:
-        numpy.add.at(out, index, values)
-    else:  # CuPy: atomic adds, whose order is not fixed
+    if hasattr(xp.add, 'at'):  # NumPy, and CuPy from 13 (atomic adds, in no fixed order)
+        xp.add.at(out, index, values)
+    else:  # CuPy 12
         import cupyx
         cupyx.scatter_add(out, index, values)
     return out.astype(dtype, copy=False)

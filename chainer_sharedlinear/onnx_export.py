@@ -175,13 +175,7 @@ def convert_tied_linear(params) -> tp.Tuple:
     if params.opset_version < _GEMM_OPTIONAL_BIAS_OPSET:
         gemm_inputs.append(context.add_const(numpy.zeros(out_size, dtype), 'zero_bias'))
     y = gb.op('Gemm', gemm_inputs, transB=1)
-    if x_dtype != dtype:
-        y = cast(y, x_dtype)
-    if bias_name is None:
-        gb.op_output_named('Identity', [y], params.output_names)
-    else:
-        gb.op_output_named('Add', [y, bias_name], params.output_names)
-    return gb.nodes()
+    return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
 
 
 def convert_kronecker_linear(params) -> tp.Tuple:
@@ -228,12 +222,21 @@ def convert_kronecker_linear(params) -> tp.Tuple:
         a_all = gb.op('Reshape', [gb.op('Transpose', [as_dtype(a_name, A.dtype)],
                                         perm=[1, 0, 2]), shape(m1, n_terms * n1)])
     y = gb.op('Reshape', [gb.op('MatMul', [a_all, T]), shape(-1, m1 * m2)])
+    return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
+
+
+def _output(gb, cast, y, dtype, x_dtype, bias_name, output_names) -> tp.Tuple:
+    """The nodes' output: ``y`` computed in ``dtype``, rounded to ``x``'s, plus the bias.
+
+    As in Chainer, the product is rounded to the input's dtype before the bias
+    (of that dtype) is added.
+    """
     if x_dtype != dtype:
         y = cast(y, x_dtype)
     if bias_name is None:
-        gb.op_output_named('Identity', [y], params.output_names)
+        gb.op_output_named('Identity', [y], output_names)
     else:
-        gb.op_output_named('Add', [y, bias_name], params.output_names)
+        gb.op_output_named('Add', [y, bias_name], output_names)
     return gb.nodes()
 
 

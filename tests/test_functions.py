@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 
 from chainer_sharedlinear import TiledLinearFunction, kronecker_linear, shared_linear, tied_linear
 from chainer_sharedlinear.functions import fold, unfold
-from tests.helpers import BACKENDS, dense_oracle, tiled
+from tests.helpers import (
+    BACKENDS,
+    dense_oracle,
+    first_and_second_order_grads,
+    function_tolerances,
+    tiled,
+)
 
 FLOATS = [np.float16, np.float32, np.float64]
 
@@ -76,19 +82,7 @@ class TestSharedLinearFunction(testing.FunctionTestCase):
 
     def setUp(self):
         x_dtype, W_dtype = self.dtypes
-        self.check_forward_options = {'atol': 1e-6, 'rtol': 1e-6}
-        self.check_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        self.check_double_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        if np.float16 in self.dtypes:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-            self.check_double_backward_options = {
-                'atol': 5e-2, 'rtol': 5e-2}
-        elif np.float32 in self.dtypes:
-            self.check_forward_options = {'atol': 1e-5, 'rtol': 1e-5}
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
-            self.check_double_backward_options = {
-                'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(function_tolerances(self.dtypes))
 
     def generate_inputs(self):
         batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
@@ -214,15 +208,7 @@ def test_first_order_fast_path_equals_the_differentiable_nodes(x_dtype, W_dtype)
     # Plain backward computes arrays directly; with double backprop enabled the
     # same gradients come from SharedLinearGradData and SharedLinearGradWeight.
     x, W, b = _problem(x_dtype, W_dtype, 5, False, batch_shape=(6,), k=4, out_size=3)
-
-    def grads(enable_double_backprop):
-        xv, Wv, bv = (chainer.Variable(a) for a in (x, W, b))
-        y = shared_linear(xv, Wv, bv)
-        gs = chainer.grad([F.sum(y * y)], [xv, Wv, bv],
-                          enable_double_backprop=enable_double_backprop)
-        return [g.array for g in gs]
-
-    for fast, nodes in zip(grads(False), grads(True)):
+    for fast, nodes in zip(*first_and_second_order_grads(shared_linear, (x, W, b))):
         assert fast.dtype == nodes.dtype
         np.testing.assert_array_equal(fast, nodes)
 

@@ -15,7 +15,12 @@ from hypothesis import strategies as st
 from chainer_sharedlinear import HashedLinear, hashed_linear
 from chainer_sharedlinear.functions import hashed_index
 from chainer_sharedlinear.functions.hashed_linear import mix32
-from tests.helpers import BACKENDS
+from tests.helpers import (
+    BACKENDS,
+    assert_bias_copied,
+    function_tolerances,
+    link_tolerances,
+)
 
 FLOATS = [np.float16, np.float32, np.float64]
 
@@ -261,17 +266,7 @@ class TestHashedLinearFunction(testing.FunctionTestCase):
     out_size, in_size, n_weights, seed = 3, 4, 5, 7
 
     def setUp(self):
-        self.check_forward_options = {'atol': 1e-6, 'rtol': 1e-6}
-        self.check_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        self.check_double_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        if np.float16 in self.dtypes:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-            self.check_double_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        elif np.float32 in self.dtypes:
-            self.check_forward_options = {'atol': 1e-5, 'rtol': 1e-5}
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
-            self.check_double_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(function_tolerances(self.dtypes))
 
     def generate_inputs(self):
         x_dtype, w_dtype = self.dtypes
@@ -370,11 +365,7 @@ class TestHashedLinearLink(testing.LinkTestCase):
 
     def setUp(self):
         self.param_names = ('W',) if self.nobias else ('W', 'b')
-        if self.dtype == np.float16:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        else:
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(link_tolerances(self.dtype))
 
     def generate_params(self):
         rng = np.random.default_rng(0)
@@ -694,11 +685,7 @@ def test_to_linear_is_exact(dtype, nobias):
     bucket, sign = spec_index(5, 16, 9, 1)
     np.testing.assert_array_equal(dense.W.array, sign * layer.W.array[bucket])
     np.testing.assert_array_equal(layer.dense_weight(), dense.W.array)
-    if nobias:
-        assert dense.b is None
-    else:
-        np.testing.assert_array_equal(dense.b.array, layer.b.array)
-        assert dense.b.array is not layer.b.array
+    assert_bias_copied(layer, dense)
     x = np.random.default_rng(0).standard_normal((7, 16)).astype(dtype)
     # The same products summed in another order: a few units in the last place.
     tolerance = {'rtol': 1e-12, 'atol': 1e-12} if dtype == np.float64 else \

@@ -14,7 +14,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import KroneckerLinear, kronecker_linear, shared_linear
-from tests.helpers import BACKENDS, dense_oracle
+from tests.helpers import (
+    BACKENDS,
+    assert_bias_copied,
+    dense_oracle,
+    first_and_second_order_grads,
+    function_tolerances,
+    link_tolerances,
+)
 
 FLOATS = [np.float16, np.float32, np.float64]
 
@@ -99,17 +106,7 @@ def _problem(x_dtype, w_dtype, n_terms, nobias, batch_shape=(4,), factors=(2, 3,
 class TestKroneckerLinearFunction(testing.FunctionTestCase):
 
     def setUp(self):
-        self.check_forward_options = {'atol': 1e-6, 'rtol': 1e-6}
-        self.check_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        self.check_double_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        if np.float16 in self.dtypes:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-            self.check_double_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        elif np.float32 in self.dtypes:
-            self.check_forward_options = {'atol': 1e-5, 'rtol': 1e-5}
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
-            self.check_double_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(function_tolerances(self.dtypes))
 
     def generate_inputs(self):
         batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
@@ -160,19 +157,13 @@ def test_first_order_fast_path_equals_the_differentiable_backward(x_dtype, w_dty
     # gradients come from einsums of Chainer functions. Both sum in float32 at least,
     # in other orders.
     x, A, B, b = _problem(x_dtype, w_dtype, n_terms, False, (6,), (3, 4, 2, 5))
-
-    def grads(enable_double_backprop):
-        xv, Av, Bv, bv = (chainer.Variable(a) for a in (x, A, B, b))
-        y = kronecker_linear(xv, Av, Bv, bv)
-        gs = chainer.grad([F.sum(y * y)], [xv, Av, Bv, bv],
-                          enable_double_backprop=enable_double_backprop)
-        return [g.array for g in gs]
+    fast_grads, node_grads = first_and_second_order_grads(kronecker_linear, (x, A, B, b))
 
     tolerance = (1e-12 if np.float16 not in (x_dtype, w_dtype) and
                  np.float32 not in (x_dtype, w_dtype) else 1e-5)
     if x_dtype == np.float16:
         tolerance = 2 ** -10  # gx and gb come back in float16: a unit in the last place
-    for fast, nodes in zip(grads(False), grads(True)):
+    for fast, nodes in zip(fast_grads, node_grads):
         assert fast.dtype == nodes.dtype
         np.testing.assert_allclose(fast, nodes, rtol=tolerance, atol=tolerance)
 
@@ -309,11 +300,7 @@ class TestKroneckerLinearLink(testing.LinkTestCase):
 
     def setUp(self):
         self.param_names = ('A', 'B') if self.nobias else ('A', 'B', 'b')
-        if self.dtype == np.float16:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        else:
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(link_tolerances(self.dtype))
 
     def generate_params(self):
         (n1, n2), (m1, m2) = self.in_factors, self.out_factors
@@ -629,11 +616,7 @@ def test_to_linear_is_exact(dtype, n_terms, nobias):
         assert np.all(error <= (n_terms + 1) * wide * terms
                       + np.finfo(dtype).eps / 2 * np.abs(kron_weight(A, B)))
     np.testing.assert_array_equal(layer.dense_weight(), dense.W.array)
-    if nobias:
-        assert dense.b is None
-    else:
-        np.testing.assert_array_equal(dense.b.array, layer.b.array)
-        assert dense.b.array is not layer.b.array
+    assert_bias_copied(layer, dense)
     x = np.random.default_rng(0).standard_normal((7, 12)).astype(dtype)
     tolerance = {'rtol': 1e-12, 'atol': 1e-12} if dtype == np.float64 else \
         {'rtol': 1e-5, 'atol': 1e-5} if dtype == np.float32 else {'rtol': 1e-2, 'atol': 1e-2}

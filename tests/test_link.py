@@ -10,7 +10,7 @@ from chainer import link_hooks, testing
 from chainer.utils.type_check import InvalidType
 
 from chainer_sharedlinear import SharedLinear
-from tests.helpers import BACKENDS, dense_oracle
+from tests.helpers import BACKENDS, dense_oracle, link_tolerances
 
 
 @testing.parameterize(*testing.product({
@@ -25,11 +25,7 @@ class TestSharedLinearLink(testing.LinkTestCase):
 
     def setUp(self):
         self.param_names = ('W',) if self.nobias else ('W', 'b')
-        if self.dtype == np.float16:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        else:
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(link_tolerances(self.dtype))
 
     def generate_params(self):
         rng = np.random.default_rng(0)

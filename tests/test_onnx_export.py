@@ -230,6 +230,16 @@ def _export_quietly(model, x, opset_version=None):
         return export(model, x, **kwargs)
 
 
+def _export_and_compare(ort, model, x, opset_version, atol):
+    """Exports ``model`` and checks that onnxruntime gives Chainer's float32 output."""
+    expected = model(x).array
+    onnx_model = _export_quietly(model, x, opset_version)
+    y, = _run(ort, onnx_model, x)
+    assert y.dtype == np.float32 and y.shape == expected.shape
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=atol)
+    return onnx_model
+
+
 def _tensors(onnx_model):
     """Every array the file holds: its initializers and the values of its Constant nodes."""
     from onnx import numpy_helper
@@ -254,13 +264,8 @@ def _trained(layer, seed):
 def test_export_of_hashed_layers_matches_chainer(ort, opset_version, nobias):
     model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3, nobias=nobias), 0),
                  _trained(HashedLinear(12, 5, n_weights=9, seed=4, nobias=nobias), 1))
-    x = _standard_normal((4, 24), 2)
-    expected = model(x).array
-    onnx_model = _export_quietly(model, x, opset_version)
-
-    y, = _run(ort, onnx_model, x)
-    assert y.dtype == np.float32 and y.shape == (4, 5)
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    onnx_model = _export_and_compare(ort, model, _standard_normal((4, 24), 2), opset_version,
+                                     atol=1e-6)
 
     # The file holds W and the index map, as 32-bit integers with the signs folded in:
     # index k + n_weights for a sign of -1, into [W, -W].
@@ -283,13 +288,8 @@ def test_export_of_kronecker_layers_matches_chainer(ort, opset_version, n_terms,
     model = _Two(_trained(KroneckerLinear(24, 12, in_factors=(4, 6), out_factors=(3, 4),
                                           n_terms=n_terms, nobias=nobias), 0),
                  _trained(KroneckerLinear(12, 6, n_terms=n_terms, nobias=nobias), 1))
-    x = _standard_normal((4, 24), 2)
-    expected = model(x).array
-    onnx_model = _export_quietly(model, x, opset_version)
-
-    y, = _run(ort, onnx_model, x)
-    assert y.dtype == np.float32 and y.shape == (4, 6)
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    onnx_model = _export_and_compare(ort, model, _standard_normal((4, 24), 2), opset_version,
+                                     atol=1e-5)
 
     # A and B as they are; no (out_size, in_size) weight in the file, nor a Kronecker
     # product at run time.
@@ -359,11 +359,8 @@ def test_export_of_a_tied_linear_model_matches_chainer(ort, opset_version):
         def forward(self, x):
             return tied_linear(x, self.W, index, sign, self.b)
 
-    model = Toeplitz()
-    x = _standard_normal((3, in_size), 2)
-    onnx_model = _export_quietly(model, x, opset_version)
-    y, = _run(ort, onnx_model, x)
-    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    onnx_model = _export_and_compare(ort, Toeplitz(), _standard_normal((3, in_size), 2),
+                                     opset_version, atol=1e-6)
     folded, = [a for a in _tensors(onnx_model).values() if a.dtype == np.int32]
     np.testing.assert_array_equal(folded, index + (out_size + in_size - 1) * (sign < 0))
 

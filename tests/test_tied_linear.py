@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from chainer_sharedlinear import shared_linear, tied_linear
 from chainer_sharedlinear.functions import TiedWeight
-from tests.helpers import BACKENDS
+from tests.helpers import BACKENDS, first_and_second_order_grads, function_tolerances
 
 FLOATS = [np.float16, np.float32, np.float64]
 
@@ -108,17 +108,7 @@ def _problem(x_dtype, W_dtype, with_sign, nobias, batch_shape=(4,), out_size=3, 
 class TestTiedLinearFunction(testing.FunctionTestCase):
 
     def setUp(self):
-        self.check_forward_options = {'atol': 1e-6, 'rtol': 1e-6}
-        self.check_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        self.check_double_backward_options = {'atol': 1e-4, 'rtol': 1e-4}
-        if np.float16 in self.dtypes:
-            self.check_forward_options = {'atol': 5e-3, 'rtol': 5e-3}
-            self.check_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-            self.check_double_backward_options = {'atol': 5e-2, 'rtol': 5e-2}
-        elif np.float32 in self.dtypes:
-            self.check_forward_options = {'atol': 1e-5, 'rtol': 1e-5}
-            self.check_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
-            self.check_double_backward_options = {'atol': 1e-3, 'rtol': 1e-3}
+        vars(self).update(function_tolerances(self.dtypes))
         batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
         self.problem = _problem(*self.dtypes, self.with_sign, self.nobias, batch_shape)
 
@@ -369,13 +359,9 @@ def test_first_order_fast_path_equals_the_differentiable_nodes(x_dtype, W_dtype,
     index = rng.integers(0, 4, (3, 5))
     sign = rng.choice([-1.0, 1.0], (3, 5)) if with_sign else None
 
-    def grads(enable_double_backprop):
-        xv, Wv, bv = (chainer.Variable(a) for a in (x, W, b))
-        y = tied_linear(xv, Wv, index, sign, bv)
-        gs = chainer.grad([F.sum(y * y)], [xv, Wv, bv],
-                          enable_double_backprop=enable_double_backprop)
-        return [g.array for g in gs]
+    def apply(x, W, b):
+        return tied_linear(x, W, index, sign, b)
 
-    for fast, nodes in zip(grads(False), grads(True)):
+    for fast, nodes in zip(*first_and_second_order_grads(apply, (x, W, b))):
         assert fast.dtype == nodes.dtype
         np.testing.assert_array_equal(fast, nodes)

@@ -3,10 +3,9 @@
 scripts/check_release.sh runs this in a fresh virtual environment outside the
 repository, once with the wheel installed and once with the sdist. It checks that
 the package imports from that environment with its metadata, trains one step of
-SharedLinear against the dense layer it stands for, registers the package with
-Chainer, and converts a model to shared layers and back. The other links of the
-family (HashedLinear, KroneckerLinear) get the same step when the package exports
-them. Any failure raises, so the exit status says whether all of it held.
+each link of the family against the dense layer it stands for, registers the
+package with Chainer, and converts a model to shared and Kronecker layers and
+back. Any failure raises, so the exit status says whether all of it held.
 """
 
 import importlib.metadata
@@ -27,7 +26,7 @@ FAMILY = (
     ('HashedLinear', dict(n_weights=20, seed=1)),
     ('KroneckerLinear', dict()),
 )
-# What register() adds to chainer.links and chainer.functions, where the package has it.
+# What register() adds to chainer.links and chainer.functions.
 REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear')
 REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'tied_linear')
 
@@ -79,9 +78,8 @@ def check_register():
     checked = []
     for namespace, prefix, names in ((L, 'L.', REGISTERED_LINKS), (F, 'F.', REGISTERED_FUNCTIONS)):
         for name in names:
-            if hasattr(csl, name):
-                assert getattr(namespace, name) is getattr(csl, name), prefix + name
-                checked.append(prefix + name)
+            assert getattr(namespace, name) is getattr(csl, name), prefix + name
+            checked.append(prefix + name)
     print('register(): {} are the package\'s'.format(', '.join(checked)))
 
 
@@ -97,14 +95,16 @@ def check_conversion():
     assert report.changed == linears, report
     assert all(type(link) is L.Linear for link in model.children())
     np.testing.assert_allclose(model(x).array, y_shared, rtol=1e-4, atol=1e-5)
-    print('share_linears and unshare_linears: converted both ways, same outputs')
+    report = csl.convert_linears(model, csl.KroneckerLinear.from_linear)
+    assert report.changed == linears, report
+    assert all(isinstance(link, csl.KroneckerLinear) for link in model.children())
+    print('share_linears, convert_linears and unshare_linears: converted, same outputs back')
 
 
 def main():
     check_installation()
     for name, kwargs in FAMILY:
-        if hasattr(csl, name):
-            check_training_step(getattr(csl, name)(12, 6, **kwargs))
+        check_training_step(getattr(csl, name)(12, 6, **kwargs))
     check_register()
     check_conversion()
     print('smoke run: every check held')

@@ -1,13 +1,16 @@
 """Shared-weight fully connected layers for Chainer.
 
-``SharedLinear`` is a drop-in for ``chainer.links.Linear`` whose weight ``W``
-of shape ``(out_size, in_size / n_shared)`` is reused across the
-``n_shared`` blocks of the input. Importing this package changes nothing in
-Chainer itself: :func:`register` adds ``L.SharedLinear`` and
-``F.shared_linear``, and :func:`share_linears` converts the ``L.Linear``
-links of an existing model. ONNX export is in
-:mod:`chainer_sharedlinear.onnx_export` (the ``onnx`` extra), imported only
-when asked for.
+Drop-ins for ``chainer.links.Linear`` whose ``(out_size, in_size)`` weight is
+made of fewer stored numbers: :class:`SharedLinear` reuses one weight across
+the blocks of the input, :class:`HashedLinear` draws every weight from buckets
+by a hash (HashedNets), :class:`KroneckerLinear` is a sum of Kronecker
+products (PHM layers included), and :func:`tied_linear` takes any map of your
+own. Importing this package changes nothing in Chainer itself:
+:func:`register` adds the links to ``chainer.links`` and the functions to
+``chainer.functions``, and :func:`convert_linears` (or its shorthand
+:func:`share_linears`) converts the ``L.Linear`` links of an existing model.
+ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
+extra), imported only when asked for.
 """
 
 from chainer_sharedlinear.convert import (  # NOQA

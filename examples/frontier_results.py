@@ -24,6 +24,8 @@ from command_line import UsageError
 
 RESULTS_FILE = 'frontier.json'
 PLOT_FILE = 'frontier.png'
+ACCURACY_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98,
+                  0.99, 0.995)
 
 #: What identifies a run: a rerun with a record of the same key skips it.
 KEY_FIELDS = ('dataset', 'epochs', 'setting', 'pattern', 'compression', 'seed')
@@ -137,7 +139,10 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
     """Accuracy against stored parameters (log x), a line per pattern, a panel per setting.
 
     Each point is the mean over seeds, with a bar from the lowest to the highest.
+    The accuracy axis is a logit scale: it spreads out the accuracies near 1, where
+    the patterns differ by little, and still shows a pattern that fails.
     """
+    from matplotlib import ticker
     from matplotlib.figure import Figure
 
     rows = summarize(records)
@@ -162,8 +167,12 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
             ax.errorbar(x, y, yerr=spread, marker='o', markersize=4, capsize=2,
                         label=pattern)
         ax.set_xscale('log')
+        ax.set_yscale('logit')
+        ax.yaxis.set_major_locator(ticker.FixedLocator(ACCURACY_TICKS))
+        ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel('stored parameters of the compressed layers')
-        ax.set_ylabel('validation accuracy')
+        ax.set_ylabel('validation accuracy (logit scale)')
         ax.set_title(setting)
         ax.grid(True, which='both', linewidth=0.3)
         ax.legend(fontsize=8)

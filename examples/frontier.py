@@ -164,8 +164,11 @@ def run(args):
     title = '{}, {} epochs, {} training and {} validation images'.format(
         args.dataset, args.epoch, len(train_set), len(val_set))
     print(title)
-    print(results.format_table(records))
-    print('Records in {}'.format(os.path.join(args.out, results.RESULTS_FILE)))
+    print(results.format_short_table(records))
+    with open(os.path.join(args.out, results.TABLE_FILE), 'w') as f:
+        f.write('{}\n\n{}\n'.format(title, results.format_table(records)))
+    print('Records in {}, every figure in {}'.format(
+        os.path.join(args.out, results.RESULTS_FILE), os.path.join(args.out, results.TABLE_FILE)))
     if reports.plots_available():
         results.plot(records, os.path.join(args.out, results.PLOT_FILE), title)
         print('Plot in {}'.format(os.path.join(args.out, results.PLOT_FILE)))

@@ -24,6 +24,7 @@ from command_line import UsageError
 
 RESULTS_FILE = 'frontier.json'
 PLOT_FILE = 'frontier.png'
+TABLE_FILE = 'frontier.md'
 ACCURACY_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98,
                   0.99, 0.995)
 
@@ -133,6 +134,31 @@ def format_table(records: tp.List[dict]) -> str:
                          row['std'], row['low'], row['high'], row['seconds_per_epoch'],
                          row['cpu_seconds_per_epoch']))
     return '\n'.join(lines)
+
+
+def format_short_table(records: tp.List[dict]) -> str:
+    """Per setting, accuracy by pattern and compression: the mean over seeds, and what is stored.
+
+    The short table a run ends with; :func:`format_table` has every figure.
+    """
+    rows = summarize(records)
+    lines = []
+    for setting in collections.OrderedDict.fromkeys(row['setting'] for row in rows):
+        here = [row for row in rows if row['setting'] == setting]
+        compressions = sorted({row['compression'] for row in here if row['pattern'] != 'dense'})
+        lines += ['{} (validation accuracy, mean of the seeds; stored parameters):'.format(
+                      setting),
+                  '| pattern | ' + ' | '.join('1/{:g}'.format(c) for c in compressions) + ' |',
+                  '|---|' + '---:|' * len(compressions)]
+        for pattern in collections.OrderedDict.fromkeys(row['pattern'] for row in here):
+            cells = {row['compression']: '{:.4f} ({:,})'.format(row['accuracy'], row['params'])
+                     for row in here if row['pattern'] == pattern}
+            if pattern == 'dense':
+                cells = {c: cells[1] for c in compressions}
+            lines.append('| {} | {} |'.format(pattern, ' | '.join(
+                cells.get(c, '') for c in compressions)))
+        lines.append('')
+    return '\n'.join(lines).rstrip()
 
 
 def plot(records: tp.List[dict], path: str, title: str) -> None:

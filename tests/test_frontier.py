@@ -85,7 +85,9 @@ def test_a_two_point_grid_for_one_epoch(tmp_path, capsys):
         assert record['network_params'] == 784 * 1000 + 1000 + 112500 + 900 * 10 + 10
     assert records[0]['layers'] == [
         'SharedLinear(in_size=1000, out_size=900, n_shared=8, nobias=True)']
-    assert '| 2016 | hashed | 8 | 112,500 | 8.0x | 1 |' in stdout
+    hashed = records[1]['accuracy']
+    assert '| hashed | {:.4f} (112,500) |'.format(hashed) in stdout  # the short table
+    assert '| 2016 | hashed | 8 | 112,500 | 8.0x | 1 |' in (out / 'frontier.md').read_text()
     assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert sorted(os.listdir(out / 'runs')) == ['2016-hashed-c8-seed0', '2016-shared-c8-seed0']
 

@@ -29,6 +29,7 @@ import frontier_results as results
 import malloc_tuning
 import numpy
 import reports
+import result_folder
 import resumable
 from chainer import training
 from chainer.training import extensions
@@ -157,8 +158,7 @@ def parse_args(argv=None):
 def run(args):
     malloc_tuning.keep_freed_memory()
     device = command_line.get_device(args.device)
-    if not args.out:
-        raise command_line.UsageError('--out is empty: name the folder of the results')
+    result_folder.check_folder(args.out)
     train_set, val_set = command_line.load_datasets(args)
     records = run_grid(args, device, train_set, val_set)
     title = '{}, {} epochs, {} training and {} validation images'.format(

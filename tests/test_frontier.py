@@ -133,10 +133,12 @@ def test_the_same_seed_gives_the_same_records(tmp_path, capsys):
     (['--setting', '2017'], "argument --setting: '2017' is not one of 2016, hashednets"),
     (['--compressions', '8,0'], "argument --compressions: expected a positive integer, got '0'"),
     (['--compressions', ','], 'expected a comma-separated list'),
-    (['--out', ''], '--out is empty'),
+    (['--out', ''], "--out '' is empty"),
+    (['--out', '{tmp}/file/frontier'], '{tmp}/file is a file, not a directory'),
     (['--dataset', 'fashion-mnist', '--data-dir', '{tmp}'], 'fashion-mnist: {tmp} lacks'),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
+    (tmp_path / 'file').write_text('mine')
     argv = [arg.format(tmp=tmp_path) for arg in argv]
     if '--out' not in argv:
         argv += ['--out', str(tmp_path / 'out')]

@@ -150,15 +150,32 @@ def format_short_table(records: tp.List[dict]) -> str:
                       setting),
                   '| pattern | ' + ' | '.join('1/{:g}'.format(c) for c in compressions) + ' |',
                   '|---|' + '---:|' * len(compressions)]
+        short_of_budget = False
         for pattern in collections.OrderedDict.fromkeys(row['pattern'] for row in here):
-            cells = {row['compression']: '{:.4f} ({:,})'.format(row['accuracy'], row['params'])
-                     for row in here if row['pattern'] == pattern}
+            cells = {}
+            for row in here:
+                if row['pattern'] != pattern:
+                    continue
+                cell = '{:.4f} ({:,})'.format(row['accuracy'], row['params'])
+                if _short_of_budget(row):
+                    cell += ' †'
+                    short_of_budget = True
+                cells[row['compression']] = cell
             if pattern == 'dense':
                 cells = {c: cells[1] for c in compressions}
             lines.append('| {} | {} |'.format(pattern, ' | '.join(
                 cells.get(c, '') for c in compressions)))
+        if short_of_budget:
+            lines.append('')
+            lines.append('† the pattern stores more than the budget: its sizes allow no more.')
         lines.append('')
     return '\n'.join(lines).rstrip()
+
+
+def _short_of_budget(row: dict) -> bool:
+    # A budget is "met" within the rounding that the pattern's sizes force (compression.py
+    # comes within a few per cent); PHM's n, for one, cannot exceed the sizes' common divisor.
+    return row['dense_params'] / row['params'] < row['compression'] / 1.25
 
 
 def plot(records: tp.List[dict], path: str, title: str) -> None:

@@ -201,3 +201,19 @@ def test_two_processes_can_share_a_folder(tmp_path):
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err
     assert sorted(r['setting'] for r in read_records(out)) == ['2016', 'hashednets']
+
+
+def test_the_short_table_marks_a_budget_the_pattern_cannot_reach():
+    def record(pattern, compression, params, accuracy):
+        return {'setting': 'hashednets', 'pattern': pattern, 'compression': compression,
+                'seed': 0, 'params': params, 'dense_params': 800000, 'accuracy': accuracy,
+                'seconds_per_epoch': 1.0, 'cpu_seconds_per_epoch': 1.0}
+
+    table = frontier_results.format_short_table([
+        record('dense', 1, 800000, 0.9),
+        record('hashed', 8, 100000, 0.8), record('hashed', 64, 13000, 0.7),
+        # PHM's n divides the sizes: at 1/64 it stores what it stores at 1/8.
+        record('phm', 8, 102000, 0.85), record('phm', 64, 102000, 0.85)])
+    assert '| hashed | 0.8000 (100,000) | 0.7000 (13,000) |' in table
+    assert '| phm | 0.8500 (102,000) | 0.8500 (102,000) † |' in table
+    assert table.endswith('† the pattern stores more than the budget: its sizes allow no more.')

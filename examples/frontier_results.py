@@ -99,6 +99,10 @@ def add_record(folder: str, record: dict) -> None:
             save_records(folder, records)
 
 
+#: The footnote of a cell that :func:`_short_of_budget` marks.
+SHORT_OF_BUDGET = "† more than 1.25 × the budget: the pattern's sizes allow nothing nearer."
+
+
 def summarize(records: tp.List[dict]) -> tp.List[dict]:
     """One row per setting, pattern and compression: the mean and spread over seeds."""
     groups = collections.OrderedDict()
@@ -167,14 +171,14 @@ def format_short_table(records: tp.List[dict]) -> str:
                 cells.get(c, '') for c in compressions)))
         if short_of_budget:
             lines.append('')
-            lines.append('† the pattern stores more than the budget: its sizes allow no more.')
+            lines.append(SHORT_OF_BUDGET)
         lines.append('')
     return '\n'.join(lines).rstrip()
 
 
 def _short_of_budget(row: dict) -> bool:
-    # A budget is "met" within the rounding that the pattern's sizes force (compression.py
-    # comes within a few per cent); PHM's n, for one, cannot exceed the sizes' common divisor.
+    # compression.py picks the size nearest the budget that a pattern allows; within 1.25x
+    # counts as met. Some patterns allow nothing near: PHM's n must divide the layer's sizes.
     return row['dense_params'] / row['params'] < row['compression'] / 1.25
 
 

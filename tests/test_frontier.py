@@ -216,4 +216,5 @@ def test_the_short_table_marks_a_budget_the_pattern_cannot_reach():
         record('phm', 8, 102000, 0.85), record('phm', 64, 102000, 0.85)])
     assert '| hashed | 0.8000 (100,000) | 0.7000 (13,000) |' in table
     assert '| phm | 0.8500 (102,000) | 0.8500 (102,000) † |' in table
-    assert table.endswith('† the pattern stores more than the budget: its sizes allow no more.')
+    assert table.endswith('\n\n' + frontier_results.SHORT_OF_BUDGET)
+    assert frontier_results.SHORT_OF_BUDGET.startswith('† more than 1.25 × the budget')

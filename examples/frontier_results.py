@@ -10,6 +10,7 @@ a lock, to what the file holds at that moment.
 import collections
 import contextlib
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -182,6 +183,24 @@ def _short_of_budget(row: dict) -> bool:
     return row['dense_params'] / row['params'] < row['compression'] / 1.25
 
 
+def accuracy_ticks(low: float, high: float) -> tp.List[float]:
+    """The accuracies to label on an axis from ``low`` to ``high``.
+
+    :data:`ACCURACY_TICKS` where at least three of them fall in the range, otherwise
+    evenly spaced ticks, three to ten of them: a panel whose points all lie
+    between 0.88 and 0.90 still gets its labels.
+    """
+    ticks = [t for t in ACCURACY_TICKS if low <= t <= high]
+    if len(ticks) >= 3:
+        return ticks
+    for step in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+        first = math.ceil(low / step - 1e-9)
+        ticks = [round(i * step, 3) for i in range(first, math.floor(high / step + 1e-9) + 1)]
+        if len(ticks) <= 10:
+            return ticks
+    return ticks
+
+
 def plot(records: tp.List[dict], path: str, title: str) -> None:
     """Accuracy against stored parameters (log x), a line per pattern, a panel per setting.
 
@@ -215,7 +234,7 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
                         label=pattern)
         ax.set_xscale('log')
         ax.set_yscale('logit')
-        ax.yaxis.set_major_locator(ticker.FixedLocator(ACCURACY_TICKS))
+        ax.yaxis.set_major_locator(ticker.FixedLocator(accuracy_ticks(*ax.get_ylim())))
         ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
         ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel('stored parameters of the compressed layers')

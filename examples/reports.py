@@ -52,7 +52,7 @@ def comparison_table(rows):
              '|---|---|---:|---:|---:|---:|---:|---:|']
     for name, l2, n_params, log in rows:
         figures = ' | '.join('{:.4f}'.format(log[-1][key]) for key in FIGURES)
-        lines.append('| {} | `{}` | {:,} | {:.3g} | {} |'.format(
+        lines.append('| {} | `{}` | {:,} | {:.3f} | {} |'.format(
             name, l2, n_params, seconds_per_epoch(log), figures))
     return '\n'.join(lines)
 

@@ -282,7 +282,7 @@ def test_comparison_table():
     assert reports.comparison_table([('a', 'L.Linear(2, 3)', 1234, LOG)]).splitlines() == [
         '| model | l2 | parameters | s/epoch | train loss | train acc. | val. loss | val. acc. |',
         '|---|---|---:|---:|---:|---:|---:|---:|',
-        '| a | `L.Linear(2, 3)` | 1,234 | 1.5 | 0.2500 | 0.9375 | 0.1250 | 0.9688 |']
+        '| a | `L.Linear(2, 3)` | 1,234 | 1.500 | 0.2500 | 0.9375 | 0.1250 | 0.9688 |']
 
 
 def test_plot_comparison_draws_a_png(tmp_path):

@@ -187,17 +187,18 @@ def accuracy_ticks(low: float, high: float) -> tp.List[float]:
     """The accuracies to label on an axis from ``low`` to ``high``.
 
     :data:`ACCURACY_TICKS` where at least three of them fall in the range, otherwise
-    evenly spaced ticks, three to ten of them: a panel whose points all lie
-    between 0.88 and 0.90 still gets its labels.
+    the finest evenly spaced ticks (steps of 1, 2 or 5 times a power of ten) of
+    which at most ten fit: a panel whose points all lie between 0.88 and 0.90
+    still gets its labels.
     """
     ticks = [t for t in ACCURACY_TICKS if low <= t <= high]
     if len(ticks) >= 3:
         return ticks
-    for step in (0.001, 0.002, 0.005, 0.01, 0.02, 0.05):
+    for step in (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2):
         first = math.ceil(low / step - 1e-9)
-        ticks = [round(i * step, 3) for i in range(first, math.floor(high / step + 1e-9) + 1)]
+        ticks = [round(i * step, 4) for i in range(first, math.floor(high / step + 1e-9) + 1)]
         if len(ticks) <= 10:
-            return ticks
+            break
     return ticks
 
 

@@ -186,18 +186,15 @@ def check_shapes(x_shape, a_shape, b_shape) -> None:
             'x.ndim == 2, A.ndim == 3, B.ndim == 3',
             '{}, {}, {}'.format(len(x_shape), len(a_shape), len(b_shape)))
     if a_shape[0] != b_shape[0]:
-        raise type_check.InvalidType(
-            'A.shape[0] == B.shape[0]', '{} != {}'.format(a_shape[0], b_shape[0]),
-            'A and B must have the same number of terms\nExpect: A.shape[0] == B.shape[0]\n'
-            'Actual: {} != {}'.format(a_shape[0], b_shape[0]))
+        shapes.refuse('A and B must have the same number of terms', 'A.shape[0] == B.shape[0]',
+                      '{} != {}'.format(a_shape[0], b_shape[0]))
     if x_shape[1] != a_shape[2] * b_shape[2]:
         expected = a_shape[2] * b_shape[2]
-        raise type_check.InvalidType(
-            'x.shape[1] == A.shape[2] * B.shape[2]', '{} != {}'.format(x_shape[1], expected),
-            'x has {} features, but A of shape {} and B of shape {} take {} x {} = {}\n'
-            'Expect: x.shape[1] == A.shape[2] * B.shape[2]\nActual: {} != {}'.format(
-                x_shape[1], tuple(a_shape), tuple(b_shape), a_shape[2], b_shape[2], expected,
-                x_shape[1], expected))
+        shapes.refuse('x has {} features, but A of shape {} and B of shape {} take {} x {} = {}'
+                      .format(x_shape[1], tuple(a_shape), tuple(b_shape), a_shape[2],
+                              b_shape[2], expected),
+                      'x.shape[1] == A.shape[2] * B.shape[2]',
+                      '{} != {}'.format(x_shape[1], expected))
 
 
 def kronecker_linear(x, A, B, b=None, n_batch_axes: int = 1):

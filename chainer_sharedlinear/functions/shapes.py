@@ -1,4 +1,5 @@
-"""Shapes shared by the family's functions: the batch axes of the input, and the bias.
+"""Shapes shared by the family's functions: the batch axes of the input, the bias, and
+the error that a shape the forward pass checks itself raises.
 
 Each function computes on a matrix, ``(batch, in_size)``: the batch axes of
 its input are flattened into one first and restored in the output after. The
@@ -41,8 +42,16 @@ def check_bias(bias_shape, out_size: int) -> None:
     With type checking off, a bias of another size would be broadcast silently.
     """
     if tuple(bias_shape) != (out_size,):
-        raise type_check.InvalidType(
-            'b.shape == (out_size,)', '{} != {}'.format(tuple(bias_shape), (out_size,)),
-            'b has shape {}, but the layer has out_size={} outputs\nExpect: b.shape == '
-            '(out_size,)\nActual: {} != {}'.format(tuple(bias_shape), out_size,
-                                                  tuple(bias_shape), (out_size,)))
+        refuse('b has shape {}, but the layer has out_size={} outputs'.format(
+                   tuple(bias_shape), out_size),
+               'b.shape == (out_size,)', '{} != {}'.format(tuple(bias_shape), (out_size,)))
+
+
+def refuse(what: str, expect: str, actual: str) -> tp.NoReturn:
+    """Raises ``InvalidType``: ``what`` is wrong, then the ``Expect`` and ``Actual`` lines.
+
+    For the checks a forward pass makes whatever ``chainer.config.type_check``
+    says; the last two lines read as those of Chainer's own type check.
+    """
+    raise type_check.InvalidType(expect, actual, '{}\nExpect: {}\nActual: {}'.format(
+        what, expect, actual))

@@ -42,28 +42,24 @@ def count_blocks(x_shape, w_shape, n_shared: tp.Optional[int] = None) -> int:
     The ``Expect`` lines are those of :func:`check_input_types`.
     """
     if len(x_shape) != 2 or len(w_shape) != 2:
-        _refuse('x and W must be matrices', 'x.ndim == 2, W.ndim == 2',
-                '{}, {}'.format(len(x_shape), len(w_shape)))
+        shapes.refuse('x and W must be matrices', 'x.ndim == 2, W.ndim == 2',
+                      '{}, {}'.format(len(x_shape), len(w_shape)))
     in_size, k = x_shape[1], w_shape[1]
     if n_shared is not None:
         if in_size != n_shared * k:
-            _refuse('x has {} features, but W of shape {} shared by n_shared={} blocks takes '
-                    'n_shared * W.shape[1] = {}'.format(in_size, tuple(w_shape), n_shared,
-                                                        n_shared * k),
-                    'x.shape[1] == {} * W.shape[1]'.format(n_shared),
-                    '{} != {}'.format(in_size, n_shared * k))
+            shapes.refuse(
+                'x has {} features, but W of shape {} shared by n_shared={} blocks takes '
+                'n_shared * W.shape[1] = {}'.format(in_size, tuple(w_shape), n_shared,
+                                                    n_shared * k),
+                'x.shape[1] == {} * W.shape[1]'.format(n_shared),
+                '{} != {}'.format(in_size, n_shared * k))
         return n_shared
     if k < 1 or in_size < 1 or in_size % k:
-        _refuse('x has {} features, which is not a positive multiple of W.shape[1] = {}: '
-                'it must split into blocks of W.shape[1] features'.format(in_size, k),
-                'x.shape[1] > 0, x.shape[1] % W.shape[1] == 0',
-                'x.shape[1]={}, W.shape[1]={}'.format(in_size, k))
+        shapes.refuse('x has {} features, which is not a positive multiple of W.shape[1] = {}: '
+                      'it must split into blocks of W.shape[1] features'.format(in_size, k),
+                      'x.shape[1] > 0, x.shape[1] % W.shape[1] == 0',
+                      'x.shape[1]={}, W.shape[1]={}'.format(in_size, k))
     return in_size // k
-
-
-def _refuse(what, expect, actual):
-    raise type_check.InvalidType(expect, actual, '{}\nExpect: {}\nActual: {}'.format(
-        what, expect, actual))
 
 
 def _grad_x(W, gy, n_shared):

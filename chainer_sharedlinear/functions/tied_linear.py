@@ -19,7 +19,7 @@ import typing as tp
 import chainer
 import chainer.functions as F
 import numpy
-from chainer import backend, function_node
+from chainer import backend, function_node, utils
 from chainer.utils import type_check
 
 from chainer_sharedlinear.functions import shapes
@@ -92,11 +92,9 @@ class TiedLinearFunction(function_node.FunctionNode):
         x, W = inputs[:2]
         out_size, in_size = self.index.shape
         if x.ndim != 2 or x.shape[1] != in_size:
-            raise type_check.InvalidType(
-                'x.shape[1] == index.shape[1]', '{} != {}'.format(x.shape[1:], in_size),
-                'x has shape {}, but the index map takes {} features\nExpect: x.shape[1] == '
-                'index.shape[1]\nActual: {} != {}'.format(x.shape, in_size, x.shape[1:],
-                                                          in_size))
+            shapes.refuse('x has shape {}, but the index map takes {} features'.format(
+                              x.shape, in_size),
+                          'x.shape[1] == index.shape[1]', '{} != {}'.format(x.shape[1:], in_size))
         self.retain_inputs((0, 1))
         self._V = gather(W, self.index, self.sign)
         # As F.linear: products in the wider dtype, the output in x's.
@@ -186,10 +184,8 @@ class TiedWeightGrad(function_node.FunctionNode):
     def forward(self, inputs):
         gV, = inputs
         signed = gV if self.sign is None else gV * self.sign
-        size = 1
-        for n in self.w_shape:
-            size *= n
-        gW = scatter_add(size, self.index.ravel(), signed.ravel(), gV.dtype)
+        gW = scatter_add(utils.size_of_shape(self.w_shape), self.index.ravel(), signed.ravel(),
+                         gV.dtype)
         return gW.reshape(self.w_shape),
 
     def backward(self, indexes, grad_outputs):

@@ -62,6 +62,9 @@ def run_grid(args, device, train_set, val_set):
             for pattern in args.patterns
             for c in ([1] if pattern == 'dense' else args.compressions)
             for seed in range(args.seeds)]
+    dense_params = {setting: sum(compression.stored_parameters(layer)
+                                 for layer in compression.build_network(setting, 'dense', 1)[1])
+                    for setting in args.setting}
     for number, (setting, pattern, c, seed) in enumerate(grid, 1):
         record = {'dataset': args.dataset, 'epochs': args.epoch, 'setting': setting,
                   'pattern': pattern, 'compression': c, 'seed': seed}
@@ -71,11 +74,10 @@ def run_grid(args, device, train_set, val_set):
             continue
         numpy.random.seed(seed)
         network, layers = compression.build_network(setting, pattern, c, seed=seed)
-        dense = compression.build_network(setting, 'dense', 1)[1]
         record.update(
             layers=[compression.describe(layer) for layer in layers],
             params=sum(compression.stored_parameters(layer) for layer in layers),
-            dense_params=sum(compression.stored_parameters(layer) for layer in dense),
+            dense_params=dense_params[setting],
             network_params=compression.stored_parameters(network))
         # Another compression may have given this very network: it is not trained twice.
         same = next((r for r in finished if 'same_as' not in r and all(

@@ -4,6 +4,9 @@ One mistake gets one message, whether a function or a link receives it.
 """
 
 import numbers
+import typing as tp
+
+from chainer import utils
 
 #: Seeds are 32-bit: the hash of :mod:`~chainer_sharedlinear.functions.hashed_linear`
 #: mixes them as ``uint32``.
@@ -36,8 +39,8 @@ def seed(value) -> int:
     return int(value)
 
 
-def n_batch_axes(value, ndim: int) -> int:
-    """``value`` as an ``int``; ``ValueError`` unless it is 1, or from 2 to ``ndim - 1``.
+def n_batch_axes(value, shape: tp.Tuple[int, ...]) -> int:
+    """``value`` as an ``int``; ``ValueError`` unless it is 1, or from 2 to ``len(shape) - 1``.
 
     Several batch axes must leave at least one feature axis. One batch axis is
     always taken here: an input of one axis is the type check's to refuse, as
@@ -45,8 +48,25 @@ def n_batch_axes(value, ndim: int) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError('n_batch_axes must be a positive integer, got {!r}'.format(value))
-    if value > 1 and value >= ndim:
-        raise ValueError(
-            'n_batch_axes={} leaves no feature axis in an input of {} axes: the axes after '
-            'the first n_batch_axes are the features'.format(value, ndim))
+    if value > 1 and value >= len(shape):
+        raise _no_feature_axis(shape, value)
     return int(value)
+
+
+def in_size_of(shape: tp.Tuple[int, ...], n_batch_axes_: int) -> int:
+    """The number of features of an input of ``shape``: its axes after the batch axes.
+
+    ``ValueError`` if it has no such axis, where a type check would refuse the
+    input only later: a lazy layer takes its ``in_size`` from this.
+    """
+    n_batch_axes_ = n_batch_axes(n_batch_axes_, shape)
+    if len(shape) <= n_batch_axes_:
+        raise _no_feature_axis(shape, n_batch_axes_)
+    return utils.size_of_shape(shape[n_batch_axes_:])
+
+
+def _no_feature_axis(shape, n_batch_axes_) -> ValueError:
+    return ValueError(
+        'x has shape {}, which leaves no feature axis after n_batch_axes={} batch axes: the '
+        'axes after the batch axes are the features (a single example is a batch of one, '
+        '(1, in_size))'.format(tuple(shape), n_batch_axes_))

@@ -9,6 +9,7 @@ family back to ``L.Linear``.
 """
 
 import collections
+import collections.abc
 import dataclasses
 import typing as tp
 
@@ -17,13 +18,15 @@ import chainer.links as L
 
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.links.shared_linear import SharedLinear
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, carry_hook
 
 Include = tp.Union[None, str, tp.Iterable[str], tp.Callable[[str, chainer.Link], bool]]
 
 _SETUP_AGAIN = (
     'Call optimizer.setup(model) again before training: the new parameters have no update '
     'rule yet, so an optimizer set up before leaves them unchanged.')
+
+_INCLUDE_TYPES = 'include must be None, a path, a collection of paths or a callable'
 
 _NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward '
                     'pass; run one, or build the layer with in_size')
@@ -95,9 +98,11 @@ def convert_linears(model: chainer.Link, convert: tp.Callable[[L.Linear], chaine
     The conversion is atomic: every new link is made before the model is
     touched, so an error leaves the model as it was. A link reachable at
     several paths (tied weights) is one layer and becomes one new link at all
-    of them. The link hooks of a replaced link are added to the new one; a
-    hook the new link refuses (spectral normalisation of a hashed layer, say)
-    is dropped and the report says why.
+    of them. The link hooks of a replaced link are added to the new one, with
+    the state they keep on the link (``SpectralNormalization``'s vector
+    ``W_u``), so that the new link computes what the old one did; a hook the
+    new link refuses (spectral normalisation of a hashed layer, say), or whose
+    state it cannot take, is dropped and the report says why.
 
     An optimizer set up on the model before does not update the new
     parameters: call ``optimizer.setup(model)`` again (which also restarts
@@ -308,15 +313,19 @@ def _named_links(include, links, candidates, kind) -> tp.Set[int]:
     """The ids of the links that ``include`` names by path; every name is checked."""
     if include is None or callable(include):
         return set()
-    names = [include] if isinstance(include, str) else list(include)
+    if isinstance(include, str):
+        names = [include]
+    elif isinstance(include, collections.abc.Iterable):
+        names = list(include)
+    else:
+        raise TypeError('{}, got {!r}'.format(_INCLUDE_TYPES, include))
     kind_name = 'L.Linear' if kind is L.Linear else 'SharedLinear, HashedLinear or ' \
         'KroneckerLinear'
     known = ', '.join(path for c in candidates.values() for path in c.paths) or 'none'
     named = set()
     for name in names:
         if not isinstance(name, str):
-            raise TypeError('include must be None, a path, a collection of paths or a '
-                            'callable; it holds {!r}'.format(name))
+            raise TypeError('{}; it holds {!r}'.format(_INCLUDE_TYPES, name))
         path = name if name.startswith('/') else '/' + name
         if path not in links:
             raise ValueError('include names {!r}, but the model has no link at {}; its {} '
@@ -339,8 +348,11 @@ def _selected(include, named, candidate) -> bool:
 
 def _carry_hooks(candidate) -> None:
     for name, hook in candidate.link.local_link_hooks.items():
+        if name in candidate.replacement.local_link_hooks:  # to_linear carried it
+            candidate.hooks.append(name)
+            continue
         try:
-            candidate.replacement.add_hook(hook, name)
+            carry_hook(candidate.link, candidate.replacement, name, hook)
         except Exception as e:  # a hook may refuse a link in any way it likes
             candidate.dropped_hooks[name] = '{}: {}'.format(type(e).__name__, e)
         else:

@@ -285,7 +285,8 @@ def test_a_bad_n_batch_axes_is_a_clear_error(n_batch_axes):
 
 
 def test_n_batch_axes_must_leave_a_feature_axis():
-    with pytest.raises(ValueError, match='n_batch_axes=2 leaves no feature axis'):
+    with pytest.raises(ValueError, match=r'x has shape \(2, 6\), which leaves no feature axis '
+                       r'after n_batch_axes=2'):
         shared_linear(np.ones((2, 6), np.float32), np.ones((3, 1), np.float32), n_batch_axes=2)
 
 

@@ -271,7 +271,8 @@ def test_type_errors_name_what_was_wrong():
         kronecker_linear(x, A, B, np.ones(5, np.float32))
     with pytest.raises(InvalidType, match=r'b.dtype == x.dtype'):
         kronecker_linear(x, A, B, np.ones(6, np.float64))
-    with pytest.raises(ValueError, match='n_batch_axes=2 leaves no feature axis'):
+    with pytest.raises(ValueError, match=r'x has shape \(2, 6\), which leaves no feature axis '
+                       r'after n_batch_axes=2'):
         kronecker_linear(x, A, B, n_batch_axes=2)
 
 

@@ -340,7 +340,7 @@ def test_an_empty_batch_gives_an_empty_output(batch_shape, n_batch_axes, feature
 @pytest.mark.parametrize('n_batch_axes, message', [
     (0, 'n_batch_axes must be a positive integer, got 0'),
     (1.0, 'n_batch_axes must be a positive integer, got 1.0'),
-    (2, 'n_batch_axes=2 leaves no feature axis in an input of 2 axes'),
+    (2, r'x has shape \(2, 4\), which leaves no feature axis after n_batch_axes=2 batch axes'),
 ])
 def test_a_bad_n_batch_axes_is_a_clear_error(n_batch_axes, message):
     with pytest.raises(ValueError, match=message):

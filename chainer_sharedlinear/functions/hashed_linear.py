@@ -26,7 +26,7 @@ bits of it.
 import typing as tp
 
 import numpy
-from chainer import backend, utils
+from chainer import backend
 
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
@@ -143,8 +143,7 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     """
     if W.ndim != 1:
         raise ValueError('W must be a vector, (n_weights,), got shape {}'.format(W.shape))
-    n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
-    in_size = utils.size_of_shape(x.shape[n_batch_axes:])
+    in_size = _checks.in_size_of(x.shape, n_batch_axes)
     xp = backend.get_array_module(W)
     bucket, sign = hashed_index(out_size, in_size, W.shape[0], seed, xp)
     return apply_tied_linear(x, W, bucket, sign.astype(W.dtype), b, n_batch_axes)

@@ -21,7 +21,7 @@ def as_matrix(x, n_batch_axes: int) -> tp.Tuple[tp.Any, tp.Tuple[int, ...]]:
     ``n_batch_axes`` is checked (:func:`chainer_sharedlinear._checks.n_batch_axes`);
     the features are the axes after the batch axes, flattened.
     """
-    n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
+    n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.shape)
     batch_shape = tuple(x.shape[:n_batch_axes])
     if x.ndim > 2 or n_batch_axes > 1:
         x = F.reshape(x, (utils.size_of_shape(batch_shape),

@@ -130,7 +130,7 @@ class KroneckerLinear(VirtualLinear):
     @property
     def in_factors(self) -> tp.Optional[tp.Tuple[int, int]]:
         """``(n1, n2)``, or ``None`` while ``in_size`` is not known."""
-        if self.A.array is not None:
+        if self.A.array is not None and self.B.array is not None:
             return self.A.shape[2], self.B.shape[2]
         if self._in_factors is not None:
             return self._in_factors
@@ -139,8 +139,13 @@ class KroneckerLinear(VirtualLinear):
         return None
 
     def _weight_shapes(self, in_size):
-        n1, n2 = (most_square_factors(in_size) if self._in_factors is None
-                  else check_factors('in_factors', self._in_factors, in_size))
+        # The factors the weights have, however they got them (a first load or
+        # copyparams into a lazy layer), else those given, else the default.
+        factors = self.in_factors
+        if factors is None or factors[0] * factors[1] != in_size:
+            factors = (most_square_factors(in_size) if self._in_factors is None
+                       else check_factors('in_factors', self._in_factors, in_size))
+        n1, n2 = factors
         m1, m2 = self.out_factors
         return collections.OrderedDict([
             ('A', (self.n_terms, m1, n1)), ('B', (self.n_terms, m2, n2))])

@@ -13,11 +13,6 @@ from chainer_sharedlinear.functions.shared_linear import shared_linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear, weight_hook_types
 
 
-def check_n_shared(n_shared) -> int:
-    """Returns ``n_shared`` as an ``int`` or raises ``ValueError`` if it is not one >= 1."""
-    return _checks.positive_int('n_shared', n_shared)
-
-
 def check_in_size(in_size, n_shared: int) -> int:
     """Returns ``in_size`` or raises ``ValueError`` unless ``n_shared`` divides it."""
     in_size = _checks.positive_int('in_size', in_size)
@@ -93,7 +88,7 @@ class SharedLinear(VirtualLinear):
             initial_bias=None,
     ) -> None:
         super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
-        self.n_shared = check_n_shared(n_shared)
+        self.n_shared = _checks.positive_int('n_shared', n_shared)
         self._add_weights(W=initialW)
 
     @property
@@ -127,15 +122,29 @@ class SharedLinear(VirtualLinear):
 
     @classmethod
     def from_params(cls, W, b=None, nobias=False, *, n_shared: int) -> 'SharedLinear':
-        """Makes a ``SharedLinear`` from a shared weight ``W`` (``(out_size, k)``) and ``b``."""
+        """Makes a ``SharedLinear`` from a shared weight ``W`` (``(out_size, k)``) and ``b``.
+
+        The parameters are copies of the arrays given, in their dtypes (a nested
+        list takes Chainer's default dtype).
+
+        Raises:
+            ValueError: ``W`` is not a float matrix, or ``b`` has not ``out_size``
+                elements.
+        """
+        W = _float_array('W', W)
+        if W.ndim != 2:
+            raise ValueError('W must be a matrix, (out_size, in_size / n_shared), got shape {}'
+                             .format(W.shape))
         out_size, k = W.shape
-        if b is not None and not nobias and out_size != b.size:
-            raise ValueError(
-                'b has {} elements but W has {} rows (out_size)'.format(b.size, out_size))
+        if b is not None:
+            b = _float_array('b', b)
+            if not nobias and b.size != out_size:
+                raise ValueError(
+                    'b has {} elements but W has {} rows (out_size)'.format(b.size, out_size))
         return cls(
-            k * check_n_shared(n_shared), out_size, n_shared=n_shared, nobias=nobias,
-            initialW=variable.as_array(W),
-            initial_bias=None if b is None else variable.as_array(b))
+            k * _checks.positive_int('n_shared', n_shared), out_size, n_shared=n_shared,
+            nobias=nobias, initialW=initializers.Constant(W, dtype=W.dtype),
+            initial_bias=None if b is None else initializers.Constant(b, dtype=b.dtype))
 
     @classmethod
     def from_linear(cls, linear: 'chainer.links.Linear', n_shared: int) -> 'SharedLinear':
@@ -232,3 +241,15 @@ class SharedLinear(VirtualLinear):
             # have a spectral norm of sqrt(n_shared) instead of 1.
             W = W * (1 / math.sqrt(self.n_shared))
         return shared_linear(x, W, self.b, n_batch_axes, n_shared=self.n_shared)
+
+
+def _float_array(name: str, value):
+    # A nested list is an array of Chainer's default dtype; anything else must be a float array.
+    if isinstance(value, (list, tuple)):
+        value = numpy.asarray(value, dtype=chainer.get_dtype())
+    value = variable.as_array(value) if isinstance(value, chainer.Variable) else value
+    dtype = getattr(value, 'dtype', None)
+    if dtype is None or dtype.kind != 'f':
+        raise ValueError('{} must be an array of floats, got {}'.format(
+            name, repr(value) if dtype is None else 'dtype {}'.format(dtype)))
+    return value

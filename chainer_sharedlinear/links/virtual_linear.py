@@ -9,11 +9,12 @@ lazy initialisation, the bias, saving and loading with checks, conversion to
 """
 
 import collections
+import copy
 import typing as tp
 
 import chainer
 import numpy
-from chainer import initializers, link, utils, variable
+from chainer import backend, initializers, link, variable
 
 from chainer_sharedlinear import _checks
 
@@ -27,6 +28,49 @@ def weight_hook_types() -> tp.Tuple[type, ...]:
     """
     from chainer import link_hooks
     return link_hooks.SpectralNormalization, link_hooks.WeightStandardization
+
+
+def carry_hook(old: chainer.Link, new: chainer.Link, name: str, hook: chainer.LinkHook) -> None:
+    """Adds ``hook`` to ``new`` under ``name``, with the state it keeps on ``old``.
+
+    A link hook may keep state on its link, registered when it is added: a
+    persistent value (``SpectralNormalization``'s vector ``W_u``) or a
+    parameter (its ``gamma``). Each one the hook registers on ``new`` is set
+    to ``old``'s, so that ``new`` computes what ``old`` did.
+
+    Raises:
+        ValueError: ``new`` refuses the hook, or ``old`` has no such state or
+            one of another shape; ``new`` is then left without the hook or its state.
+    """
+    before = set(new._persistent) | set(new._params)
+    new.add_hook(hook, name)
+    added = sorted((set(new._persistent) | set(new._params)) - before)
+    try:
+        for key in added:
+            _copy_state(old, new, key, hook)
+    except ValueError:
+        new.delete_hook(name)
+        for key in added:
+            if hasattr(new, key):
+                delattr(new, key)
+        raise
+
+
+def _copy_state(old, new, key, hook) -> None:
+    source, target = getattr(old, key, None), getattr(new, key)
+    source, target_array = (getattr(value, 'array', value) for value in (source, target))
+    if source is None:
+        raise ValueError('the state {} of {} is not on the old link, so it cannot be carried '
+                         'over'.format(key, type(hook).__name__))
+    if not hasattr(target_array, 'shape'):  # a plain value, such as a count
+        setattr(new, key, copy.deepcopy(source))
+        return
+    if tuple(source.shape) != tuple(target_array.shape):
+        raise ValueError('the state {} of {} has shape {} on the old link and {} on the new one, '
+                         'so it cannot be carried over'.format(
+                             key, type(hook).__name__, tuple(source.shape),
+                             tuple(target_array.shape)))
+    backend.copyto(target_array, source)
 
 
 _NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
@@ -189,8 +233,7 @@ class VirtualLinear(link.Link):
             ~chainer.Variable: The output, ``(*batch_shape, out_size)``.
         """
         if not self._is_initialized:
-            n_batch_axes = _checks.n_batch_axes(n_batch_axes, x.ndim)
-            self._initialize_params(utils.size_of_shape(x.shape[n_batch_axes:]))
+            self._initialize_params(_checks.in_size_of(x.shape, n_batch_axes))
         return self._apply(x, n_batch_axes)
 
     def to_linear(self) -> 'chainer.links.Linear':
@@ -198,8 +241,14 @@ class VirtualLinear(link.Link):
 
         Its weight is :meth:`dense_weight`, ``(out_size, in_size)``, and its
         bias a copy of ``b``, on this link's device: a model can be trained
-        with this layer and served by plain Chainer. The outputs agree up to
-        rounding (the sums are taken in another order), not bit for bit.
+        with this layer and served by plain Chainer. The hooks that
+        reparametrise the weight (``SpectralNormalization``,
+        ``WeightStandardization``) are carried over as copies, with their
+        state, so that it computes what this layer computes, in training and
+        in test mode; other link hooks stay with this layer
+        (:func:`~chainer_sharedlinear.unshare_linears` moves them). The
+        outputs agree up to rounding (the sums are taken in another order),
+        not bit for bit.
 
         Returns:
             ~chainer.links.Linear: A new link; this one is left as it was.
@@ -215,6 +264,9 @@ class VirtualLinear(link.Link):
         dense.W.array[...] = weight
         if self.b is not None:
             dense.b.array[...] = self.b.array
+        for name, hook in self.local_link_hooks.items():
+            if isinstance(hook, weight_hook_types()):
+                carry_hook(self, dense, name, copy.copy(hook))
         return dense
 
     @classmethod

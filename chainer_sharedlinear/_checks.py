@@ -1,12 +1,20 @@
-"""Argument checks shared by the functions and the links.
+"""The checks of the family: every argument and every shape, each stated once.
 
-One mistake gets one message, whether a function or a link receives it.
+One mistake gets one message, whether a function or a link receives it. The
+shapes a function takes are stated once, in its node's ``check_type_forward``;
+:func:`type_check_always` runs it where Chainer would not (``type_check``
+off), since a wrong shape there would give a wrong answer silently.
 """
 
 import numbers
 import typing as tp
 
+import chainer
 from chainer import utils
+
+#: Why a lazy layer has no weights yet, in every message that needs them.
+NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
+                   'run one, or build the layer with in_size')
 
 #: Seeds are 32-bit: the hash of :mod:`~chainer_sharedlinear.functions.hashed_linear`
 #: mixes them as ``uint32``.
@@ -70,3 +78,55 @@ def _no_feature_axis(shape, n_batch_axes_) -> ValueError:
         'x has shape {}, which leaves no feature axis after n_batch_axes={} batch axes: the '
         'axes after the batch axes are the features (a single example is a batch of one, '
         '(1, in_size))'.format(tuple(shape), n_batch_axes_))
+
+
+def type_check_always(node: chainer.FunctionNode, inputs: tp.Tuple) -> None:
+    """Runs ``node.check_type_forward`` on ``inputs`` if Chainer did not (``type_check`` off).
+
+    Called first thing in the ``forward`` of each node of the family: with type
+    checking off, an input of the wrong size would be reshaped or broadcast
+    into another layer's arithmetic. Chainer's own light check is cheap; a
+    failing one is checked again in full for the message, as Chainer does.
+    """
+    if not chainer.config.type_check:
+        node._check_data_type_forward(inputs)
+
+
+def shared_in_size(in_size, n_shared: int) -> int:
+    """``in_size`` as an ``int``; ``ValueError`` unless ``n_shared`` divides it."""
+    in_size = positive_int('in_size', in_size)
+    if in_size % n_shared:
+        raise ValueError(
+            'in_size={} is not divisible by n_shared={}: the input must split into '
+            'n_shared equal blocks (in_size = n_shared * k)'.format(in_size, n_shared))
+    return in_size
+
+
+def factors(name: str, value, size: tp.Optional[int] = None) -> tp.Tuple[int, int]:
+    """``value`` as a pair of positive ints whose product is ``size``, or a ``ValueError``.
+
+    The error lists the pairs that would do. ``size=None`` takes any product.
+
+    >>> factors('in_factors', (25, 40), 1000)
+    (25, 40)
+    >>> factors('in_factors', (3, 5), 12)
+    Traceback (most recent call last):
+    ...
+    ValueError: in_factors=(3, 5) do not multiply to 12; choose one of (1, 12), (2, 6), \
+(3, 4), (4, 3), (6, 2), (12, 1)
+    """
+    # Imported here: the Kronecker function's module imports this one.
+    from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
+    try:
+        first, second = value
+    except (TypeError, ValueError):
+        raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
+            name, value)) from None
+    for factor in (first, second):
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
+            raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
+                name, value))
+    if size is not None and first * second != size:
+        raise ValueError('{}=({}, {}) do not multiply to {}; choose one of {}'.format(
+            name, first, second, size, ', '.join(str(pair) for pair in factor_pairs(size))))
+    return int(first), int(second)

@@ -40,7 +40,11 @@ import chainer.links as L
 import numpy
 
 from chainer_sharedlinear.functions.fold import fold, unfold
-from chainer_sharedlinear.functions.kronecker_linear import KroneckerLinearFunction
+from chainer_sharedlinear.functions.kronecker_linear import (
+    KroneckerLinearFunction,
+    _ArrayOps,
+    _Products,
+)
 from chainer_sharedlinear.functions.tied_linear import TiedWeight, TiedWeightGrad
 from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction
 from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear
@@ -221,7 +225,8 @@ def kronecker_floor_forward_backward(x, A, B, b, gy):
     """
     node = KroneckerLinearFunction()
     y, = node.forward((x, A, B) if b is None else (x, A, B, b))
-    gx, gA, gB = node._backward_arrays((0, 1, 2), x, A, B, gy)
+    products = _Products(_ArrayOps(chainer.backend.get_array_module(x)), x, A, B)
+    gx, gA, gB = products.gradients((0, 1, 2), gy, node._T, (x.dtype, A.dtype, B.dtype))
     gb = None if b is None else gy.sum(axis=0)
     return y, gx, gA, gB, gb
 

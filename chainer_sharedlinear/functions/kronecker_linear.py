@@ -14,11 +14,10 @@ import typing as tp
 
 import chainer
 import chainer.functions as F
-import numpy
 from chainer import backend, function_node
 from chainer.utils import type_check
 
-from chainer_sharedlinear import _checks
+from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions import shapes
 
 
@@ -65,13 +64,119 @@ def most_square_factors(n: int) -> tp.Tuple[int, int]:
     return max((a, b) for a, b in factor_pairs(n) if a <= b)
 
 
-def _compute_dtype(*dtypes) -> numpy.dtype:
-    # float16 products are accumulated in float32, as BLAS-backed dense layers do.
-    return numpy.result_type(numpy.float32, *dtypes)
+class _ArrayOps:
+    """The operations of the Kronecker products on arrays: first-order backprop and forward."""
+
+    def __init__(self, xp) -> None:
+        self.matmul = xp.matmul
+
+    @staticmethod
+    def reshape(a, shape):
+        return a.reshape(shape)
+
+    @staticmethod
+    def transpose(a, axes=None):
+        return a.transpose(axes)
+
+    @staticmethod
+    def sum(a, axis):
+        return a.sum(axis=axis)
+
+    cast = staticmethod(_dtypes.as_dtype)
+
+
+class _VariableOps:
+    """The same operations as Chainer functions, differentiable: double backprop."""
+
+    matmul = staticmethod(F.matmul)
+    reshape = staticmethod(F.reshape)
+    transpose = staticmethod(F.transpose)
+    sum = staticmethod(F.sum)
+    cast = staticmethod(_dtypes.cast)
+
+
+class _Products:
+    """The layout of ``Σ_r A[r] · X · B[r]ᵀ`` as matrix products, for the forward pass
+    and for both backward passes, on arrays or on variables (``ops``).
+
+    Every product is taken in the accumulation dtype of ``x``, ``A`` and ``B``.
+    """
+
+    def __init__(self, ops, x, A, B) -> None:
+        self.ops = ops
+        self.n_terms, self.m1, self.n1 = A.shape
+        _, self.m2, self.n2 = B.shape
+        self.batch = x.shape[0]
+        dtype = _dtypes.accumulation_dtype(x.dtype, A.dtype, B.dtype)
+        self.dtype = dtype
+        # X: each input row as an (n1, n2) matrix, the rows stacked: (N·n1, n2).
+        self.X = ops.reshape(ops.cast(x, dtype), (self.batch * self.n1, self.n2))
+        # B's terms stacked: (R·m2, n2). A's side by side, [A[0] A[1] …]: (m1, R·n1).
+        self.B_stacked = ops.reshape(ops.cast(B, dtype), (self.n_terms * self.m2, self.n2))
+        A = ops.cast(A, dtype)
+        if self.n_terms == 1:
+            self.A_side_by_side = ops.reshape(A, (self.m1, self.n1))
+        else:
+            self.A_side_by_side = ops.reshape(ops.transpose(A, (1, 0, 2)),
+                                              (self.m1, self.n_terms * self.n1))
+
+    def t(self):
+        """``T[n, r·n1 + j, k] = Σ_l X[n, j, l] B[r, k, l]``: one product for all terms."""
+        ops, batch, n1, n_terms, m2 = self.ops, self.batch, self.n1, self.n_terms, self.m2
+        T = ops.matmul(self.X, ops.transpose(self.B_stacked))  # (N·n1, R·m2)
+        if n_terms == 1:
+            return ops.reshape(T, (batch, n1, m2))
+        T = ops.transpose(ops.reshape(T, (batch, n1, n_terms, m2)), (0, 2, 1, 3))
+        return ops.reshape(T, (batch, n_terms * n1, m2))
+
+    def y(self, T):
+        """``Y[n] = Σ_r A[r] T[n, r]``, ``(N, m1·m2)``."""
+        return self.ops.reshape(self.ops.matmul(self.A_side_by_side, T),
+                                (self.batch, self.m1 * self.m2))
+
+    def gradients(self, indexes, gy, T=None, dtypes=None):
+        """The gradients of ``x``, ``A``, ``B`` and the bias asked for in ``indexes``.
+
+        ``T`` is :meth:`t`, if kept; ``dtypes`` those of ``x``, ``A``, ``B``.
+        """
+        ops, batch = self.ops, self.batch
+        n_terms, m1, n1, m2, n2 = self.n_terms, self.m1, self.n1, self.m2, self.n2
+        gY = ops.reshape(ops.cast(gy, self.dtype), (batch, m1, m2))
+        grads = []
+        if 0 in indexes or 2 in indexes:
+            # Z[n, r·n1 + j, k] = Σ_i A[r, i, j] gY[n, i, k], laid out (N·n1, R·m2).
+            Z = ops.matmul(ops.transpose(self.A_side_by_side), gY)
+            if n_terms == 1:
+                Z = ops.reshape(Z, (batch * n1, m2))
+            else:
+                Z = ops.reshape(ops.transpose(ops.reshape(Z, (batch, n_terms, n1, m2)),
+                                              (0, 2, 1, 3)), (batch * n1, n_terms * m2))
+        if 0 in indexes:
+            gx = ops.reshape(ops.matmul(Z, self.B_stacked), (batch, n1 * n2))
+            grads.append(ops.cast(gx, dtypes[0]))
+        if 1 in indexes:
+            # gA[r, i, j] = Σ_n Σ_k gY[n, i, k] T[n, r·n1 + j, k]
+            T = self.t() if T is None else T
+            gA = ops.sum(ops.matmul(gY, ops.transpose(T, (0, 2, 1))), axis=0)
+            gA = ops.transpose(ops.reshape(gA, (m1, n_terms, n1)), (1, 0, 2))
+            grads.append(ops.cast(gA, dtypes[1]))
+        if 2 in indexes:
+            # gB[r, k, l] = Σ_n Σ_j Z[n, j, r·m2 + k] X[n, j, l]
+            gB = ops.reshape(ops.matmul(ops.transpose(Z), self.X), (n_terms, m2, n2))
+            grads.append(ops.cast(gB, dtypes[2]))
+        if 3 in indexes:
+            grads.append(ops.sum(gy, axis=0))
+        return grads
 
 
 class KroneckerLinearFunction(function_node.FunctionNode):
-    """``y = x · (Σ_r A[r] ⊗ B[r])ᵀ + b`` for ``x`` of shape ``(N, n1·n2)``."""
+    """``y = x · (Σ_r A[r] ⊗ B[r])ᵀ + b`` for ``x`` of shape ``(N, n1·n2)``.
+
+    The forward pass and both backward passes are the matrix products of one
+    layout (``_Products``): on arrays in the forward pass and in first-order
+    backprop, and as Chainer functions when the backward pass is itself
+    differentiated.
+    """
 
     def check_type_forward(self, in_types):
         n_in = in_types.size()
@@ -91,134 +196,28 @@ class KroneckerLinearFunction(function_node.FunctionNode):
             type_check.expect(bias_type.shape[0] == a_type.shape[1] * b_type.shape[1])
 
     def forward(self, inputs):
+        _checks.type_check_always(self, inputs)
         x, A, B = inputs[:3]
-        check_shapes(x.shape, A.shape, B.shape)
-        xp = backend.get_array_module(x)
-        n_terms, m1, n1 = A.shape
-        _, m2, n2 = B.shape
-        batch = x.shape[0]
-        dtype = _compute_dtype(x.dtype, A.dtype, B.dtype)
         self.retain_inputs((0, 1, 2))
-        # T[n, j, r, k] = Σ_l X[n, j, l] B[r, k, l]: one product for all terms.
-        T = x.astype(dtype, copy=False).reshape(batch * n1, n2).dot(
-            B.astype(dtype, copy=False).reshape(n_terms * m2, n2).T)
-        # Kept for the gradient of A, laid out (N, R·n1, m2) as the product below wants it.
-        self._T = _terms_first(T, batch, n1, n_terms, m2)
-        # Y[n] = Σ_r A[r] T[n, :, r, :]: A's terms side by side, (m1, R·n1), times T.
-        y = xp.matmul(_terms_side_by_side(A, dtype), self._T).reshape(batch, m1 * m2)
-        y = y.astype(x.dtype, copy=False)
+        products = _Products(_ArrayOps(backend.get_array_module(x)), x, A, B)
+        # Kept for the gradient of A.
+        self._T = products.t()
+        y = _dtypes.as_dtype(products.y(self._T), x.dtype)
         if len(inputs) == 4:
-            shapes.check_bias(inputs[3].shape, m1 * m2)
             y += inputs[3]
         return y,
 
     def backward(self, indexes, grad_outputs):
         x, A, B = self.get_retained_inputs()
         gy, = grad_outputs
+        dtypes = (x.dtype, A.dtype, B.dtype)
         if chainer.config.enable_backprop:
-            return self._backward_differentiable(indexes, x, A, B, gy)
-        # First-order backprop records no graph: the arrays are computed directly.
-        grads = self._backward_arrays(indexes, x.array, A.array, B.array, gy.array)
+            return _Products(_VariableOps, x, A, B).gradients(indexes, gy, dtypes=dtypes)
+        # First-order backprop records no graph: the same products on the arrays.
+        products = _Products(_ArrayOps(backend.get_array_module(x.array)), x.array, A.array,
+                             B.array)
+        grads = products.gradients(indexes, gy.array, self._T, dtypes)
         return [chainer.Variable(g, requires_grad=False) for g in grads]
-
-    def _backward_arrays(self, indexes, x, A, B, gy):
-        xp = backend.get_array_module(x)
-        n_terms, m1, n1 = A.shape
-        _, m2, n2 = B.shape
-        batch = x.shape[0]
-        dtype = _compute_dtype(x.dtype, A.dtype, B.dtype)
-        gY = gy.astype(dtype, copy=False).reshape(batch, m1, m2)
-        grads = []
-        if 0 in indexes or 2 in indexes:
-            # Z[n, r, j, k] = Σ_i A[r, i, j] gY[n, i, k], laid out (N·n1, R·m2).
-            Z = xp.matmul(_terms_side_by_side(A, dtype).T, gY)
-            Z = _terms_last(Z, batch, n_terms, n1, m2)
-            if 0 in indexes:
-                gx = Z.dot(B.astype(dtype, copy=False).reshape(n_terms * m2, n2))
-                grads.append(gx.reshape(batch, n1 * n2).astype(x.dtype, copy=False))
-        if 1 in indexes:
-            # gA[r, i, j] = Σ_n Σ_k gY[n, i, k] T[n, r·n1 + j, k]
-            gA = xp.matmul(gY, self._T.transpose(0, 2, 1)).sum(axis=0)
-            grads.append(gA.reshape(m1, n_terms, n1).transpose(1, 0, 2)
-                         .astype(A.dtype, copy=False))
-        if 2 in indexes:
-            # gB[r, k, l] = Σ_n Σ_j Z[n, r, j, k] X[n, j, l]
-            X = x.astype(dtype, copy=False).reshape(batch * n1, n2)
-            grads.append(Z.T.dot(X).reshape(n_terms, m2, n2).astype(B.dtype, copy=False))
-        if 3 in indexes:
-            grads.append(gy.sum(axis=0))
-        return grads
-
-    def _backward_differentiable(self, indexes, x, A, B, gy):
-        # Double backprop: the same sums as Chainer functions, each differentiable.
-        n_terms, m1, n1 = A.shape
-        _, m2, n2 = B.shape
-        batch = x.shape[0]
-        dtype = _compute_dtype(x.dtype, A.dtype, B.dtype)
-        X = F.reshape(_cast(x, dtype), (batch, n1, n2))
-        gY = F.reshape(_cast(gy, dtype), (batch, m1, m2))
-        A_, B_ = _cast(A, dtype), _cast(B, dtype)
-        grads = []
-        if 0 in indexes:
-            gx = F.einsum('rij,nik,rkl->njl', A_, gY, B_)
-            grads.append(_cast(F.reshape(gx, (batch, n1 * n2)), x.dtype))
-        if 1 in indexes:
-            grads.append(_cast(F.einsum('nik,njl,rkl->rij', gY, X, B_), A.dtype))
-        if 2 in indexes:
-            grads.append(_cast(F.einsum('nik,rij,njl->rkl', gY, A_, X), B.dtype))
-        if 3 in indexes:
-            grads.append(F.sum(gy, axis=0))
-        return grads
-
-
-def _cast(v, dtype):
-    return v if v.dtype == dtype else F.cast(v, dtype)
-
-
-def _terms_side_by_side(A, dtype):
-    """``A`` of shape (R, m1, n1) as the (m1, R·n1) matrix ``[A[0] A[1] …]``."""
-    n_terms, m1, n1 = A.shape
-    if n_terms == 1:
-        return A.astype(dtype, copy=False)[0]
-    return A.astype(dtype, copy=False).transpose(1, 0, 2).reshape(m1, n_terms * n1)
-
-
-def _terms_first(T, batch, n1, n_terms, m2):
-    """(N·n1, R·m2) laid out (N, n1, R, m2) to (N, R·n1, m2); a view for one term."""
-    if n_terms == 1:
-        return T.reshape(batch, n1, m2)
-    return T.reshape(batch, n1, n_terms, m2).transpose(0, 2, 1, 3).reshape(
-        batch, n_terms * n1, m2)
-
-
-def _terms_last(Z, batch, n_terms, n1, m2):
-    """(N, R·n1, m2) laid out (N, R, n1, m2) to (N·n1, R·m2); a view for one term."""
-    if n_terms == 1:
-        return Z.reshape(batch * n1, m2)
-    return Z.reshape(batch, n_terms, n1, m2).transpose(0, 2, 1, 3).reshape(
-        batch * n1, n_terms * m2)
-
-
-def check_shapes(x_shape, a_shape, b_shape) -> None:
-    """Raises ``InvalidType`` unless ``x``, ``A`` and ``B`` fit, type checking or not.
-
-    With type checking off, an input of the wrong size would otherwise be
-    reshaped into other factors and give a wrong answer silently.
-    """
-    if len(x_shape) != 2 or len(a_shape) != 3 or len(b_shape) != 3:
-        raise type_check.InvalidType(
-            'x.ndim == 2, A.ndim == 3, B.ndim == 3',
-            '{}, {}, {}'.format(len(x_shape), len(a_shape), len(b_shape)))
-    if a_shape[0] != b_shape[0]:
-        shapes.refuse('A and B must have the same number of terms', 'A.shape[0] == B.shape[0]',
-                      '{} != {}'.format(a_shape[0], b_shape[0]))
-    if x_shape[1] != a_shape[2] * b_shape[2]:
-        expected = a_shape[2] * b_shape[2]
-        shapes.refuse('x has {} features, but A of shape {} and B of shape {} take {} x {} = {}'
-                      .format(x_shape[1], tuple(a_shape), tuple(b_shape), a_shape[2],
-                              b_shape[2], expected),
-                      'x.shape[1] == A.shape[2] * B.shape[2]',
-                      '{} != {}'.format(x_shape[1], expected))
 
 
 def kronecker_linear(x, A, B, b=None, n_batch_axes: int = 1):

@@ -14,7 +14,7 @@ import numpy
 from chainer import function_node
 from chainer.utils import type_check
 
-from chainer_sharedlinear import _checks
+from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions import shapes
 from chainer_sharedlinear.functions.fold import fold, unfold
 
@@ -33,42 +33,13 @@ def _n_shared_of(x, W):
     return x.shape[1] // W.shape[1]
 
 
-def count_blocks(x_shape, w_shape, n_shared: tp.Optional[int] = None) -> int:
-    """The number of blocks of ``x`` that share ``W``, or ``InvalidType``.
-
-    The forward pass calls this whatever ``chainer.config.type_check`` says:
-    with type checking off, an input of the wrong size would otherwise be
-    folded into another number of blocks and give a wrong answer silently.
-    The ``Expect`` lines are those of :func:`check_input_types`.
-    """
-    if len(x_shape) != 2 or len(w_shape) != 2:
-        shapes.refuse('x and W must be matrices', 'x.ndim == 2, W.ndim == 2',
-                      '{}, {}'.format(len(x_shape), len(w_shape)))
-    in_size, k = x_shape[1], w_shape[1]
-    if n_shared is not None:
-        if in_size != n_shared * k:
-            shapes.refuse(
-                'x has {} features, but W of shape {} shared by n_shared={} blocks takes '
-                'n_shared * W.shape[1] = {}'.format(in_size, tuple(w_shape), n_shared,
-                                                    n_shared * k),
-                'x.shape[1] == {} * W.shape[1]'.format(n_shared),
-                '{} != {}'.format(in_size, n_shared * k))
-        return n_shared
-    if k < 1 or in_size < 1 or in_size % k:
-        shapes.refuse('x has {} features, which is not a positive multiple of W.shape[1] = {}: '
-                      'it must split into blocks of W.shape[1] features'.format(in_size, k),
-                      'x.shape[1] > 0, x.shape[1] % W.shape[1] == 0',
-                      'x.shape[1]={}, W.shape[1]={}'.format(in_size, k))
-    return in_size // k
-
-
 def _grad_x(W, gy, n_shared):
     # gx has the dtype of gy, which is that of x since y takes x's dtype.
-    return unfold(_as_dot_operand(gy).dot(W).astype(gy.dtype, copy=False), n_shared)
+    return unfold(_dtypes.as_dtype(_as_dot_operand(gy).dot(W), gy.dtype), n_shared)
 
 
 def _grad_W(x_folded, gy, w_dtype):
-    return _as_dot_operand(gy).T.dot(x_folded).astype(w_dtype, copy=False)
+    return _dtypes.as_dtype(_as_dot_operand(gy).T.dot(x_folded), w_dtype)
 
 
 def check_input_types(in_types, n_shared=None):
@@ -117,15 +88,14 @@ class SharedLinearFunction(function_node.FunctionNode):
         check_input_types(in_types, self.n_shared)
 
     def forward(self, inputs):
+        _checks.type_check_always(self, inputs)
         x, W = inputs[:2]
-        n_shared = count_blocks(x.shape, W.shape, self.n_shared)
         self.retain_inputs((0, 1))
         # Kept for SharedLinearGradWeight, which would otherwise fold x again;
-        # it is 1/n_shared the size of x (float32 for float16 x: see fold_dtype).
-        self._x_folded = fold(x, n_shared)
-        y = _as_dot_operand(self._x_folded).dot(W.T).astype(x.dtype, copy=False)
+        # it is 1/n_shared the size of x (in the accumulation dtype).
+        self._x_folded = fold(x, _n_shared_of(x, W))
+        y = _dtypes.as_dtype(_as_dot_operand(self._x_folded).dot(W.T), x.dtype)
         if len(inputs) == 3:
-            shapes.check_bias(inputs[2].shape, W.shape[0])
             y += inputs[2]
         return y,
 
@@ -135,12 +105,12 @@ class SharedLinearFunction(function_node.FunctionNode):
         n_shared = _n_shared_of(x, W)
         if not chainer.config.enable_backprop:
             # First-order backprop records no graph, so the grad nodes' bookkeeping
-            # buys nothing there: 36 us, about 7% of a step at the example's shape.
+            # buys nothing there (docs/benchmarks.md says what it costs).
             return self._backward_arrays(indexes, x, W, gy.array, n_shared)
         ret = []
         if 0 in indexes:
             gx, = SharedLinearGradData(n_shared).apply((W, gy))
-            ret.append(_cast_if_needed(gx, x.dtype))
+            ret.append(_dtypes.cast(gx, x.dtype))
         if 1 in indexes:
             gW, = SharedLinearGradWeight(n_shared, W.dtype, self._x_folded).apply((x, gy))
             ret.append(gW)
@@ -151,16 +121,12 @@ class SharedLinearFunction(function_node.FunctionNode):
     def _backward_arrays(self, indexes, x, W, gy, n_shared):
         grads = []
         if 0 in indexes:
-            grads.append(_grad_x(W.array, gy, n_shared).astype(x.dtype, copy=False))
+            grads.append(_dtypes.as_dtype(_grad_x(W.array, gy, n_shared), x.dtype))
         if 1 in indexes:
             grads.append(_grad_W(self._x_folded, gy, W.dtype))
         if 2 in indexes:
             grads.append(gy.sum(axis=0))
         return [chainer.Variable(g, requires_grad=False) for g in grads]
-
-
-def _cast_if_needed(v, dtype):
-    return v if v.dtype == dtype else chainer.functions.cast(v, dtype)
 
 
 class SharedLinearGradData(function_node.FunctionNode):
@@ -183,7 +149,7 @@ class SharedLinearGradData(function_node.FunctionNode):
             ret.append(gW)
         if 1 in indexes:
             ggy = shared_linear(ggx, W)
-            ret.append(_cast_if_needed(ggy, gy.dtype))
+            ret.append(_dtypes.cast(ggy, gy.dtype))
         return ret
 
 
@@ -216,10 +182,10 @@ class SharedLinearGradWeight(function_node.FunctionNode):
         ret = []
         if 0 in indexes:
             gx, = SharedLinearGradData(self.n_shared).apply((ggW, gy))
-            ret.append(_cast_if_needed(gx, x.dtype))
+            ret.append(_dtypes.cast(gx, x.dtype))
         if 1 in indexes:
             ggy = shared_linear(x, ggW)
-            ret.append(_cast_if_needed(ggy, gy.dtype))
+            ret.append(_dtypes.cast(ggy, gy.dtype))
         return ret
 
 
@@ -247,8 +213,8 @@ def shared_linear(x, W, b=None, n_batch_axes=1, *, n_shared=None):
             shape ``(out_size,)``.
         n_batch_axes (int): The number of batch axes, 1 or more.
         n_shared (int): If given, ``in_size`` must be ``n_shared * k``;
-            otherwise ``n_shared`` is whatever the shapes imply. The check
-            holds with ``chainer.config.type_check`` off too.
+            otherwise ``n_shared`` is whatever the shapes imply. The shapes
+            are checked with ``chainer.config.type_check`` off too.
 
     Returns:
         ~chainer.Variable: Output of shape ``(s_1, ..., s_{n_batch_axes}, out_size)``

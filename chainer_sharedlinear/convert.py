@@ -16,7 +16,7 @@ import typing as tp
 import chainer
 import chainer.links as L
 
-from chainer_sharedlinear import _checks
+from chainer_sharedlinear import _checks, links
 from chainer_sharedlinear.links.shared_linear import SharedLinear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear, carry_hook
 
@@ -27,10 +27,6 @@ _SETUP_AGAIN = (
     'rule yet, so an optimizer set up before leaves them unchanged.')
 
 _INCLUDE_TYPES = 'include must be None, a path, a collection of paths or a callable'
-
-_NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward '
-                    'pass; run one, or build the layer with in_size')
-
 
 @dataclasses.dataclass(frozen=True)
 class ConversionReport:
@@ -207,7 +203,7 @@ def unshare_linears(model: chainer.Link, *, include: Include = None) -> Conversi
                 next(base.__name__ for base in type(link).__mro__ if base in _family()),
                 type(link).__name__)
         if not link._is_initialized:
-            return _NOT_INITIALISED
+            return _checks.NOT_INITIALISED
         return None
 
     return _replace_links(
@@ -220,14 +216,12 @@ def _why_not_linear(link) -> tp.Optional[str]:
         return 'a subclass of L.Linear ({}), whose forward may differ'.format(
             type(link).__name__)
     if link.W.array is None:
-        return _NOT_INITIALISED
+        return _checks.NOT_INITIALISED
     return None
 
 
 def _family() -> tp.Tuple[type, ...]:
-    # The links whose to_linear() is exact. Imported here: convert is imported
-    # by the package's __init__, before the links that import it.
-    from chainer_sharedlinear import links
+    # The links whose to_linear() is exact.
     return tuple(getattr(links, name) for name in links.__all__)
 
 

@@ -67,6 +67,9 @@ class HashedLinear(VirtualLinear):
     """
 
     weight_names = ('W',)
+    # W's shape does not tell the sizes: saving them makes a file of another
+    # layer a clear error instead of another function.
+    saved_options = ('n_weights', 'seed', 'in_size', 'out_size')
 
     def __init__(
             self,
@@ -86,19 +89,15 @@ class HashedLinear(VirtualLinear):
         self._add_weights(W=initialW)
 
     def _weight_shapes(self, in_size):
-        check_n_weights(self.n_weights, in_size, self.out_size)
+        if in_size is not None:
+            check_n_weights(self.n_weights, in_size, self.out_size)
         return collections.OrderedDict(W=(self.n_weights,))
-
-    def _known_weight_shapes(self):
-        return {'W': (self.n_weights,)}
 
     def _default_initializer(self, name, in_size):
         return initializers.Normal(scale=1 / math.sqrt(in_size))
 
-    def _hyperparameters(self):
-        return collections.OrderedDict([
-            ('n_weights', self.n_weights), ('seed', self.seed),
-            ('in_size', self.in_size), ('out_size', self.out_size)])
+    def _options(self):
+        return collections.OrderedDict([('n_weights', self.n_weights), ('seed', self.seed)])
 
     def index_map(self) -> tp.Tuple[tp.Any, tp.Any]:
         """``(bucket, sign)``: where each virtual weight comes from, on this link's device.
@@ -168,11 +167,3 @@ class HashedLinear(VirtualLinear):
         counts = xp.bincount(bucket, minlength=hashed.n_weights)
         hashed.W.array[...] = sums / xp.maximum(counts, 1)
         return hashed
-
-    @property
-    def printable_specs(self):
-        yield 'in_size', self.in_size
-        yield 'out_size', self.out_size
-        yield 'n_weights', self.n_weights
-        yield 'seed', self.seed
-        yield 'nobias', self.b is None

@@ -2,48 +2,18 @@
 
 import collections
 import math
-import numbers
 import typing as tp
 
 import chainer
 import numpy
 from chainer import initializers
 
-from chainer_sharedlinear import _checks
+from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions.kronecker_linear import (
-    factor_pairs,
     kronecker_linear,
     most_square_factors,
 )
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
-
-
-def check_factors(name: str, factors, size: tp.Optional[int] = None) -> tp.Tuple[int, int]:
-    """``factors`` as a pair of positive ints whose product is ``size``, or a ``ValueError``.
-
-    The error lists the pairs that would do. ``size=None`` takes any product.
-
-    >>> check_factors('in_factors', (25, 40), 1000)
-    (25, 40)
-    >>> check_factors('in_factors', (3, 5), 12)
-    Traceback (most recent call last):
-    ...
-    ValueError: in_factors=(3, 5) do not multiply to 12; choose one of (1, 12), (2, 6), \
-(3, 4), (4, 3), (6, 2), (12, 1)
-    """
-    try:
-        first, second = factors
-    except (TypeError, ValueError):
-        raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
-            name, factors)) from None
-    for factor in (first, second):
-        if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
-            raise ValueError('{} must be a pair of positive integers, got {!r}'.format(
-                name, factors))
-    if size is not None and first * second != size:
-        raise ValueError('{}=({}, {}) do not multiply to {}; choose one of {}'.format(
-            name, first, second, size, ', '.join(str(pair) for pair in factor_pairs(size))))
-    return int(first), int(second)
 
 
 class KroneckerLinear(VirtualLinear):
@@ -119,9 +89,9 @@ class KroneckerLinear(VirtualLinear):
         super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
         self.n_terms = _checks.positive_int('n_terms', n_terms)
         self.out_factors = (most_square_factors(self.out_size) if out_factors is None
-                            else check_factors('out_factors', out_factors, self.out_size))
+                            else _checks.factors('out_factors', out_factors, self.out_size))
         if in_factors is not None:
-            in_factors = check_factors('in_factors', in_factors, self._in_size)
+            in_factors = _checks.factors('in_factors', in_factors, self._in_size)
             # The factors tell in_size, so the layer need not wait for an input.
             self._in_size = in_factors[0] * in_factors[1]
         self._in_factors = in_factors
@@ -139,21 +109,19 @@ class KroneckerLinear(VirtualLinear):
         return None
 
     def _weight_shapes(self, in_size):
-        # The factors the weights have, however they got them (a first load or
-        # copyparams into a lazy layer), else those given, else the default.
-        factors = self.in_factors
-        if factors is None or factors[0] * factors[1] != in_size:
-            factors = (most_square_factors(in_size) if self._in_factors is None
-                       else check_factors('in_factors', self._in_factors, in_size))
-        n1, n2 = factors
         m1, m2 = self.out_factors
+        if in_size is None:
+            n1, n2 = self._in_factors or (None, None)
+        else:
+            # The factors the weights have, however they got them (a first load or
+            # copyparams into a lazy layer), else those given, else the default.
+            factors = self.in_factors
+            if factors is None or factors[0] * factors[1] != in_size:
+                factors = (most_square_factors(in_size) if self._in_factors is None
+                           else _checks.factors('in_factors', self._in_factors, in_size))
+            n1, n2 = factors
         return collections.OrderedDict([
             ('A', (self.n_terms, m1, n1)), ('B', (self.n_terms, m2, n2))])
-
-    def _known_weight_shapes(self):
-        n1, n2 = self._in_factors or (None, None)
-        m1, m2 = self.out_factors
-        return {'A': (self.n_terms, m1, n1), 'B': (self.n_terms, m2, n2)}
 
     def _in_size_of_weights(self):
         if self.A.array is None or self.B.array is None:
@@ -168,10 +136,10 @@ class KroneckerLinear(VirtualLinear):
     def dense_weight(self):
         """The weight ``Σ_r kron(A[r], B[r])``, ``(out_size, in_size)``."""
         A, B = self.A.array, self.B.array
-        dtype = numpy.promote_types(A.dtype, B.dtype)
-        wide = numpy.promote_types(dtype, numpy.float32)  # n_terms products summed
+        wide = _dtypes.accumulation_dtype(A.dtype, B.dtype)  # n_terms products summed
         weight = self.xp.einsum('rij,rkl->ikjl', A.astype(wide), B.astype(wide))
-        return weight.reshape(self.out_size, self.in_size).astype(dtype, copy=False)
+        return _dtypes.as_dtype(weight.reshape(self.out_size, self.in_size),
+                                numpy.promote_types(A.dtype, B.dtype))
 
     def _apply(self, x, n_batch_axes):
         return kronecker_linear(x, self.A, self.B, self.b, n_batch_axes)
@@ -227,11 +195,7 @@ class KroneckerLinear(VirtualLinear):
         layer.B.array[...] = (vt[:layer.n_terms] * root[:, None]).reshape(layer.n_terms, m2, n2)
         return layer
 
-    @property
-    def printable_specs(self):
-        yield 'in_size', self.in_size
-        yield 'out_size', self.out_size
-        yield 'in_factors', self.in_factors
-        yield 'out_factors', self.out_factors
-        yield 'n_terms', self.n_terms
-        yield 'nobias', self.b is None
+    def _options(self):
+        return collections.OrderedDict([
+            ('in_factors', self.in_factors), ('out_factors', self.out_factors),
+            ('n_terms', self.n_terms)])

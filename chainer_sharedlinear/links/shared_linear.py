@@ -13,16 +13,6 @@ from chainer_sharedlinear.functions.shared_linear import shared_linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear, weight_hook_types
 
 
-def check_in_size(in_size, n_shared: int) -> int:
-    """Returns ``in_size`` or raises ``ValueError`` unless ``n_shared`` divides it."""
-    in_size = _checks.positive_int('in_size', in_size)
-    if in_size % n_shared:
-        raise ValueError(
-            'in_size={} is not divisible by n_shared={}: the input must split into '
-            'n_shared equal blocks (in_size = n_shared * k)'.format(in_size, n_shared))
-    return in_size
-
-
 class SharedLinear(VirtualLinear):
     """Linear layer whose weight is shared across ``n_shared`` blocks of the input.
 
@@ -76,6 +66,7 @@ class SharedLinear(VirtualLinear):
     """
 
     weight_names = ('W',)
+    saved_options = ('n_shared',)
 
     def __init__(
             self,
@@ -91,19 +82,11 @@ class SharedLinear(VirtualLinear):
         self.n_shared = _checks.positive_int('n_shared', n_shared)
         self._add_weights(W=initialW)
 
-    @property
-    def weight_shape(self) -> tp.Optional[tp.Tuple[int, int]]:
-        """tuple or None: The shape ``W`` has or will have: ``(out_size, in_size // n_shared)``."""
-        if self.in_size is None:
-            return None
-        return self.out_size, self.in_size // self.n_shared
-
     def _weight_shapes(self, in_size):
-        check_in_size(in_size, self.n_shared)
+        if in_size is None:
+            return collections.OrderedDict(W=(self.out_size, None))
+        in_size = _checks.shared_in_size(in_size, self.n_shared)
         return collections.OrderedDict(W=(self.out_size, in_size // self.n_shared))
-
-    def _known_weight_shapes(self):
-        return {'W': (self.out_size, None)}
 
     def _in_size_of_weights(self):
         return None if self.W.array is None else self.n_shared * self.W.shape[1]
@@ -113,7 +96,7 @@ class SharedLinear(VirtualLinear):
         # the scale by sqrt(n_shared) makes it in_size, as in L.Linear.
         return initializers.LeCunNormal(scale=1 / math.sqrt(self.n_shared))
 
-    def _hyperparameters(self):
+    def _options(self):
         return collections.OrderedDict(n_shared=self.n_shared)
 
     def dense_weight(self):
@@ -204,13 +187,6 @@ class SharedLinear(VirtualLinear):
             array([[1., 2., 1., 2.]], dtype=float32)
         """
         return super().to_linear()
-
-    @property
-    def printable_specs(self):
-        yield 'in_size', self.in_size
-        yield 'out_size', self.out_size
-        yield 'n_shared', self.n_shared
-        yield 'nobias', self.b is None
 
     def _check_weight_hook(self, hook):
         spectral_normalization, weight_standardization = weight_hook_types()

@@ -73,15 +73,14 @@ def _copy_state(old, new, key, hook) -> None:
     backend.copyto(target_array, source)
 
 
-_NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
-                    'run one, or build the layer with in_size')
-
-
 class VirtualLinear(link.Link):
     """A linear layer ``y = x · Vᵀ + b`` whose ``(out_size, in_size)`` weight is virtual.
 
-    Subclasses set :attr:`weight_names`, call :meth:`_add_weights` at the end of
-    their ``__init__``, and define the methods marked *pattern* below.
+    A pattern (a subclass) sets :attr:`weight_names` and
+    :attr:`saved_options`, calls :meth:`_add_weights` at the end of its
+    ``__init__``, and defines the methods marked *pattern* below: the shapes
+    of its weights, their default initializers, its options, its function and
+    its dense weight. Everything else is done here.
 
     Attributes:
         out_size (int): The size of the outputs.
@@ -90,6 +89,9 @@ class VirtualLinear(link.Link):
 
     #: The parameters that make up the virtual weight, in order (not ``b``).
     weight_names: tp.Tuple[str, ...] = ()
+    #: The integers saved with the parameters and checked on loading: the
+    #: options (or sizes) that the shapes of the weights do not tell.
+    saved_options: tp.Tuple[str, ...] = ()
 
     def __init__(self, in_size, out_size, *, nobias: bool, initial_bias) -> None:
         super().__init__()
@@ -127,16 +129,16 @@ class VirtualLinear(link.Link):
 
     # --- the pattern: what each subclass defines -------------------------------------------
 
-    def _weight_shapes(self, in_size: int) -> 'collections.OrderedDict[str, tp.Tuple[int, ...]]':
+    def _weight_shapes(self, in_size: tp.Optional[int]
+                       ) -> 'collections.OrderedDict[str, tp.Tuple[tp.Optional[int], ...]]':
         """*Pattern.* The shape of each weight parameter for ``in_size`` inputs.
+
+        With ``in_size=None`` (not known yet), the shapes as far as they are
+        known, ``None`` for each size that depends on ``in_size``.
 
         Raises:
             ValueError: The pattern cannot take ``in_size`` inputs; the message says why.
         """
-        raise NotImplementedError
-
-    def _known_weight_shapes(self) -> tp.Dict[str, tp.Tuple[tp.Optional[int], ...]]:
-        """*Pattern.* The weight shapes as far as they are known before ``in_size`` is."""
         raise NotImplementedError
 
     def _in_size_of_weights(self) -> tp.Optional[int]:
@@ -147,8 +149,8 @@ class VirtualLinear(link.Link):
         """*Pattern.* The initializer of weight ``name`` when none was given."""
         raise NotImplementedError
 
-    def _hyperparameters(self) -> 'collections.OrderedDict[str, tp.Optional[int]]':
-        """*Pattern.* The integers saved with the parameters and checked on loading."""
+    def _options(self) -> 'collections.OrderedDict[str, tp.Any]':
+        """*Pattern.* The options of the pattern, as the constructor takes them."""
         return collections.OrderedDict()
 
     def dense_weight(self):
@@ -210,6 +212,13 @@ class VirtualLinear(link.Link):
                     param.initializer = self._default_initializer(name, in_size)
                 param.initialize(shape)
 
+    @property
+    def printable_specs(self):
+        yield 'in_size', self.in_size
+        yield 'out_size', self.out_size
+        yield from self._options().items()
+        yield 'nobias', self.b is None
+
     def _shape_hint(self, name: str) -> str:
         return '; for a dense (out_size, in_size) weight use {}.from_linear'.format(
             type(self).__name__)
@@ -254,7 +263,7 @@ class VirtualLinear(link.Link):
             ~chainer.links.Linear: A new link; this one is left as it was.
         """
         if not self._is_initialized:
-            raise ValueError('cannot convert {}: it is {}'.format(self, _NOT_INITIALISED))
+            raise ValueError('cannot convert {}: it is {}'.format(self, _checks.NOT_INITIALISED))
         weight = self.dense_weight()
         dense = chainer.links.Linear(
             self.in_size, self.out_size, nobias=self.b is None,
@@ -326,25 +335,27 @@ class VirtualLinear(link.Link):
             if self._in_size is None and saved_in_size is not None:
                 self._in_size = saved_in_size
             return
-        for name, value in self._hyperparameters().items():
+        for name, value in self._saved_values().items():
             if value is not None:
                 serializer(name, numpy.asarray(value))
         super().serialize(serializer)
+
+    def _saved_values(self) -> tp.Dict[str, tp.Optional[int]]:
+        return {name: getattr(self, name) for name in self.saved_options}
 
     def _check_saved(self, deserializer) -> tp.Optional[int]:
         # Chainer copies a loaded array into a parameter with broadcasting, so a
         # parameter saved with another shape can load without error; and a saved
         # bias is ignored by a layer without one. Returns the saved in_size, if any.
         saved = {}
-        for name, value in self._hyperparameters().items():
+        for name, value in self._saved_values().items():
             saved[name] = _read(deserializer, name)
             if saved[name] is not None and value is not None and int(saved[name]) != value:
                 raise ValueError('cannot load a {} saved with {}={} into {}'.format(
                     type(self).__name__, name, int(saved[name]), self))
         saved_in_size = None if saved.get('in_size') is None else int(saved['in_size'])
         in_size = self.in_size if self.in_size is not None else saved_in_size
-        expected = (self._weight_shapes(in_size) if in_size is not None
-                    else self._known_weight_shapes())
+        expected = self._weight_shapes(in_size)
         for name, shape in list(expected.items()) + [('b', (self.out_size,))]:
             array = _read(deserializer, name)
             if name == 'b' and self.b is None:

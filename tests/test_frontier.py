@@ -229,3 +229,23 @@ def test_the_short_table_marks_a_budget_the_pattern_cannot_reach():
 ])
 def test_every_panel_gets_accuracy_labels(low, high, expected):
     assert frontier_results.accuracy_ticks(low, high) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('accuracies', [
+    {'dense': 1.0, 'shared': 0.0}, {'dense': 0.0, 'shared': 1.0},
+    {'dense': 0.5, 'shared': 0.0, 'hashed': 1.0},
+    {'dense': 0.5, 'shared': (0.0, 1.0)},  # seeds at both ends: a bar across the axis
+])
+def test_the_plot_is_drawn_whatever_the_accuracies(tmp_path, accuracies):
+    # On a logit axis 0 and 1 lie at infinity; --val-size 1 gives nothing else.
+    pytest.importorskip('matplotlib')
+    records = []
+    for pattern, values in accuracies.items():
+        for seed, accuracy in enumerate(values if isinstance(values, tuple) else (values,)):
+            c = 1 if pattern == 'dense' else 8
+            records.append({'setting': '2016', 'pattern': pattern, 'compression': c,
+                            'seed': seed, 'params': 900000 // c, 'dense_params': 900000,
+                            'accuracy': accuracy, 'seconds_per_epoch': 1.0})
+    path = tmp_path / 'frontier.png'
+    frontier_results.plot(records, str(path), 'title')
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -34,6 +34,9 @@ import resumable
 from chainer import training
 from chainer.training import extensions
 
+#: The folder of ``--out`` that holds a trainer's folder for each network.
+RUNS_FOLDER = 'runs'
+
 
 def train(network, train_set, val_set, args, device, seed, out):
     """Trains ``network`` with Adam, validated after every epoch.
@@ -92,7 +95,7 @@ def run_grid(args, device, train_set, val_set):
         else:
             run_folder = '{setting}-{pattern}-c{compression}-seed{seed}'.format(**record)
             log, cpu_seconds = train(network, train_set, val_set, args, device, seed,
-                                     os.path.join(args.out, 'runs', run_folder))
+                                     os.path.join(args.out, RUNS_FOLDER, run_folder))
             curve = [entry['validation/main/accuracy'] for entry in log]
             # Training and validation, from the start: defined for one epoch too. The
             # CPU time is the process's, all its threads: other work on the machine
@@ -162,6 +165,8 @@ def run(args):
     device = command_line.get_device(args.device)
     result_folder.check_folder(args.out)
     train_set, val_set = command_line.load_datasets(args)
+    for folder in (args.out, os.path.join(args.out, RUNS_FOLDER)):
+        result_folder.make_folder(args.out, folder)
     records = run_grid(args, device, train_set, val_set)
     title = '{}, {} epochs, {} training and {} validation images'.format(
         args.dataset, args.epoch, len(train_set), len(val_set))

@@ -83,6 +83,20 @@ def check_folder(out, folder=''):
         raise UsageError('--out {}: {} is a file, not a directory'.format(out, existing))
 
 
+def make_folder(out, folder):
+    """Creates ``folder`` (``out`` or a folder in it) if needed and checks that it is writable.
+
+    Raises :class:`UsageError` naming ``--out out`` where it cannot be written:
+    called before a run trains, so that it does not fail once it has.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise UsageError('--out {}: cannot write into {} ({})'.format(
+            out, folder, e.strerror or e)) from None
+
+
 def find_results(out, results):
     """The paths, relative to ``out``, of the files there that match ``results`` (patterns)."""
     found = set()
@@ -108,12 +122,7 @@ class Claim(object):
     def take(self):
         """Creates the folders, checks that they are writable, then removes ``replaced``."""
         for folder in self.folders:
-            try:
-                os.makedirs(folder, exist_ok=True)
-                tempfile.TemporaryFile(dir=folder).close()
-            except OSError as e:
-                raise UsageError('--out {}: cannot write into {} ({})'.format(
-                    self.out, folder, e.strerror or e)) from None
+            make_folder(self.out, folder)
         for name in self.replaced:
             try:
                 os.remove(os.path.join(self.out, name))

@@ -249,3 +249,23 @@ def test_the_plot_is_drawn_whatever_the_accuracies(tmp_path, accuracies):
     path = tmp_path / 'frontier.png'
     frontier_results.plot(records, str(path), 'title')
     assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('kind', ['dangling link', 'runs is a link'])
+def test_an_out_it_cannot_write_into_is_refused_before_any_training(tmp_path, capsys,
+                                                                    monkeypatch, kind):
+    # A link to nowhere: no folder can be made there, whoever runs the test (root too).
+    out = tmp_path / 'frontier'
+    if kind == 'dangling link':
+        out.symlink_to(tmp_path / 'nowhere')
+        unwritable = out
+    else:
+        out.mkdir()
+        (out / 'runs').symlink_to(tmp_path / 'nowhere')
+        unwritable = out / 'runs'
+    monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
+    assert frontier.main(TWO_POINTS + ['--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1, err
+    assert '--out {}: cannot write into {} ('.format(out, unwritable) in err
+    assert not (tmp_path / 'nowhere').exists()

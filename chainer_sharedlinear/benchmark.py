@@ -26,11 +26,13 @@ targets marked PASS or MISS, a JSON file and a plot.
 import argparse
 import collections
 import datetime
+import errno
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 import typing as tp
@@ -802,7 +804,23 @@ def _parse_args(argv):
         args.cases = select_cases([name.strip() for name in args.cases.split(',')])
     except ValueError as e:
         parser.error(str(e))
+    for option, path in (('--json', args.json), ('--plot', args.plot)):
+        if path is not None:
+            try:
+                _check_writable(path)
+            except OSError as e:
+                parser.error('{} {}: cannot write there ({})'.format(
+                    option, path, e.strerror or e))
     return args
+
+
+def _check_writable(path):
+    # Before the timing, which takes minutes, rather than after it.
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    folder = os.path.dirname(path) or os.curdir
+    os.makedirs(folder, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
 
 
 def main(argv=None) -> int:

@@ -239,3 +239,19 @@ def test_run_benchmark_refuses_a_dtype_it_cannot_time():
     with pytest.raises(ValueError, match="expected float16, float32 or float64, got 'int32'"):
         benchmark.run_benchmark(TINY_CASES, dtype='int32')
     assert benchmark.get_dtype('f4') == np.float32
+
+
+@pytest.mark.parametrize('option', ['--json', '--plot'])
+@pytest.mark.parametrize('where', ['under a link to nowhere', 'a folder'])
+def test_an_output_it_cannot_write_is_refused_before_the_timing(tmp_path, capsys, monkeypatch,
+                                                               option, where):
+    (tmp_path / 'out').symlink_to(tmp_path / 'nowhere')
+    (tmp_path / 'folder').mkdir()
+    path = tmp_path / ('out/report' if where == 'under a link to nowhere' else 'folder')
+    monkeypatch.setattr(benchmark, 'run_benchmark', lambda *args, **kwargs: pytest.fail(
+        'the benchmark started'))
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main(['--cases', 'example', option, str(path)])
+    assert exit.value.code == 2
+    assert 'error: {} {}: cannot write there ('.format(option, path) in (
+        capsys.readouterr().err.splitlines()[-1])

@@ -27,6 +27,7 @@ import command_line
 import compression
 import frontier_results as results
 import malloc_tuning
+import mnist_data
 import numpy
 import reports
 import result_folder
@@ -60,7 +61,18 @@ def train(network, train_set, val_set, args, device, seed, out):
 
 
 def run_grid(args, device, train_set, val_set):
-    results.check_same_grid(results.load_records(args.out), args.dataset, args.epoch, args.out)
+    this_training = {'dataset': args.dataset,
+                     'data_dir': mnist_data.source(args.dataset, args.data_dir),
+                     'train_size': len(train_set), 'val_size': len(val_set),
+                     'batchsize': args.batchsize, 'epochs': args.epoch}
+
+    def finished_records():
+        # Read anew for each network: another process may share the folder.
+        records = results.load_records(args.out)
+        results.check_same_training(records, this_training, args.out)
+        return records
+
+    finished_records()
     grid = [(setting, pattern, c, seed) for setting in args.setting
             for pattern in args.patterns
             for c in ([1] if pattern == 'dense' else args.compressions)
@@ -69,10 +81,8 @@ def run_grid(args, device, train_set, val_set):
                                  for layer in compression.build_network(setting, 'dense', 1)[1])
                     for setting in args.setting}
     for number, (setting, pattern, c, seed) in enumerate(grid, 1):
-        record = {'dataset': args.dataset, 'epochs': args.epoch, 'setting': setting,
-                  'pattern': pattern, 'compression': c, 'seed': seed}
-        # Read anew for each network: another process may share the folder.
-        finished = results.load_records(args.out)
+        record = dict(this_training, setting=setting, pattern=pattern, compression=c, seed=seed)
+        finished = finished_records()
         if results.key_of(record) in {results.key_of(r) for r in finished}:
             continue
         numpy.random.seed(seed)

@@ -26,11 +26,13 @@ targets marked PASS or MISS, a JSON file and a plot.
 import argparse
 import collections
 import datetime
+import errno
 import json
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 import typing as tp
@@ -391,23 +393,64 @@ def _blas_info() -> tp.Optional[dict]:
             if key in blas}
 
 
+#: The dtypes the benchmark times the layers in.
+DTYPES = ('float16', 'float32', 'float64')
+
+
+def get_dtype(dtype) -> numpy.dtype:
+    """``numpy.dtype(dtype)``, or a ``ValueError`` unless it is one of :data:`DTYPES`."""
+    try:
+        resolved = numpy.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or resolved.name not in DTYPES:
+        raise ValueError('expected {} or {}, got {!r}'.format(
+            ', '.join(DTYPES[:-1]), DTYPES[-1], str(dtype)))
+    return resolved
+
+
+def get_device(spec) -> chainer.backend.Device:
+    """``chainer.get_device(spec)``, or a ``ValueError`` unless it is a NumPy or CuPy device.
+
+    A specifier Chainer does not know, and one of a backend it cannot load
+    (CuPy, iDeep, ChainerX), raise it too, with Chainer's reason in one line.
+    """
+    expected = 'expected a NumPy or CuPy device (@numpy, @cupy:N), got {!r}'.format(str(spec))
+    try:
+        device = chainer.get_device(spec)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise ValueError('{}: {}'.format(expected, ' '.join(str(e).split()))) from None
+    if device.xp is not numpy and device.xp.__name__ != 'cupy':
+        raise ValueError('{}, a {} device'.format(expected, device.xp.__name__))
+    return device
+
+
+def _argument_type(parse):
+    """An argparse type: ``parse``, whose ``ValueError`` becomes argparse's one-line error."""
+    def parse_argument(text):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse_argument
+
+
 def run_benchmark(cases, device='@numpy', dtype='float32', repeats=200, warmup=3,
                   seconds=10.0, log=None) -> dict:
     """Times every case and returns the report (what ``--json`` writes).
 
     Args:
         cases: A :class:`Case` to groups mapping, as :func:`select_cases` makes.
-        device: A Chainer device specifier: ``'@numpy'``, ``'@cupy:0'``...
-        dtype: The dtype of inputs and parameters.
+        device: A Chainer device specifier: ``'@numpy'``, ``'@cupy:0'``... (see
+            :func:`get_device`).
+        dtype: The dtype of inputs and parameters, one of :data:`DTYPES`.
         repeats (int): The most rounds to time per case.
         warmup (int): Untimed rounds first.
         seconds (float): Time after which a case stops (after ``MIN_REPEATS`` rounds).
         log: A file for progress lines, or ``None``.
     """
-    device = chainer.get_device(device)
-    if device.xp is not numpy and device.xp.__name__ != 'cupy':
-        raise ValueError('the benchmark runs on NumPy or CuPy devices, not {}'.format(device))
-    dtype = numpy.dtype(dtype)
+    device = get_device(device)
+    dtype = get_dtype(dtype)
     synchronize = _synchronizer(device)
     report = collections.OrderedDict()
     report['machine'] = describe_machine(device)
@@ -743,9 +786,10 @@ def _parse_args(argv):
         description='Times forward + backward of the family (SharedLinear, HashedLinear, '
                     'KroneckerLinear) against L.Linear, the 2016 tiled algorithm and plain '
                     'NumPy/CuPy, and checks the speed targets.')
-    parser.add_argument('--device', default='@numpy',
+    parser.add_argument('--device', default='@numpy', type=_argument_type(get_device),
                         help="Chainer device: '@numpy' (default) or '@cupy:0' for a GPU")
-    parser.add_argument('--dtype', default='float32', help='float16, float32 or float64')
+    parser.add_argument('--dtype', default='float32', type=_argument_type(get_dtype),
+                        help='float16, float32 or float64')
     parser.add_argument('--cases', default='all',
                         help='comma-separated groups: {} or all (default)'.format(
                             ', '.join(CASE_GROUPS)))
@@ -765,7 +809,23 @@ def _parse_args(argv):
         args.cases = select_cases([name.strip() for name in args.cases.split(',')])
     except ValueError as e:
         parser.error(str(e))
+    for option, path in (('--json', args.json), ('--plot', args.plot)):
+        if path is not None:
+            try:
+                _check_writable(path)
+            except OSError as e:
+                parser.error('{} {}: cannot write there ({})'.format(
+                    option, path, e.strerror or e))
     return args
+
+
+def _check_writable(path):
+    # Before the timing, which takes minutes, rather than after it.
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+    folder = os.path.dirname(path) or os.curdir
+    os.makedirs(folder, exist_ok=True)
+    tempfile.TemporaryFile(dir=folder).close()
 
 
 def main(argv=None) -> int:

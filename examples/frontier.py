@@ -27,12 +27,16 @@ import command_line
 import compression
 import frontier_results as results
 import malloc_tuning
+import mnist_data
 import numpy
 import reports
 import result_folder
 import resumable
 from chainer import training
 from chainer.training import extensions
+
+#: The folder of ``--out`` that holds a trainer's folder for each network.
+RUNS_FOLDER = 'runs'
 
 
 def train(network, train_set, val_set, args, device, seed, out):
@@ -57,7 +61,18 @@ def train(network, train_set, val_set, args, device, seed, out):
 
 
 def run_grid(args, device, train_set, val_set):
-    results.check_same_grid(results.load_records(args.out), args.dataset, args.epoch, args.out)
+    this_training = {'dataset': args.dataset,
+                     'data_dir': mnist_data.source(args.dataset, args.data_dir),
+                     'train_size': len(train_set), 'val_size': len(val_set),
+                     'batchsize': args.batchsize, 'epochs': args.epoch}
+
+    def finished_records():
+        # Read anew for each network: another process may share the folder.
+        records = results.load_records(args.out)
+        results.check_same_training(records, this_training, args.out)
+        return records
+
+    finished_records()
     grid = [(setting, pattern, c, seed) for setting in args.setting
             for pattern in args.patterns
             for c in ([1] if pattern == 'dense' else args.compressions)
@@ -66,10 +81,8 @@ def run_grid(args, device, train_set, val_set):
                                  for layer in compression.build_network(setting, 'dense', 1)[1])
                     for setting in args.setting}
     for number, (setting, pattern, c, seed) in enumerate(grid, 1):
-        record = {'dataset': args.dataset, 'epochs': args.epoch, 'setting': setting,
-                  'pattern': pattern, 'compression': c, 'seed': seed}
-        # Read anew for each network: another process may share the folder.
-        finished = results.load_records(args.out)
+        record = dict(this_training, setting=setting, pattern=pattern, compression=c, seed=seed)
+        finished = finished_records()
         if results.key_of(record) in {results.key_of(r) for r in finished}:
             continue
         numpy.random.seed(seed)
@@ -92,7 +105,7 @@ def run_grid(args, device, train_set, val_set):
         else:
             run_folder = '{setting}-{pattern}-c{compression}-seed{seed}'.format(**record)
             log, cpu_seconds = train(network, train_set, val_set, args, device, seed,
-                                     os.path.join(args.out, 'runs', run_folder))
+                                     os.path.join(args.out, RUNS_FOLDER, run_folder))
             curve = [entry['validation/main/accuracy'] for entry in log]
             # Training and validation, from the start: defined for one epoch too. The
             # CPU time is the process's, all its threads: other work on the machine
@@ -162,6 +175,8 @@ def run(args):
     device = command_line.get_device(args.device)
     result_folder.check_folder(args.out)
     train_set, val_set = command_line.load_datasets(args)
+    for folder in (args.out, os.path.join(args.out, RUNS_FOLDER)):
+        result_folder.make_folder(args.out, folder)
     records = run_grid(args, device, train_set, val_set)
     title = '{}, {} epochs, {} training and {} validation images'.format(
         args.dataset, args.epoch, len(train_set), len(val_set))

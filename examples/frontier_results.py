@@ -26,11 +26,24 @@ from command_line import UsageError
 RESULTS_FILE = 'frontier.json'
 PLOT_FILE = 'frontier.png'
 TABLE_FILE = 'frontier.md'
+#: Where the logit axis draws an accuracy of exactly 0 or 1, which lie at infinity on it: this
+#: far inside. Less than one image in the 10,000 that MNIST and Fashion-MNIST validate on, so
+#: no other accuracy is drawn there.
+LOGIT_EDGE = 1e-5
 ACCURACY_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98,
                   0.99, 0.995)
 
+#: How every network of a folder is trained: what changes a result but its setting, pattern,
+#: compression and seed. ``data_dir`` is ``mnist_data.source``: ``None`` for the dataset's own
+#: place; the sizes are the numbers of images trained and validated on.
+TRAINING_FIELDS = ('dataset', 'data_dir', 'train_size', 'val_size', 'batchsize', 'epochs')
+
 #: What identifies a run: a rerun with a record of the same key skips it.
-KEY_FIELDS = ('dataset', 'epochs', 'setting', 'pattern', 'compression', 'seed')
+KEY_FIELDS = TRAINING_FIELDS + ('setting', 'pattern', 'compression', 'seed')
+
+#: What every record holds, also one written before ``TRAINING_FIELDS`` were all recorded
+#: (as those of docs/frontier-*.json).
+RECORD_FIELDS = ('dataset', 'epochs', 'setting', 'pattern', 'compression', 'seed')
 
 
 class FrontierError(UsageError):
@@ -50,7 +63,7 @@ def load_records(folder: str) -> tp.List[dict]:
         with open(path) as f:
             records = json.load(f)
         if not isinstance(records, list) or not all(
-                isinstance(r, dict) and all(k in r for k in KEY_FIELDS) for r in records):
+                isinstance(r, dict) and all(k in r for k in RECORD_FIELDS) for r in records):
             raise ValueError('not a list of frontier records')
     except (OSError, ValueError) as e:
         raise FrontierError('{}: cannot continue from it ({}); move it away or choose '
@@ -58,14 +71,39 @@ def load_records(folder: str) -> tp.List[dict]:
     return records
 
 
-def check_same_grid(records: tp.List[dict], dataset: str, epochs: int, folder: str) -> None:
-    """Refuses to add runs of another dataset or length to ``folder``'s records."""
-    others = sorted({(r['dataset'], r['epochs']) for r in records} - {(dataset, epochs)})
+def describe_training(training: dict) -> str:
+    """The :data:`TRAINING_FIELDS` of ``training`` in words."""
+    text = ('{dataset} for {epochs} epochs, {train_size} training and {val_size} validation '
+            'images, batch {batchsize}'.format(**training))
+    if training['data_dir'] is not None:
+        text += ', read from {}'.format(training['data_dir'])
+    return text
+
+
+def check_same_training(records: tp.List[dict], training: dict, folder: str) -> None:
+    """Refuses to add runs of ``training`` to ``folder``'s records of another training.
+
+    ``training`` holds the :data:`TRAINING_FIELDS` of this run. Records that lack
+    some of them (written before they were all recorded) are refused too: they
+    may be of any training, so this says what to add to them to continue.
+    """
+    missing = [field for field in TRAINING_FIELDS if any(field not in r for r in records)]
+    if missing:
+        raise FrontierError(
+            '{} holds records of an older frontier.py, which lack {}: they may be of another '
+            'training than this run ({}); choose another --out, or, if they are of this '
+            'training, add {} to each record of {}'.format(
+                folder, ', '.join(missing), describe_training(training),
+                json.dumps({field: training[field] for field in missing}),
+                os.path.join(folder, RESULTS_FILE)))
+    this = tuple(training[field] for field in TRAINING_FIELDS)
+    others = {tuple(r[field] for field in TRAINING_FIELDS) for r in records} - {this}
     if others:
         raise FrontierError(
-            '{} holds runs of {}, which this run ({} for {} epochs) would mix with its own: '
-            'choose another --out'.format(folder, ', '.join(
-                '{} for {} epochs'.format(*other) for other in others), dataset, epochs))
+            '{} holds runs of {}, which this run ({}) would mix with its own: choose another '
+            '--out'.format(folder, '; '.join(
+                describe_training(dict(zip(TRAINING_FIELDS, other)))
+                for other in sorted(others, key=repr)), describe_training(training)))
 
 
 def save_records(folder: str, records: tp.List[dict]) -> None:
@@ -207,7 +245,8 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
 
     Each point is the mean over seeds, with a bar from the lowest to the highest.
     The accuracy axis is a logit scale: it spreads out the accuracies near 1, where
-    the patterns differ by little, and still shows a pattern that fails.
+    the patterns differ by little, and still shows a pattern that fails. An
+    accuracy of 0 or 1 is drawn at its edge, :data:`LOGIT_EDGE` inside.
     """
     from matplotlib import ticker
     from matplotlib.figure import Figure
@@ -224,9 +263,9 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
         for pattern, points in patterns.items():
             points.sort(key=lambda row: row['params'])
             x = [row['params'] for row in points]
-            y = [row['accuracy'] for row in points]
-            spread = [[row['accuracy'] - row['low'] for row in points],
-                      [row['high'] - row['accuracy'] for row in points]]
+            y = [_on_logit_axis(row['accuracy']) for row in points]
+            spread = [[mean - _on_logit_axis(row['low']) for mean, row in zip(y, points)],
+                      [_on_logit_axis(row['high']) - mean for mean, row in zip(y, points)]]
             if pattern == 'dense':
                 ax.axhline(y[0], color='black', linewidth=0.8, linestyle='--',
                            label='dense ({:,} params)'.format(x[0]))
@@ -245,3 +284,7 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
         ax.legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=120)
+
+
+def _on_logit_axis(accuracy: float) -> float:
+    return min(max(accuracy, LOGIT_EDGE), 1 - LOGIT_EDGE)

@@ -103,12 +103,35 @@ def load(name, data_dir=None, *, mirrors=MNIST_MIRRORS, md5sums=MNIST_MD5, timeo
             return _load_idx_dir(data_dir, name)
         return load_mnist(mirrors=mirrors, md5sums=md5sums, timeout=timeout)
     if name == 'mnist-5k':
-        return load_mnist_5k(os.path.join(BUNDLED_DIR if data_dir is None else data_dir,
-                                          MNIST_5K_FILE))
+        return load_mnist_5k(os.path.join(
+            default_dir(name) if data_dir is None else data_dir, MNIST_5K_FILE))
     if name == 'fashion-mnist':
-        return _load_idx_dir(FASHION_MNIST_DIR if data_dir is None else data_dir, name)
+        return _load_idx_dir(default_dir(name) if data_dir is None else data_dir, name)
     raise DatasetError('unknown dataset {!r}: expected one of {}'.format(
         name, ', '.join(DATASETS)))
+
+
+def default_dir(name):
+    """The folder :func:`load` reads dataset ``name`` from without a ``data_dir``.
+
+    ``None`` for ``mnist``, which is downloaded.
+    """
+    return {'mnist-5k': BUNDLED_DIR, 'fashion-mnist': FASHION_MNIST_DIR}.get(name)
+
+
+def source(name, data_dir=None):
+    """Where :func:`load` reads dataset ``name`` from, given ``data_dir``, once it has.
+
+    ``None`` for the dataset's own place (:func:`default_dir`, or MNIST's
+    download, its MD5 checked), however ``data_dir`` names it; otherwise the
+    real path of ``data_dir``, so that two names of one folder are one source.
+    """
+    if data_dir is None:
+        return None
+    default = default_dir(name)
+    if default is not None and os.path.isdir(default) and os.path.samefile(data_dir, default):
+        return None
+    return os.path.realpath(data_dir)
 
 
 def as_dataset(images, labels, size=None):

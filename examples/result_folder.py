@@ -20,27 +20,33 @@ from command_line import UsageError
 #: The snapshots that ``resumable.snapshot`` writes: ``snapshot_iter_<iteration>``.
 SNAPSHOT_PREFIX = 'snapshot_iter_'
 
+#: The pattern of the snapshots among a run's results: it matches a name such as
+#: ``snapshot_iter_4.bak`` too, which :func:`find_results` leaves out.
+SNAPSHOTS = SNAPSHOT_PREFIX + '*'
+
+
+def snapshot_iteration(name):
+    """N of a snapshot's file name ``snapshot_iter_N``, or ``None`` for any other name."""
+    match = re.fullmatch(re.escape(SNAPSHOT_PREFIX) + r'(\d+)', name)
+    return int(match.group(1)) if match else None
+
 
 def training_results(folders=('',), plots=()):
     """The patterns of what a Chainer training writes into each of ``folders`` (of ``--out``).
 
     Its ``log`` (``LogReport``), its ``plots`` (``PlotReport`` file names) and
-    its snapshots. Every name that starts with ``snapshot_iter_`` counts: the
-    snapshot extension, keeping only the latest, deletes all the others.
+    its snapshots, ``snapshot_iter_N`` (:data:`SNAPSHOTS`).
     """
     return [os.path.join(folder, name) for folder in folders
-            for name in ('log',) + tuple(plots) + (SNAPSHOT_PREFIX + '*',)]
+            for name in ('log',) + tuple(plots) + (SNAPSHOTS,)]
 
 
 def latest_snapshot(folder):
     """The path of the ``snapshot_iter_N`` with the largest N in ``folder``, or ``None``."""
     if not os.path.isdir(folder):
         return None
-    iterations = {}
-    for name in os.listdir(folder):
-        match = re.fullmatch(re.escape(SNAPSHOT_PREFIX) + r'(\d+)', name)
-        if match:
-            iterations[int(match.group(1))] = name
+    iterations = {snapshot_iteration(name): name for name in os.listdir(folder)}
+    iterations.pop(None, None)
     return os.path.join(folder, iterations[max(iterations)]) if iterations else None
 
 
@@ -83,11 +89,31 @@ def check_folder(out, folder=''):
         raise UsageError('--out {}: {} is a file, not a directory'.format(out, existing))
 
 
+def make_folder(out, folder):
+    """Creates ``folder`` (``out`` or a folder in it) if needed and checks that it is writable.
+
+    Raises :class:`UsageError` naming ``--out out`` where it cannot be written:
+    called before a run trains, so that it does not fail once it has.
+    """
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise UsageError('--out {}: cannot write into {} ({})'.format(
+            out, folder, e.strerror or e)) from None
+
+
 def find_results(out, results):
-    """The paths, relative to ``out``, of the files there that match ``results`` (patterns)."""
+    """The paths, relative to ``out``, of the files there that match ``results`` (patterns).
+
+    Of the names that :data:`SNAPSHOTS` matches, only the snapshots' own count.
+    """
     found = set()
     for pattern in results:
         for path in glob.glob(os.path.join(glob.escape(out), pattern)):
+            if (os.path.basename(pattern) == SNAPSHOTS
+                    and snapshot_iteration(os.path.basename(path)) is None):
+                continue
             if os.path.isdir(path) and not os.path.islink(path):
                 raise UsageError('--out {}: {} is a directory, where this run writes a '
                                  'file'.format(out, path))
@@ -96,24 +122,24 @@ def find_results(out, results):
 
 
 class Claim(object):
-    """The folders a run writes into, and the earlier results there it replaces."""
+    """The folders a run writes into, and the earlier results there it replaces.
 
-    def __init__(self, out, results, replaced):
+    ``replaced`` are removed by :meth:`take`; ``continued``, the path of the
+    snapshot in ``out`` that the run continues, by the run's first snapshot.
+    """
+
+    def __init__(self, out, results, replaced, continued=None):
         self.out = out
         self.results = results
         self.folders = sorted({os.path.normpath(os.path.join(out, os.path.dirname(pattern)))
                                for pattern in results})
         self.replaced = replaced
+        self.continued = continued
 
     def take(self):
         """Creates the folders, checks that they are writable, then removes ``replaced``."""
         for folder in self.folders:
-            try:
-                os.makedirs(folder, exist_ok=True)
-                tempfile.TemporaryFile(dir=folder).close()
-            except OSError as e:
-                raise UsageError('--out {}: cannot write into {} ({})'.format(
-                    self.out, folder, e.strerror or e)) from None
+            make_folder(self.out, folder)
         for name in self.replaced:
             try:
                 os.remove(os.path.join(self.out, name))
@@ -146,12 +172,12 @@ def claim(out, results, *, overwrite=False, resume_from=None, can_resume=True):
     for folder in sorted({os.path.dirname(pattern) for pattern in results} | {''}):
         check_folder(out, folder)
     found = find_results(out, results)
-    continued = resume_from is not None and any(
-        os.path.samefile(resume_from, os.path.join(out, name)) for name in found)
-    if continued:
+    continued = next((os.path.join(out, name) for name in found if resume_from is not None
+                      and os.path.samefile(resume_from, os.path.join(out, name))), None)
+    if continued is not None:
         # The run rewrites the log and plots, and its next snapshot replaces this one:
         # until then, a crash loses nothing.
-        return Claim(out, results, [])
+        return Claim(out, results, [], continued)
     if not found or overwrite:
         return Claim(out, results, found)
     listing = ', '.join(found)

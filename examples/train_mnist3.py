@@ -51,11 +51,13 @@ class MLP(chainer.Chain):
         return self.l3(h2)
 
 
-def build_trainer(args, model, train_set, val_set, device, out, plots=False, comm=None):
+def build_trainer(args, model, train_set, val_set, device, out, plots=False, comm=None,
+                  replaces=None):
     """A trainer of ``model`` with Adam, validated after every epoch.
 
     With ChainerMN (``comm``), every rank trains on its share of the data and
-    of each minibatch, the ranks average their gradients and rank 0 reports.
+    of each minibatch, the ranks average their gradients and rank 0 reports
+    and takes the snapshots. Its first snapshot replaces ``replaces``.
     """
     optimizer = chainer.optimizers.Adam()
     if comm is not None:
@@ -79,7 +81,7 @@ def build_trainer(args, model, train_set, val_set, device, out, plots=False, com
     if comm is not None and comm.rank != 0:
         return trainer
     every = (args.snapshot_every, 'iteration') if args.snapshot_every else (1, 'epoch')
-    trainer.extend(resumable.snapshot(), trigger=every)
+    trainer.extend(resumable.snapshot(replaces), trigger=every)
     trainer.extend(extensions.LogReport(), call_before_training=True)
     if plots:
         for file_name, y_keys in PLOTS.items():
@@ -106,7 +108,8 @@ def train(args, train_set, val_set, device, out, dense=False, plots=False, comm=
     model = build_model(args, train_set[0][0].size, dense)
     model.to_device(device)
     device.use()
-    trainer = build_trainer(args, model, train_set, val_set, device, out, plots, comm)
+    trainer = build_trainer(args, model, train_set, val_set, device, out, plots, comm,
+                            replaces=None if claim is None else claim.continued)
     if snapshot is not None:
         resumable.resume(trainer, snapshot, comm)
     multi_node.together(comm, result_folder.take, claim, only_rank_0=True)

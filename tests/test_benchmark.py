@@ -204,3 +204,54 @@ def test_command_line_writes_table_json_and_plot(tmp_path, capsys):
     assert result['layer_over_floor'] == pytest.approx(
         result['median_ms']['layer'] / result['median_ms']['floor'])
     assert plot_path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--dtype', 'int32'], "argument --dtype: expected float16, float32 or float64, got 'int32'"),
+    (['--dtype', 'float8'], "argument --dtype: expected float16, float32 or float64, got "
+     "'float8'"),
+    (['--device', '@bogus'], "argument --device: expected a NumPy or CuPy device (@numpy, "
+     "@cupy:N), got '@bogus': Device specifiers starting with '@'"),
+    (['--device', 'native:0'], "got 'native:0': Tried to parse ChainerX device specifier"),
+    (['--device', '3'], "got '3': CUDA environment is not correctly set up"),
+    (['--device', '@cupy:0'], "got '@cupy:0': CUDA environment is not correctly set up"),
+])
+def test_a_dtype_or_device_it_cannot_time_is_one_line(capsys, monkeypatch, argv, message):
+    if 'CUDA' in message and chainer.backends.cuda.available:
+        pytest.skip('CuPy is installed: the device exists')
+    monkeypatch.setattr(benchmark, 'run_benchmark', lambda *args, **kwargs: pytest.fail(
+        'the benchmark started'))
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main(['--cases', 'example'] + argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert last.startswith('python -m chainer_sharedlinear.benchmark: error: ')
+    assert message in last
+    assert 'Traceback' not in err
+    # The same lines as a bad --repeats: argparse's usage, then the error.
+    with pytest.raises(SystemExit):
+        benchmark.main(['--repeats', '0'])
+    assert capsys.readouterr().err.count('\n') == err.count('\n')
+
+
+def test_run_benchmark_refuses_a_dtype_it_cannot_time():
+    with pytest.raises(ValueError, match="expected float16, float32 or float64, got 'int32'"):
+        benchmark.run_benchmark(TINY_CASES, dtype='int32')
+    assert benchmark.get_dtype('f4') == np.float32
+
+
+@pytest.mark.parametrize('option', ['--json', '--plot'])
+@pytest.mark.parametrize('where', ['under a link to nowhere', 'a folder'])
+def test_an_output_it_cannot_write_is_refused_before_the_timing(tmp_path, capsys, monkeypatch,
+                                                               option, where):
+    (tmp_path / 'out').symlink_to(tmp_path / 'nowhere')
+    (tmp_path / 'folder').mkdir()
+    path = tmp_path / ('out/report' if where == 'under a link to nowhere' else 'folder')
+    monkeypatch.setattr(benchmark, 'run_benchmark', lambda *args, **kwargs: pytest.fail(
+        'the benchmark started'))
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main(['--cases', 'example', option, str(path)])
+    assert exit.value.code == 2
+    assert 'error: {} {}: cannot write there ('.format(option, path) in (
+        capsys.readouterr().err.splitlines()[-1])

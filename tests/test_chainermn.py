@@ -279,6 +279,17 @@ def test_example_trains_on_two_ranks_and_only_rank_0_reports_then_resumes(tmp_pa
     assert_same_training(out, straight_run)
 
 
+def test_example_on_two_ranks_leaves_a_file_named_like_a_snapshot_alone(tmp_path,
+                                                                       dataset_root):
+    out = tmp_path / 'result'
+    run_example('--epoch', '1', '--out', str(out))
+    (out / 'snapshot_iter_4.bak').write_text('mine')
+    run_example('--epoch', '2', '--out', str(out), '--resume', str(out))
+    assert (out / 'snapshot_iter_4.bak').read_text() == 'mine'
+    assert sorted(name for name in os.listdir(str(out)) if name.startswith('snapshot')) == [
+        'snapshot_iter_4.bak', 'snapshot_iter_8']
+
+
 def test_example_resumes_exactly_from_the_middle_of_an_epoch(tmp_path, dataset_root,
                                                              straight_run):
     out = tmp_path / 'result'

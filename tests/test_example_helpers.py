@@ -178,6 +178,19 @@ def test_resuming_from_one_of_the_results_continues_that_run_and_removes_nothing
     assert claim.replaced == ['log', 'snapshot_iter_3']
 
 
+def test_only_a_snapshots_own_name_is_a_result(tmp_path):
+    make_files(tmp_path, 'snapshot_iter_4.bak', 'snapshot_iter_', 'snapshot_iter_3x',
+               'snapshot_iter_12')
+    assert result_folder.find_results(str(tmp_path), ONE_TRAINING) == ['snapshot_iter_12']
+    assert result_folder.latest_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_12')
+    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True,
+                                resume_from=str(tmp_path / 'snapshot_iter_12'))
+    assert (claim.replaced, claim.continued) == ([], str(tmp_path / 'snapshot_iter_12'))
+    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True,
+                                resume_from=str(tmp_path / 'snapshot_iter_4.bak'))
+    assert (claim.replaced, claim.continued) == (['snapshot_iter_12'], None)
+
+
 def test_resume_hint(tmp_path):
     assert result_folder.resume_hint(str(tmp_path)) == ''
     make_files(tmp_path, 'snapshot_iter_6')

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -9,12 +10,14 @@ import chainer.links as L
 import compression
 import frontier
 import frontier_results
+import mnist_data
 import numpy as np
 import pytest
 
 from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
 
 pytestmark = pytest.mark.usefixtures('dataset_root')
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
 
 
 @pytest.mark.parametrize('pattern', ['shared', 'hashed', 'kronecker', 'lowrank'])
@@ -79,6 +82,8 @@ def test_a_two_point_grid_for_one_epoch(tmp_path, capsys):
         ('2016', 'shared', 8, 0), ('2016', 'hashed', 8, 0)]
     for record in records:
         assert record['dataset'] == 'mnist-5k' and record['epochs'] == 1
+        assert (record['data_dir'], record['train_size'], record['val_size'],
+                record['batchsize']) == (None, 200, 100, 100)
         assert record['params'] == 112500 and record['dense_params'] == 900000
         assert 0 <= record['accuracy'] <= 1 and record['curve'] == [record['accuracy']]
         assert record['seconds_per_epoch'] > 0 and record['cpu_seconds_per_epoch'] > 0
@@ -176,7 +181,8 @@ def test_records_are_saved_atomically(tmp_path):
 
 def test_a_record_is_added_to_what_the_folder_holds_now(tmp_path):
     def record(seed, accuracy):
-        return {'dataset': 'mnist-5k', 'epochs': 1, 'setting': '2016', 'pattern': 'dense',
+        return {'dataset': 'mnist-5k', 'data_dir': None, 'train_size': 200, 'val_size': 100,
+                'batchsize': 100, 'epochs': 1, 'setting': '2016', 'pattern': 'dense',
                 'compression': 1, 'seed': seed, 'accuracy': accuracy}
 
     folder = str(tmp_path)
@@ -229,3 +235,125 @@ def test_the_short_table_marks_a_budget_the_pattern_cannot_reach():
 ])
 def test_every_panel_gets_accuracy_labels(low, high, expected):
     assert frontier_results.accuracy_ticks(low, high) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('accuracies', [
+    {'dense': 1.0, 'shared': 0.0}, {'dense': 0.0, 'shared': 1.0},
+    {'dense': 0.5, 'shared': 0.0, 'hashed': 1.0},
+    {'dense': 0.5, 'shared': (0.0, 1.0)},  # seeds at both ends: a bar across the axis
+])
+def test_the_plot_is_drawn_whatever_the_accuracies(tmp_path, accuracies):
+    # On a logit axis 0 and 1 lie at infinity; --val-size 1 gives nothing else.
+    pytest.importorskip('matplotlib')
+    records = []
+    for pattern, values in accuracies.items():
+        for seed, accuracy in enumerate(values if isinstance(values, tuple) else (values,)):
+            c = 1 if pattern == 'dense' else 8
+            records.append({'setting': '2016', 'pattern': pattern, 'compression': c,
+                            'seed': seed, 'params': 900000 // c, 'dense_params': 900000,
+                            'accuracy': accuracy, 'seconds_per_epoch': 1.0})
+    path = tmp_path / 'frontier.png'
+    frontier_results.plot(records, str(path), 'title')
+    assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.parametrize('kind', ['dangling link', 'runs is a link'])
+def test_an_out_it_cannot_write_into_is_refused_before_any_training(tmp_path, capsys,
+                                                                    monkeypatch, kind):
+    # A link to nowhere: no folder can be made there, whoever runs the test (root too).
+    out = tmp_path / 'frontier'
+    if kind == 'dangling link':
+        out.symlink_to(tmp_path / 'nowhere')
+        unwritable = out
+    else:
+        out.mkdir()
+        (out / 'runs').symlink_to(tmp_path / 'nowhere')
+        unwritable = out / 'runs'
+    monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
+    assert frontier.main(TWO_POINTS + ['--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1, err
+    assert '--out {}: cannot write into {} ('.format(out, unwritable) in err
+    assert not (tmp_path / 'nowhere').exists()
+
+
+ONE_POINT = ['--setting', '2016', '--patterns', 'shared', '--compressions', '8', '--epoch', '1',
+             '--train-size', '200', '--val-size', '100']
+
+
+def copy_of_mnist_5k(folder):
+    folder.mkdir()
+    shutil.copy(os.path.join(mnist_data.BUNDLED_DIR, mnist_data.MNIST_5K_FILE), str(folder))
+    return folder
+
+
+@pytest.mark.parametrize('change, other', [
+    (['--train-size', '100'], '100 training and 100 validation images, batch 100'),
+    (['--val-size', '50'], '200 training and 50 validation images, batch 100'),
+    (['--batchsize', '50'], '200 training and 100 validation images, batch 50'),
+    (['--data-dir', '{tmp}/copy'],
+     '200 training and 100 validation images, batch 100, read from {tmp}/copy'),
+])
+def test_a_folder_of_other_training_settings_is_refused(tmp_path, capsys, monkeypatch,
+                                                        change, other):
+    out = tmp_path / 'frontier'
+    assert frontier.main(ONE_POINT + ['--out', str(out)]) == 0
+    before = (out / 'frontier.json').read_bytes()
+    copy_of_mnist_5k(tmp_path / 'copy')
+    capsys.readouterr()
+    monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
+    argv = ONE_POINT + [arg.format(tmp=tmp_path) for arg in change] + ['--out', str(out)]
+    assert frontier.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1, err
+    assert ('{} holds runs of mnist-5k for 1 epochs, 200 training and 100 validation images, '
+            'batch 100, which this run (mnist-5k for 1 epochs, {}) would mix with its own: '
+            'choose another --out'.format(out, other.format(tmp=tmp_path))) in err
+    assert (out / 'frontier.json').read_bytes() == before
+
+
+def test_another_name_of_the_datasets_own_folder_is_the_same_data(tmp_path, capsys,
+                                                                  monkeypatch):
+    out = tmp_path / 'frontier'
+    assert frontier.main(ONE_POINT + ['--out', str(out)]) == 0
+    (tmp_path / 'link').symlink_to(mnist_data.BUNDLED_DIR)
+    monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
+    for data_dir in (mnist_data.BUNDLED_DIR, tmp_path / 'link'):
+        assert frontier.main(ONE_POINT + ['--data-dir', str(data_dir), '--out', str(out)]) == 0
+    assert len(read_records(out)) == 1
+
+
+def test_records_of_before_the_training_was_recorded_are_refused_with_what_to_add(
+        tmp_path, capsys, monkeypatch):
+    out = tmp_path / 'frontier'
+    assert frontier.main(ONE_POINT + ['--out', str(out)]) == 0
+    records = read_records(out)
+    added = ('data_dir', 'train_size', 'val_size', 'batchsize')
+    frontier_results.save_records(str(out), [
+        {k: v for k, v in r.items() if k not in added} for r in records])
+    capsys.readouterr()
+    monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
+    assert frontier.main(ONE_POINT + ['--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1, err
+    assert ('{} holds records of an older frontier.py, which lack data_dir, train_size, '
+            'val_size, batchsize: they may be of another training than this run (mnist-5k '
+            'for 1 epochs, 200 training and 100 validation images, batch 100); choose another '
+            '--out, or, if they are of this training, add '.format(out)) in err
+    # Doing what it says continues the grid.
+    fields = json.loads(err[err.index(', add ') + 6:err.index(' to each record of ')])
+    assert fields == {k: records[0][k] for k in added}
+    frontier_results.save_records(str(out), [
+        dict({k: v for k, v in r.items() if k not in added}, **fields) for r in records])
+    assert frontier.main(ONE_POINT + ['--out', str(out)]) == 0
+
+
+@pytest.mark.parametrize('name', ['frontier-fashion.json', 'frontier-mnist5k.json'])
+def test_the_records_in_the_docs_are_read_and_drawn(tmp_path, name):
+    shutil.copy(os.path.join(DOCS, name), str(tmp_path / frontier_results.RESULTS_FILE))
+    records = frontier_results.load_records(str(tmp_path))
+    assert {r['pattern'] for r in records} >= {'dense', 'hashed', 'narrow', 'lowrank'}
+    assert '| dense |' in frontier_results.format_table(records)
+    pytest.importorskip('matplotlib')
+    frontier_results.plot(records, str(tmp_path / 'frontier.png'), name)
+    assert (tmp_path / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -504,3 +504,61 @@ def test_an_interrupted_run_resumes_exactly_as_it_says(tmp_path, capsys, monkeyp
     status, _, err = main(capsys, *EXACT, '--epoch', '4', *hint.split()[:4])
     assert status == 0, err
     assert_same_training(out, straight_run)
+
+
+# --- Issue 19, item 4: a user's file that looks like a snapshot is not removed ----------------
+
+@pytest.mark.parametrize('path', ['fresh', 'overwrite', 'resume'])
+def test_a_file_named_like_a_snapshot_is_left_alone(tmp_path, capsys, path):
+    # Chainer's snapshot extension removes every file that starts with snapshot_iter_.
+    out = tmp_path / 'out'
+    out.mkdir()
+    backup = out / 'snapshot_iter_4.bak'
+    if path != 'fresh':
+        status, _, err = main(capsys, *SMALL, '--epoch', '1', '--out', out)
+        assert status == 0, err
+    backup.write_text('mine')
+    os.utime(str(backup), (0, 0))  # older than every snapshot
+    then = {'fresh': [], 'overwrite': ['--overwrite', '--seed', '1'],
+            'resume': ['--resume', out, '--epoch', '2']}[path]
+    status, _, err = main(capsys, *SMALL, '--epoch', '1', '--out', out, *then)
+    assert status == 0, err
+    assert backup.read_text() == 'mine'
+    snapshot = 'snapshot_iter_4' if path == 'resume' else 'snapshot_iter_2'
+    assert sorted(os.listdir(out)) == ['accuracy.png', 'log', 'loss.png', snapshot,
+                                       'snapshot_iter_4.bak']
+
+
+class OneRankOf(object):
+    """What ``build_trainer`` asks of a ChainerMN communicator, for one rank of ``size``."""
+
+    def __init__(self, rank, size=2):
+        self.rank, self.size = rank, size
+
+    def bcast_data(self, model):
+        pass
+
+
+def test_on_several_ranks_rank_0_alone_snapshots_and_removes_only_what_it_replaces(
+        tmp_path, capsys):
+    # The rank logic of the multi-process path, without MPI.
+    args = train_mnist3.parse_args(SMALL + ['--epoch', '1', '--out', str(tmp_path)])
+    train_set, val_set = train_mnist3.command_line.load_datasets(args)
+    device = chainer.get_device('@numpy')
+    for name in ('snapshot_iter_2', 'snapshot_iter_2.bak', 'snapshot_iter_3x'):
+        (tmp_path / name).write_text('earlier')
+    snapshots = []
+    for rank in (0, 1):
+        model = train_mnist3.build_model(args, 784, dense=False)
+        trainer = train_mnist3.build_trainer(args, model, train_set, val_set, device,
+                                             str(tmp_path), comm=OneRankOf(rank),
+                                             replaces=str(tmp_path / 'snapshot_iter_2'))
+        snapshots.append([extension for name, extension in trainer._extensions.items()
+                          if name.startswith('_Snapshot')])
+    assert [len(found) for found in snapshots] == [1, 0]
+    writer = snapshots[0][0].extension.writer
+    for iteration in (5, 7):
+        writer('snapshot_iter_{}'.format(iteration), str(tmp_path),
+               chainer.serializers.npz.serialize(model))
+    assert sorted(os.listdir(tmp_path)) == ['snapshot_iter_2.bak', 'snapshot_iter_3x',
+                                            'snapshot_iter_7']

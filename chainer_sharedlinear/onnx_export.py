@@ -34,7 +34,7 @@ import warnings
 
 import numpy
 
-from chainer_sharedlinear.functions.fold import fold_dtype
+from chainer_sharedlinear import _dtypes
 
 _MISSING_ONNX = (
     'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
@@ -85,7 +85,7 @@ def convert_shared_linear(params) -> tp.Tuple:
     # float32, and returns x's dtype.
     dtype = numpy.promote_types(x_dtype, w_dtype)
     if n_shared > 1:
-        dtype = numpy.promote_types(dtype, fold_dtype(x_dtype))
+        dtype = numpy.promote_types(dtype, _dtypes.accumulation_dtype(x_dtype))
     gb = onnx_helper.GraphBuilder()
     cast = _caster(onnx, gb)
 

@@ -1,6 +1,6 @@
 """Functions: the family's linear functions, their nodes, and the 2016 tiled oracle."""
 
-from chainer_sharedlinear.functions.fold import fold, fold_dtype, unfold  # NOQA
+from chainer_sharedlinear.functions.fold import fold, unfold  # NOQA
 from chainer_sharedlinear.functions.hashed_linear import hashed_index, hashed_linear  # NOQA
 from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
     KroneckerLinearFunction,
@@ -24,6 +24,6 @@ __all__ = [
     'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
     'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
     'TiledLinearFunction', 'fold',
-    'fold_dtype', 'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
+    'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
     'tied_linear', 'unfold',
 ]

@@ -6,27 +6,17 @@ multiplying the sum of its blocks by ``W``; these two helpers are that sum and
 its adjoint. They take NumPy or CuPy arrays and return the same kind.
 """
 
-import numpy
 from chainer import backend
 
-
-def fold_dtype(dtype) -> numpy.dtype:
-    """The dtype :func:`fold` adds in and returns: ``dtype``, or float32 for float16.
-
-    A sum of float16 blocks overflows at 65504 (2048 blocks of 40 do), where a
-    dense layer's BLAS-backed product accumulates in float32; so the fold does too.
-
-    >>> fold_dtype(numpy.float16), fold_dtype(numpy.float64)
-    (dtype('float32'), dtype('float64'))
-    """
-    return numpy.promote_types(dtype, numpy.float32)
+from chainer_sharedlinear import _dtypes
 
 
 def fold(x, n_shared):
     """Sums the ``n_shared`` blocks of each row: ``(B, n_shared * k) -> (B, k)``.
 
-    The sum has the dtype :func:`fold_dtype` gives; with ``n_shared == 1`` the
-    input itself is returned.
+    The sum is taken and returned in the accumulation dtype (float32 for
+    float16 blocks, as everywhere in the family); with
+    ``n_shared == 1`` the input itself is returned.
 
     >>> import numpy as np
     >>> fold(np.arange(6.0).reshape(1, 6), 3)
@@ -37,10 +27,10 @@ def fold(x, n_shared):
     batch, in_size = x.shape
     xp = backend.get_array_module(x)
     blocks = x.reshape(batch, n_shared, in_size // n_shared)
-    # A product with a vector of ones adds the blocks through BLAS: 2 to 4 times
-    # faster on NumPy than blocks.sum(axis=1), which reduces over a middle axis,
-    # and for float16 input twice as fast as float16 ones (measured).
-    return xp.matmul(xp.ones(n_shared, dtype=fold_dtype(x.dtype)), blocks)
+    # A product with a vector of ones adds the blocks through BLAS, faster on
+    # NumPy than blocks.sum(axis=1), which reduces over a middle axis
+    # (docs/benchmarks.md); in float32 ones for float16 blocks, faster again.
+    return xp.matmul(xp.ones(n_shared, dtype=_dtypes.accumulation_dtype(x.dtype)), blocks)
 
 
 def unfold(g, n_shared):

@@ -22,19 +22,19 @@ import numpy
 from chainer import backend, function_node, utils
 from chainer.utils import type_check
 
+from chainer_sharedlinear import _dtypes
 from chainer_sharedlinear.functions import shapes
-from chainer_sharedlinear.functions.fold import fold_dtype
 
 
 def scatter_add(size: int, index, values, dtype):
     """``out[k] = Σ values[index == k]``: an array of ``size``, in ``dtype``.
 
-    The sums are taken in :func:`~chainer_sharedlinear.functions.fold_dtype`
+    The sums are taken in the accumulation dtype
     (float32 for float16 values) and in the order of ``values`` on NumPy.
     ``index`` and ``values`` are flat arrays of the same length.
     """
     xp = backend.get_array_module(values)
-    out = xp.zeros(size, fold_dtype(dtype))
+    out = xp.zeros(size, _dtypes.accumulation_dtype(dtype))
     values = values.astype(out.dtype, copy=False)
     if hasattr(xp.add, 'at'):  # NumPy, and CuPy from 13 (atomic adds, in no fixed order)
         xp.add.at(out, index, values)

@@ -10,7 +10,8 @@ from chainer import computational_graph, function_hooks, link_hooks, optimizer_h
 from chainer.training import extensions
 
 from chainer_sharedlinear import SharedLinear
-from chainer_sharedlinear.functions import SharedLinearFunction
+from chainer_sharedlinear.functions.shared_linear import SharedLinearFunction
+from tests.helpers import dense_oracle
 
 
 class MLP(chainer.Chain):
@@ -174,3 +175,24 @@ def test_no_backprop_mode_builds_no_graph():
     np.testing.assert_array_equal(y.array, expected)
     # No path leads back to the weight.
     assert chainer.grad([F.sum(y)], [layer.W]) == [None]
+
+
+def test_training_reduces_the_loss():
+    # A target that a shared weight can represent exactly.
+    rng = np.random.default_rng(0)
+    W_true = rng.standard_normal((4, 8)).astype(np.float32)
+    x = rng.standard_normal((256, 32)).astype(np.float32)
+    t = dense_oracle(x, W_true).astype(np.float32)
+
+    np.random.seed(0)
+    model = chainer.Sequential(SharedLinear(32, 4, n_shared=4))
+    optimizer = chainer.optimizers.Adam(alpha=0.05)
+    optimizer.setup(model)
+    losses = []
+    for _ in range(150):
+        loss = F.mean_squared_error(model(x), t)
+        model.cleargrads()
+        loss.backward()
+        optimizer.update()
+        losses.append(float(loss.array))
+    assert losses[-1] < 1e-3 * losses[0]

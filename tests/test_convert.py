@@ -1,11 +1,11 @@
+"""convert_linears, share_linears and unshare_linears: whole models, their reports, hooks."""
+
 import chainer
 import chainer.functions as F
 import chainer.links as L
 import numpy as np
 import pytest
 from chainer import link_hooks, training
-from hypothesis import given
-from hypothesis import strategies as st
 
 from chainer_sharedlinear import (
     ConversionReport,
@@ -16,19 +16,15 @@ from chainer_sharedlinear import (
     share_linears,
     unshare_linears,
 )
-from chainer_sharedlinear.functions.kronecker_linear import most_square_factors
+from tests.helpers import outputs, standard_normal, warm_up
 
-# to_linear computes a dense product of in_size terms where SharedLinear sums the
+# unshare_linears computes a dense product of in_size terms where SharedLinear sums the
 # blocks first: the same real number, rounded differently. For float32 inputs and
 # weights of order 1 and in_size <= 64, each side is within about in_size * 2**-24
 # of the exact value relative to the sum of |terms| (a few units), so 1e-5 relative
 # plus 1e-6 absolute (for outputs that cancel to near zero) is tight yet safe; a
 # wrong weight is off by order 1.
 TO_LINEAR_TOLERANCE = {'rtol': 1e-5, 'atol': 1e-6}
-
-
-def _standard_normal(shape, seed, dtype=np.float32):
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
 class MLP(chainer.Chain):
@@ -69,141 +65,6 @@ def _linears(model, kind=L.Linear):
     return {path: link for path, link in model.namedlinks() if type(link) is kind}
 
 
-# --- SharedLinear.from_linear and to_linear ---------------------------------------
-
-
-@pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize('n_shared', [1, 3, 4, 7])
-def test_from_linear_recovers_a_tiled_weight_exactly(dtype, n_shared):
-    W = _standard_normal((5, 6), 0, dtype)
-    b = _standard_normal(5, 1, dtype)
-    with chainer.using_config('dtype', dtype):
-        dense = L.Linear(6 * n_shared, 5, initialW=np.tile(W, (1, n_shared)), initial_bias=b)
-
-    shared = SharedLinear.from_linear(dense, n_shared)
-    assert (shared.in_size, shared.out_size, shared.n_shared) == (6 * n_shared, 5, n_shared)
-    assert shared.W.dtype == shared.b.dtype == dtype
-    np.testing.assert_array_equal(shared.W.array, W)
-    np.testing.assert_array_equal(shared.b.array, b)
-    assert shared.b.array is not dense.b.array
-
-
-@given(out_size=st.integers(1, 4), k=st.integers(1, 4), n_shared=st.integers(1, 5),
-       seed=st.integers(0, 2**32 - 1))
-def test_from_linear_minimises_the_frobenius_distance(out_size, k, n_shared, seed):
-    rng = np.random.default_rng(seed)
-    W_dense = rng.standard_normal((out_size, n_shared * k))
-    dense = L.Linear(n_shared * k, out_size, initialW=W_dense)
-    dense.W.array = W_dense  # float64, so the identity below holds to rounding
-
-    W = SharedLinear.from_linear(dense, n_shared).W.array
-    assert W.dtype == np.float64
-    D = rng.standard_normal(W.shape)
-
-    def distance2(W_shared):
-        return np.sum((np.tile(W_shared, (1, n_shared)) - W_dense) ** 2)
-
-    # The residual of the mean sums to zero over the blocks, so moving W by D
-    # adds exactly n_shared * |D|^2: W is the unique minimiser.
-    best = distance2(W)
-    perturbed = distance2(W + D)
-    assert perturbed > best
-    np.testing.assert_allclose(perturbed, best + n_shared * np.sum(D ** 2), rtol=1e-9)
-    np.testing.assert_allclose(
-        W, W_dense.reshape(out_size, n_shared, k).mean(axis=1), rtol=1e-12, atol=1e-15)
-
-
-def test_from_linear_without_bias_and_leaves_the_original_alone():
-    dense = L.Linear(8, 3, nobias=True)
-    before = dense.W.array.copy()
-    shared = SharedLinear.from_linear(dense, 2)
-    assert shared.b is None
-    np.testing.assert_array_equal(dense.W.array, before)
-    shared.W.array[...] = 0  # shares no memory with the dense weight
-    np.testing.assert_array_equal(dense.W.array, before)
-
-
-def test_from_linear_keeps_the_device():
-    dense = L.Linear(8, 3).to_device('@numpy')
-    shared = SharedLinear.from_linear(dense, 4)
-    assert shared.device == dense.device
-    assert isinstance(shared.W.array, np.ndarray)
-
-
-@pytest.mark.gpu
-def test_from_linear_and_to_linear_keep_the_gpu():
-    dense = L.Linear(8, 3)
-    dense.to_device('@cupy:0')
-    shared = SharedLinear.from_linear(dense, 4)
-    assert shared.device == dense.device
-    back = shared.to_linear()
-    assert back.device == dense.device
-    x = back.device.send(_standard_normal((2, 8), 0))
-    np.testing.assert_allclose(
-        chainer.backend.CpuDevice().send(back(x).array),
-        chainer.backend.CpuDevice().send(shared(x).array), **TO_LINEAR_TOLERANCE)
-
-
-def test_from_linear_refuses_a_lazy_linear():
-    with pytest.raises(ValueError, match=r'cannot convert Linear\(in_size=None, out_size=3.*'
-                                         r'not initialised yet'):
-        SharedLinear.from_linear(L.Linear(3), 2)
-
-
-def test_from_linear_after_lazy_initialisation():
-    dense = L.Linear(3)
-    dense(np.ones((1, 8), np.float32))  # Linear keeps in_size None; W tells the size
-    assert SharedLinear.from_linear(dense, 4).in_size == 8
-
-
-def test_from_linear_bad_input():
-    with pytest.raises(ValueError, match=r'in_size=10 is not divisible by n_shared=4'):
-        SharedLinear.from_linear(L.Linear(10, 3), 4)
-    with pytest.raises(ValueError, match=r'n_shared must be'):
-        SharedLinear.from_linear(L.Linear(10, 3), 0)
-    with pytest.raises(TypeError, match=r'from_linear expects a chainer.links.Linear, '
-                                        r'got SharedLinear'):
-        SharedLinear.from_linear(SharedLinear(10, 3, n_shared=2), 2)
-
-
-@pytest.mark.parametrize('dtype', [np.float16, np.float32, np.float64])
-@pytest.mark.parametrize('nobias', [False, True])
-def test_to_linear_tiles_the_weight(dtype, nobias):
-    with chainer.using_config('dtype', dtype):
-        shared = SharedLinear(12, 5, n_shared=3, nobias=nobias,
-                              initialW=_standard_normal((5, 4), 0, dtype))
-    dense = shared.to_linear()
-    assert type(dense) is L.Linear
-    assert (dense.in_size, dense.out_size) == (12, 5)
-    assert dense.W.dtype == dtype
-    np.testing.assert_array_equal(dense.W.array, np.tile(shared.W.array, (1, 3)))
-    if nobias:
-        assert dense.b is None
-    else:
-        assert dense.b.dtype == dtype
-        np.testing.assert_array_equal(dense.b.array, shared.b.array)
-        assert dense.b.array is not shared.b.array
-
-
-def test_to_linear_gives_the_same_outputs():
-    shared = SharedLinear(64, 10, n_shared=8, initial_bias=_standard_normal(10, 1))
-    x = _standard_normal((32, 64), 2)
-    np.testing.assert_allclose(shared.to_linear()(x).array, shared(x).array,
-                               **TO_LINEAR_TOLERANCE)
-    # And back: from_linear of the tiling is the original.
-    np.testing.assert_array_equal(
-        SharedLinear.from_linear(shared.to_linear(), 8).W.array, shared.W.array)
-
-
-def test_to_linear_refuses_a_lazy_layer():
-    with pytest.raises(ValueError, match=r'cannot convert SharedLinear\(in_size=None.*'
-                                         r'not initialised yet'):
-        SharedLinear(3, n_shared=2).to_linear()
-
-
-# --- share_linears and unshare_linears ---------------------------------------------
-
-
 def test_share_linears_converts_what_fits_and_reports_the_rest():
     model = MLP(n_units=(24, 16, 6), n_in=12)  # in_sizes 12, 24, 16
     before = {path: link for path, link in _linears(model).items()}
@@ -234,8 +95,8 @@ def test_share_linears_keeps_the_function_of_tiled_weights():
     model = MLP()
     for link in _linears(model).values():
         out_size, in_size = link.W.shape
-        link.W.array[...] = np.tile(_standard_normal((out_size, in_size // 4), 0), (1, 4))
-    x = _standard_normal((5, 12), 1)
+        link.W.array[...] = np.tile(standard_normal((out_size, in_size // 4), 0), (1, 4))
+    x = standard_normal((5, 12), 1)
     expected = model(x).array
     assert share_linears(model, 4).changed == ('/l1', '/l2', '/l3')
     np.testing.assert_allclose(model(x).array, expected, **TO_LINEAR_TOLERANCE)
@@ -243,7 +104,7 @@ def test_share_linears_keeps_the_function_of_tiled_weights():
 
 def test_share_linears_walks_nested_sequential_and_chainlist():
     model = Nested()
-    x = _standard_normal((3, 12), 0)
+    x = standard_normal((3, 12), 0)
     model(x)
     report = share_linears(model, 2)
     assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
@@ -265,7 +126,7 @@ def test_sequential_layers_keep_their_order_and_paths():
     model = chainer.Sequential(
         L.Linear(12, 24), F.relu, L.Linear(24, 16), F.relu, L.Linear(16, 6))
     paths = {path: link.W.shape for path, link in _linears(model).items()}
-    x = _standard_normal((2, 12), 0)
+    x = standard_normal((2, 12), 0)
     assert share_linears(model, 4).changed == ('/0', '/1', '/2')
     assert [layer.W.shape for layer in model[::2]] == [(24, 3), (16, 6), (6, 4)]
     assert {path: (link.out_size, link.in_size) for path, link in
@@ -365,6 +226,51 @@ def test_link_hooks_are_carried_over():
     assert list(model.l1.local_link_hooks) == ['SpectralNormalization']
 
 
+@pytest.mark.parametrize('n_shared', [1, 4])
+def test_spectral_normalization_state_is_carried_by_share_and_unshare(n_shared):
+    np.random.seed(0)
+    model = chainer.Sequential(L.Linear(8, 6))
+    model[0].add_hook(link_hooks.SpectralNormalization())
+    x = standard_normal((5, 8))
+    warm_up(model, x)
+    if n_shared > 1:  # make the dense weight a tiling, so the shared layer is the same one
+        W = model[0].W.array
+        W[...] = np.tile(W[:, :8 // n_shared], (1, n_shared))
+        warm_up(model, x)
+    before = outputs(model, x, train=False)
+    u = model[0].W_u.copy()
+
+    report = share_linears(model, n_shared)
+    assert report.hooks == {'/0': ('SpectralNormalization',)}
+    np.testing.assert_array_equal(model[0].W_u, u)
+    np.testing.assert_allclose(outputs(model, x, train=False), before, rtol=1e-5, atol=1e-6)
+
+    back = unshare_linears(model)
+    assert back.hooks == {'/0': ('SpectralNormalization',)}
+    assert type(model[0]) is L.Linear
+    np.testing.assert_array_equal(model[0].W_u, u)
+    np.testing.assert_allclose(outputs(model, x, train=False), before, rtol=1e-5, atol=1e-6)
+
+
+def test_a_hook_whose_state_cannot_be_carried_is_dropped_with_the_reason():
+    class ShapedState(chainer.LinkHook):
+        """Keeps a persistent array of the weight's own shape on the link."""
+        name = 'ShapedState'
+
+        def added(self, link):
+            link.state = link.xp.ones(link.W.shape, link.W.dtype)
+            link.register_persistent('state')
+
+    model = chainer.Sequential(L.Linear(8, 6))
+    model[0].add_hook(ShapedState())
+    report = share_linears(model, 2)
+    reason = report.dropped_hooks['/0']['ShapedState']
+    assert reason == ('ValueError: the state state of ShapedState has shape (6, 8) on the old '
+                      'link and (6, 4) on the new one, so it cannot be carried over')
+    assert not model[0].local_link_hooks
+    assert not hasattr(model[0], 'state')
+
+
 @pytest.mark.parametrize('include', [['/l1', 'l3'], ('l1', 'l3'), {'/l1', '/l3'},
                                      lambda path, link: path != '/l2'])
 def test_include_selects_by_path_or_predicate(include):
@@ -378,6 +284,20 @@ def test_include_selects_by_path_or_predicate(include):
 def test_include_a_single_path():
     model = MLP()
     assert share_linears(model, 2, include='l2').changed == ('/l2',)
+
+
+@pytest.mark.parametrize('include', [5, True, 1.5])
+@pytest.mark.parametrize('convert', ['share', 'convert', 'unshare'])
+def test_include_of_the_wrong_type_is_a_clear_error(include, convert):
+    model = chainer.Sequential(L.Linear(4, 2))
+    calls = {'share': lambda: share_linears(model, 2, include=include),
+             'convert': lambda: convert_linears(
+                 model, lambda link: SharedLinear.from_linear(link, 2), include=include),
+             'unshare': lambda: unshare_linears(model, include=include)}
+    with pytest.raises(TypeError, match=r'^include must be None, a path, a collection of '
+                       r'paths or a callable, got {!r}$'.format(include)):
+        calls[convert]()
+    assert type(model[0]) is L.Linear
 
 
 def test_a_predicate_does_not_force_layers_that_do_not_fit():
@@ -459,7 +379,7 @@ def test_the_old_optimizer_leaves_new_parameters_alone_until_set_up_again():
     optimizer = chainer.optimizers.SGD(lr=0.1)
     optimizer.setup(model)
     share_linears(model, 2)
-    x = _standard_normal((4, 12), 0)
+    x = standard_normal((4, 12), 0)
 
     def step():
         model.cleargrads()
@@ -478,7 +398,7 @@ def test_the_old_optimizer_leaves_new_parameters_alone_until_set_up_again():
 
 def test_unshare_linears_turns_every_shared_link_back():
     model = Nested()
-    x = _standard_normal((3, 12), 0)
+    x = standard_normal((3, 12), 0)
     model(x)
     share_linears(model, 2)
     model.heads.append(SharedLinear(4, n_shared=2))  # lazy: skipped
@@ -494,9 +414,6 @@ def test_unshare_linears_turns_every_shared_link_back():
         np.testing.assert_array_equal(dense.W.array, np.tile(shared[path].W.array, (1, 2)))
     with pytest.raises(ValueError, match=r'use SharedLinear.to_linear on it instead'):
         unshare_linears(SharedLinear(4, 2, n_shared=2))
-
-
-# --- The whole story: convert, train, save, load, serve with plain Chainer -----------
 
 
 def _classification_data(n_in, n_out, size=96, seed=0):
@@ -575,9 +492,6 @@ def test_loading_a_shared_file_into_an_unconverted_model_fails_clearly(tmp_path)
         chainer.serializers.load_npz(path, MLP())
 
 
-# --- The family: one entry point for every pattern (issue 9) ------------------------------
-
-
 def _n_weights_quarter(linear):
     return HashedLinear.from_linear(linear, n_weights=linear.W.size // 4, seed=1)
 
@@ -585,7 +499,7 @@ def _n_weights_quarter(linear):
 def test_convert_linears_to_hashed_layers_in_a_nested_model():
     np.random.seed(0)
     model = Nested()
-    x = _standard_normal((3, 12), 0)
+    x = standard_normal((3, 12), 0)
     model(x)
     before = _linears(model)
     report = convert_linears(model, _n_weights_quarter)
@@ -637,15 +551,15 @@ def test_convert_linears_to_kronecker_layers_with_factors_that_fit_some():
 
 def _exact_kronecker(linear):
     # As many terms as the rearranged weight has rank: the sum is the dense weight.
-    out_size, in_size = linear.W.shape
-    (n1, n2), (m1, m2) = most_square_factors(in_size), most_square_factors(out_size)
+    default = KroneckerLinear.from_linear(linear)  # the most square factors
+    (n1, n2), (m1, m2) = default.in_factors, default.out_factors
     return KroneckerLinear.from_linear(linear, n_terms=min(m1 * n1, m2 * n2))
 
 
 def test_convert_linears_to_full_rank_kronecker_layers_keeps_the_function():
     np.random.seed(0)
     model = Nested()
-    x = _standard_normal((5, 12), 0)
+    x = standard_normal((5, 12), 0)
     expected = model(x).array
     report = convert_linears(model, _exact_kronecker)
     assert report.changed == ('/encoder/0', '/encoder/1', '/heads/0', '/heads/1', '/out')
@@ -658,7 +572,7 @@ def test_convert_linears_to_full_rank_kronecker_layers_keeps_the_function():
 def _mixed_family_model():
     np.random.seed(0)
     model = Nested()
-    model(_standard_normal((1, 12), 0))
+    model(standard_normal((1, 12), 0))
     convert_linears(model, lambda linear: SharedLinear.from_linear(linear, 2),
                     include=['/encoder/0', '/out'])
     convert_linears(model, _n_weights_quarter, include='/encoder/1')
@@ -666,7 +580,7 @@ def _mixed_family_model():
                     include=['/heads/0', '/heads/1'])
     for link in model.links(skipself=True):  # trained weights, not the conversions' means
         for param in link.params(include_uninit=False):
-            param.array[...] = _standard_normal(param.shape, len(param.name)) / 3
+            param.array[...] = standard_normal(param.shape, len(param.name)) / 3
     return model
 
 
@@ -676,7 +590,7 @@ def test_unshare_linears_turns_every_family_link_back():
             type(model.heads[1]), type(model.out)] == [
         SharedLinear, HashedLinear, KroneckerLinear, KroneckerLinear, SharedLinear]
     family = dict(model.namedlinks())
-    x = _standard_normal((4, 12), 1)
+    x = standard_normal((4, 12), 1)
     expected = model(x).array
 
     report = unshare_linears(model)
@@ -708,7 +622,7 @@ def test_unshare_linears_skips_lazy_family_links_and_their_subclasses():
 @pytest.mark.parametrize('include', ['/q', ['p'], lambda path, link: path == '/q'])
 def test_a_tied_link_becomes_one_hashed_link_at_both_paths(include):
     model = Tied()
-    x = _standard_normal((2, 4), 0)
+    x = standard_normal((2, 4), 0)
     report = convert_linears(
         model, lambda linear: HashedLinear.from_linear(linear, n_weights=6), include=include)
     assert model.p is model.q

@@ -1,3 +1,5 @@
+"""register(): the family's names in chainer.links and chainer.functions, on request only."""
+
 import subprocess
 import sys
 import textwrap
@@ -9,29 +11,19 @@ import numpy as np
 import pytest
 
 import chainer_sharedlinear
-from chainer_sharedlinear import SharedLinear, register, registration, shared_linear
+from chainer_sharedlinear import SharedLinear, register, shared_linear
+from tests.helpers import REGISTERED_FUNCTIONS, REGISTERED_LINKS, chainer_namespaces_as_they_were
 
-_NAMES = tuple((module, name) for module, name, _ in registration._REGISTRY)
-_MISSING = object()
+_NAMES = tuple((module, name) for module, names in [
+    (chainer.links, REGISTERED_LINKS), (chainer.functions, REGISTERED_FUNCTIONS)]
+    for name in names)
 
 
 @pytest.fixture
 def unregistered():
-    """Chainer's namespaces without the two names, and as they were afterwards.
-
-    A doctest or another test may have called register() already in this process.
-    """
-    saved = [(module, name, getattr(module, name, _MISSING)) for module, name in _NAMES]
-    for module, name, _ in saved:
-        if hasattr(module, name):
-            delattr(module, name)
-    yield
-    for module, name, value in saved:
-        if value is _MISSING:
-            if hasattr(module, name):
-                delattr(module, name)
-        else:
-            setattr(module, name, value)
+    """Chainer's namespaces without the names register() adds, and as they were afterwards."""
+    with chainer_namespaces_as_they_were():
+        yield
 
 
 def test_importing_the_package_changes_nothing_in_chainer():
@@ -58,12 +50,14 @@ def test_importing_the_package_changes_nothing_in_chainer():
 
 def test_register_adds_the_links_and_the_functions(unregistered):
     assert not any(hasattr(module, name) for module, name in _NAMES)
+    before = {module: set(vars(module)) for module in (chainer.links, chainer.functions)}
     assert register() is None
+    added = {name for module, names in before.items() for name in set(vars(module)) - names}
     assert L.SharedLinear is SharedLinear
     assert F.shared_linear is shared_linear
     for module, name in _NAMES:
         assert getattr(module, name) is getattr(chainer_sharedlinear, name)
-    assert {name for _, name in _NAMES} == {
+    assert added == {
         'SharedLinear', 'HashedLinear', 'KroneckerLinear', 'shared_linear', 'hashed_linear',
         'kronecker_linear', 'tied_linear'}
     assert chainer_sharedlinear.register is register

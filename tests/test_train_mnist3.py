@@ -267,7 +267,6 @@ def test_offline_without_cache_is_a_clear_error(tmp_path, dataset_root):
                 'train-images-idx3-ubyte.gz').exists()
 
 
-@pytest.mark.slow
 def test_20_epochs_of_mnist_5k_reach_093(tmp_path, capsys):
     status, stdout, err = main(capsys, '--dataset', 'mnist-5k', '--epoch', '20',
                                '--shared', '10', '--out', tmp_path)

@@ -10,38 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import shared_linear, tied_linear
-from chainer_sharedlinear.functions import TiedWeight
-from tests.helpers import BACKENDS, first_and_second_order_grads, function_tolerances
-
-FLOATS = [np.float16, np.float32, np.float64]
-
-
-def virtual_weight(W, index, sign=None):
-    """The dense ``V`` that ``(W, index, sign)`` stand for, in float64, by a loop."""
-    flat = np.asarray(W, np.float64).ravel()
-    V = np.empty(index.shape)
-    for i in range(index.shape[0]):
-        for j in range(index.shape[1]):
-            V[i, j] = flat[index[i, j]] * (1 if sign is None else sign[i, j])
-    return V
-
-
-def tied_oracle(x, W, index, sign=None, b=None, n_batch_axes=1):
-    """``x · Vᵀ + b`` in float64, with the batch axes of ``x`` kept."""
-    batch_shape = x.shape[:n_batch_axes]
-    x2 = x.reshape(int(np.prod(batch_shape)), index.shape[1]).astype(np.float64)
-    y = x2 @ virtual_weight(W, index, sign).T
-    if b is not None:
-        y += b.astype(np.float64)
-    return y.reshape(batch_shape + (index.shape[0],))
-
-
-def bucket_sums(gV, index, sign, size):
-    """``gW[k] = Σ_{index[i, j] = k} sign[i, j] · gV[i, j]`` in float64, by a loop."""
-    gW = np.zeros(size)
-    for (i, j), k in np.ndenumerate(index):
-        gW[k] += float(gV[i, j]) * (1 if sign is None else int(sign[i, j]))
-    return gW
+from chainer_sharedlinear.functions.tied_linear import TiedWeight
+from tests.helpers import (
+    BACKENDS,
+    FLOATS,
+    assert_refused,
+    bucket_sums,
+    first_and_second_order_grads,
+    function_tolerances,
+    tied_oracle,
+    virtual_weight,
+)
 
 
 @st.composite
@@ -80,9 +59,6 @@ def test_forward_matches_dense_oracle(problem):
                             None if b is None else np.abs(b), n_batch_axes)
     bound = (in_size + 3) * eps * magnitude
     assert np.all(np.abs(y.astype(np.float64) - expected) <= bound)
-
-
-# --- FunctionTestCase: forward, backward, double backward ----------------------------------
 
 
 def _problem(x_dtype, W_dtype, with_sign, nobias, batch_shape=(4,), out_size=3, in_size=4,
@@ -128,9 +104,6 @@ class TestTiedLinearFunction(testing.FunctionTestCase):
         _, _, index, sign, _ = self.problem
         y = tied_oracle(x, W, index, sign, b, self.n_batch_axes)
         return y.astype(x.dtype),
-
-
-# --- The weight gradient: bucket sums, in a fixed order -----------------------------------
 
 
 @pytest.mark.parametrize('with_sign', [False, True])
@@ -204,9 +177,6 @@ def test_float16_gW_is_summed_in_float32():
     np.testing.assert_array_equal(gW, np.array([4096, 0, 0], np.float16))
 
 
-# --- Other patterns as tied_linear -------------------------------------------------------
-
-
 def test_shared_linear_is_tied_linear_with_the_tiling_index():
     rng = np.random.default_rng(0)
     out_size, k, n_shared = 5, 3, 4
@@ -265,11 +235,15 @@ def test_the_index_is_not_changed():
     np.testing.assert_array_equal(sign, before[1])
 
 
-# --- Bad input gets a clear error (issue 9, section 5) -----------------------------------
+# --- Bad input gets a clear error -------------------------------------------------------
 
 
 _X = np.ones((2, 4), np.float32)
+
+
 _W = np.ones(6, np.float32)
+
+
 _INDEX = np.arange(12).reshape(3, 4) % 6
 
 
@@ -296,6 +270,15 @@ def test_an_index_of_another_width_than_x_is_an_error(type_check):
     with chainer.using_config('type_check', type_check):
         with pytest.raises(InvalidType, match=r'x.shape\[1\] == index.shape\[1\]'):
             tied_linear(_X, _W, index)
+
+
+@pytest.mark.parametrize('type_check, pattern', [
+    (True, r'b.shape\[0\] == index.shape\[0\]'),
+    (False, r'b has shape \(1,\), but the layer has out_size=3 outputs')])
+def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check, pattern):
+    # A bias of one element would broadcast to every output.
+    assert_refused(lambda: tied_linear(_X, _W, _INDEX, b=np.ones(1, np.float32)), type_check,
+                   pattern)
 
 
 @pytest.mark.parametrize('sign, message', [

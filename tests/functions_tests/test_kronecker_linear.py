@@ -229,14 +229,12 @@ def test_factors_with_other_numbers_of_terms_are_refused(type_check):
                              np.ones((1, 3, 3), np.float32))
 
 
-@pytest.mark.parametrize('type_check, pattern', [
-    (True, r'b.shape\[0\] == A.shape\[1\] \* B.shape\[1\]'),
-    (False, r'b has shape \(1,\), but the layer has out_size=3 outputs')])
-def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check, pattern):
+@pytest.mark.parametrize('type_check', [True, False])
+def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check):
     # A bias of one element would broadcast to every output.
     x, A, B = np.ones((2, 6), np.float32), np.ones((1, 1, 2), np.float32), np.ones((1, 3, 3))
     assert_refused(lambda: kronecker_linear(x, A, B.astype(np.float32), np.ones(1, np.float32)),
-                   type_check, pattern)
+                   type_check, r'Expect: b.shape\[0\] == A.shape\[1\] \* B.shape\[1\]')
 
 
 def test_type_errors_name_what_was_wrong():

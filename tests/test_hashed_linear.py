@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import HashedLinear, hashed_linear
-from chainer_sharedlinear.functions import hashed_index
+from chainer_sharedlinear.functions import hashed_index, signed_hashed_index
 from chainer_sharedlinear.functions.hashed_linear import mix32
 from tests.helpers import (
     BACKENDS,
@@ -455,16 +455,45 @@ def test_parameter_dtype_follows_config_like_linear(config_dtype, param_dtype):
     assert sign.dtype == param_dtype
 
 
-def test_the_index_map_is_kept_and_follows_the_dtype_of_W():
+def test_the_index_map_is_kept_in_4_bytes_and_follows_the_dtype_of_W():
     layer = HashedLinear(6, 4, n_weights=5, seed=1)
+    index = layer.signed_index()
+    assert layer.signed_index() is index  # kept, not made again
+    assert index.dtype == np.int32 and index.shape == (4, 6)
     bucket, sign = layer.index_map()
-    assert layer.index_map()[0] is bucket  # kept, not made again
+    np.testing.assert_array_equal(index, bucket + 5 * (sign < 0))
     assert sign.dtype == np.float32
     layer.W.array = layer.W.array.astype(np.float64)
     bucket64, sign64 = layer.index_map()
+    assert layer.signed_index() is index  # the map does not depend on the dtype
     assert sign64.dtype == np.float64
     np.testing.assert_array_equal(bucket64, bucket)
     np.testing.assert_array_equal(sign64, sign)
+
+
+def test_without_keeping_the_index_map_the_layer_computes_the_same():
+    kept = _trained_like(HashedLinear(30, 20, n_weights=50, seed=4))
+    recomputed = HashedLinear(30, 20, n_weights=50, seed=4, keep_index_map=False)
+    recomputed.copyparams(kept)
+    x = np.random.default_rng(0).standard_normal((3, 30)).astype(np.float32)
+    y_kept, y_recomputed = kept(x), recomputed(x)
+    y_kept.grad = y_recomputed.grad = np.ones((3, 20), np.float32)
+    y_kept.backward()
+    y_recomputed.backward()
+    np.testing.assert_array_equal(y_recomputed.array, y_kept.array)
+    np.testing.assert_array_equal(recomputed.W.grad, kept.W.grad)
+    assert kept._index_map is not None and recomputed._index_map is None
+    assert recomputed.signed_index() is not recomputed.signed_index()
+
+
+def test_the_signed_index_is_the_bucket_and_the_sign_in_one_array():
+    # 70000 columns: more than one block of rows, and columns past 16 bits.
+    for out_size, in_size, n_weights, seed in [(3, 70000, 1000, 5), (40, 900, 777, 2 ** 32 - 1),
+                                               (1, 1, 1, 0)]:
+        bucket, sign = hashed_index(out_size, in_size, n_weights, seed)
+        index = signed_hashed_index(out_size, in_size, n_weights, seed)
+        assert index.dtype == np.int32
+        np.testing.assert_array_equal(index, bucket + n_weights * (sign < 0))
 
 
 def test_initializers():

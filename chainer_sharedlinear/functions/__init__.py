@@ -1,7 +1,12 @@
 """Functions: the family's linear functions, their nodes, and the 2016 tiled oracle."""
 
 from chainer_sharedlinear.functions.fold import fold, fold_dtype, unfold  # NOQA
-from chainer_sharedlinear.functions.hashed_linear import hashed_index, hashed_linear  # NOQA
+from chainer_sharedlinear.functions.hashed_linear import (  # NOQA
+    HashedLinearFunction,
+    hashed_index,
+    hashed_linear,
+    signed_hashed_index,
+)
 from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
     KroneckerLinearFunction,
     kronecker_linear,
@@ -21,9 +26,9 @@ from chainer_sharedlinear.functions.tied_linear import (  # NOQA
 from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction  # NOQA
 
 __all__ = [
-    'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
-    'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
-    'TiledLinearFunction', 'fold',
+    'HashedLinearFunction', 'KroneckerLinearFunction', 'SharedLinearFunction',
+    'SharedLinearGradData', 'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight',
+    'TiedWeightGrad', 'TiledLinearFunction', 'fold',
     'fold_dtype', 'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
-    'tied_linear', 'unfold',
+    'signed_hashed_index', 'tied_linear', 'unfold',
 ]

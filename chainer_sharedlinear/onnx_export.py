@@ -17,18 +17,19 @@ What the file holds, layer by layer:
 - ``KroneckerLinear``: ``A`` and ``B`` as they are, and two ``MatMul`` on the
   input reshaped to ``(batch·n1, n2)`` and ``(batch, n_terms·n1, m2)``; no
   ``(out_size, in_size)`` weight either.
-- ``HashedLinear`` and ``tied_linear``: ONNX has no hash, so the file holds
-  ``W`` and the index map, an ``(out_size, in_size)`` array of 32-bit
-  integers (64-bit past 2**31 stored weights) with the signs folded in: the
-  virtual weight is a ``Gather`` from ``[W, -W]``, then ``Gemm``. The file is
-  as large as a dense float32 layer's: to keep the small one, ship the
-  Chainer ``.npz``.
+- ``HashedLinear``: ``W``, and the nodes that compute each virtual weight's
+  place in ``[W, -W]`` from the sizes and the seed (opset 11; see
+  :func:`convert_hashed_linear`), then a ``Gather`` from ``[W, -W]`` and
+  ``Gemm``: the file is about the size of ``W``.
+- ``tied_linear``: ``W`` and the user's index, a constant of its smallest
+  integer type with the signs folded in, the same ``Gather``, then ``Gemm``.
 
 This module imports ``onnx`` and ``onnx_chainer`` only when a model is
 exported: they come with the ``onnx`` extra (``onnx==1.14.1``; later
 releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
 """
 
+import functools
 import typing as tp
 import warnings
 
@@ -165,21 +166,25 @@ def convert_tied_linear(params) -> tp.Tuple:
     return _gather_gemm(onnx, gb, params, table, _index_constant(onnx, gb, index))
 
 
-def convert_hashed_linear(params) -> tp.Tuple:
+def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
     """The ``onnx_chainer`` converter of ``HashedLinearFunction``, the node of the hashed layers.
 
     The graph computes each virtual weight's place in the table ``[W, -W]``
     (its second input) from the sizes and the seed, exactly as
     :func:`~chainer_sharedlinear.functions.signed_hashed_index` does, with
-    operators of opset 11 on 64-bit integers (see :class:`_HashNodes`); then
-    ``Gather`` and ``Gemm``. Below opset 11 the map is stored as a constant,
-    with a warning.
+    operators of opset 11 on 64-bit unsigned integers (``_HashNodes`` says how);
+    then ``Gather`` and ``Gemm``. With ``hash_in_graph=False``, or below
+    opset 11 (with a warning), the map is stored as a constant of the
+    smallest integer type that holds it.
     """
     onnx, onnx_helper = _import_onnx()
     func = params.func
     _check_opset('HashedLinearFunction', params.opset_version)
     out_size, in_size = func.index.shape
     gb = onnx_helper.GraphBuilder()
+    if not hash_in_graph:
+        return _gather_gemm(onnx, gb, params, params.input_names[1],
+                            _index_constant(onnx, gb, _to_numpy(func.index)))
     if params.opset_version < _RANGE_OPSET:
         index = _to_numpy(func.index)
         warnings.warn(
@@ -251,20 +256,19 @@ def _index_constant(onnx, gb, index) -> str:
 class _HashNodes:
     """The nodes that compute :func:`~chainer_sharedlinear.functions.signed_hashed_index`.
 
-    ONNX has unsigned 32-bit arithmetic, but no bitwise xor before opset 18,
-    later than ``onnx_chainer`` goes. So every value is an int64 in
-    ``[0, 2**32)`` and every step is exact in int64:
+    ONNX has no bitwise xor before opset 18, later than ``onnx_chainer`` goes,
+    so the hash is computed in uint64 with operators of opset 11, every step
+    exact, none relying on a product that wraps:
 
-    - a shift right by ``s`` is ``Div`` by ``2**s``, exact on values at least 0;
-    - ``z · m mod 2**32`` is ``z · m_low + (z · m_high mod 2**16) · 2**16``,
-      then ``Mod 2**32``: no product reaches ``2**49``;
+    - a value in ``[0, 2**32)`` times a 32-bit multiplier is below ``2**64``;
+      its low 32 bits are kept by a ``BitShift`` left by 32, then right by 32;
     - ``a ^ b`` is computed byte by byte: the four bytes of each, taken along
       a last axis of size 4, index a table of the 65536 xors of two bytes,
       which the graph builds from their bits, and the four results are put
       back together by a ``MatMul`` with ``[1, 2**8, 2**16, 2**24]``.
 
     Values keep a last axis of size 1 for that, until the end. The names of
-    the values are short (``prefix`` and a number): there are some 150 of them
+    the values are short (``prefix`` and a number): there are some 180 of them
     per layer, and the file should be about the size of ``W``.
     """
 
@@ -281,48 +285,49 @@ class _HashNodes:
                                                       **attributes))
         return name
 
-    def const(self, value) -> str:
-        """An int64 constant, one node per value."""
+    def const(self, value, dtype=numpy.uint64) -> str:
+        """A constant, one node per value."""
         from onnx import numpy_helper
-        value = numpy.asarray(value, numpy.int64)
-        key = (value.shape, value.tobytes())
+        value = numpy.asarray(value, dtype)
+        key = (value.dtype, value.shape, value.tobytes())
         if key not in self._constants:
             self._constants[key] = self.op('Constant', value=numpy_helper.from_array(value))
         return self._constants[key]
 
     def arange(self, size: int, shape) -> str:
-        values = self.op('Range', self.const(0), self.const(size), self.const(1))
-        return self.op('Reshape', values, self.const(shape))
+        int64 = functools.partial(self.const, dtype=numpy.int64)
+        values = self.op('Range', int64(0), int64(size), int64(1))  # Range has no uint64
+        return self.op('Reshape', self._cast(values, numpy.uint64), int64(shape))
 
-    def shift(self, z: str, bits: int) -> str:
-        return self.op('Div', z, self.const(2 ** bits))
+    def _cast(self, z: str, dtype) -> str:
+        return self.op('Cast', z, to=self._onnx.helper.np_dtype_to_tensor_dtype(
+            numpy.dtype(dtype)))
 
-    def mod(self, z: str, modulus: int) -> str:
-        return self.op('Mod', z, self.const(modulus))
+    def shift(self, z: str, bits, direction: str = 'RIGHT') -> str:
+        return self.op('BitShift', z, self.const(bits), direction=direction)
+
+    def low_bits(self, z: str, bits: int, of=None) -> str:
+        """The low ``bits`` bits of ``z``, or of ``z >> of`` (``of`` a shift or a list of them)."""
+        to_top = 64 - bits if of is None else [64 - bits - k for k in of]
+        return self.shift(self.shift(z, to_top, 'LEFT'), 64 - bits)
 
     def mul32(self, z: str, multiplier: int) -> str:
-        low = self.op('Mul', z, self.const(multiplier % 2 ** 16))
-        high = self.op('Mul', self.mod(self.op('Mul', z, self.const(multiplier >> 16)), 2 ** 16),
-                       self.const(2 ** 16))
-        return self.mod(self.op('Add', low, high), 2 ** 32)
+        return self.low_bits(self.op('Mul', z, self.const(multiplier)), 32)
 
     def xor(self, a: str, b: str) -> str:
         if self._xor_table is None:
-            # codes = 256·a + b for every pair of bytes; bit k of a ^ b is
-            # (bit k of a + bit k of b) mod 2.
+            # codes = 256·a + b for every pair of bytes; bit k of a ^ b is the low bit
+            # of (bit k of a + bit k of b).
             codes = self.arange(2 ** 16, [-1, 1])
-            bits = self.const([2 ** k for k in range(8)])
-            high_bits = self.const([2 ** (k + 8) for k in range(8)])
-            sums = self.op('Add', self.op('Div', codes, high_bits), self.op('Div', codes, bits))
-            self._xor_table = self.op('MatMul', self.mod(sums, 2), bits)
-        byte_places = self.const([2 ** (8 * k) for k in range(4)])
-
-        def bytes_of(z):
-            return self.mod(self.op('Div', z, byte_places), 2 ** 8)
-
-        codes = self.op('Add', self.op('Mul', bytes_of(a), self.const(2 ** 8)), bytes_of(b))
-        xors = self.op('Gather', self._xor_table, codes, axis=0)
-        return self.op('MatMul', xors, self.const([[2 ** (8 * k)] for k in range(4)]))
+            sums = self.op('Add', self.shift(codes, [k + 8 for k in range(8)]),
+                           self.shift(codes, list(range(8))))
+            self._xor_table = self.op('MatMul', self.low_bits(sums, 1),
+                                      self.const([2 ** k for k in range(8)]))
+        byte_shifts = [8 * k for k in range(4)]
+        codes = self.op('Add', self.shift(self.low_bits(a, 8, of=byte_shifts), 8, 'LEFT'),
+                        self.low_bits(b, 8, of=byte_shifts))
+        xors = self.op('Gather', self._xor_table, self._cast(codes, numpy.int64), axis=0)
+        return self.op('MatMul', xors, self.const([[2 ** k] for k in byte_shifts]))
 
     def mix(self, z: str, last_shift: bool = True) -> str:
         """``lowbias32``; without its last xorshift, which leaves the top 16 bits as they are."""
@@ -339,9 +344,10 @@ class _HashNodes:
         # The sign is the top bit of mix(hash ^ key), which its last xorshift keeps.
         negative = self.shift(self.mix(self.xor(hashes, self.const(_SIGN_KEY)), last_shift=False),
                               31)
-        index = self.op('Add', self.mod(hashes, n_weights),
+        index = self.op('Add', self.op('Mod', hashes, self.const(n_weights)),
                         self.op('Mul', negative, self.const(n_weights)))
-        return self.op('Reshape', index, self.const([out_size, in_size]))
+        return self.op('Reshape', self._cast(index, numpy.int64),
+                       self.const([out_size, in_size], numpy.int64))
 
 
 def convert_kronecker_linear(params) -> tp.Tuple:
@@ -422,7 +428,7 @@ converters = {
 }
 
 
-def export(model, args, filename=None, **kwargs):
+def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
     """:func:`onnx_chainer.export` for models that contain the family's layers.
 
     The same arguments and result as ``onnx_chainer.export``, with these
@@ -436,13 +442,19 @@ def export(model, args, filename=None, **kwargs):
       ``input_shapes=[(8, 784)]``;
     - the parameters are initializers only, not also inputs of the graph, so
       onnxruntime treats them as constants (and warns about none of them);
-      the file holds no shapes of intermediate values.
+      the file holds no shapes of intermediate values;
+    - ``hash_in_graph`` chooses how a hashed layer's map is shipped: computed
+      by the graph (the default: the file is the size of ``W``), or stored,
+      which makes a larger file that loads faster (see
+      :doc:`/existing-models`).
 
     Args:
         model (~chainer.Chain): The model, called as ``model(*args)``.
         args: Its inputs: an array, a :class:`~chainer.Variable`, or a list,
             tuple or dict of them.
         filename (str or file-like): Where to write the ONNX model, if anywhere.
+        hash_in_graph (bool): Whether the graph computes the map of each
+            hashed layer (opset 11 or later) rather than store it (keyword only).
         **kwargs: The other arguments of ``onnx_chainer.export``, by keyword.
 
     Returns:
@@ -451,6 +463,9 @@ def export(model, args, filename=None, **kwargs):
     _import_onnx()
     import onnx_chainer
     external = dict(converters)
+    if not hash_in_graph:
+        external['HashedLinearFunction'] = functools.partial(convert_hashed_linear,
+                                                             hash_in_graph=False)
     external.update(kwargs.pop('external_converters', None) or {})
     if kwargs.get('input_shapes') is None:
         kwargs['input_shapes'] = _batch_shapes(args)

@@ -295,38 +295,56 @@ def test_export_of_hashed_layers_below_opset_11_stores_the_map_and_says_so(ort, 
                                       layer.signed_index())
 
 
-def _hash_session(ort, build):
-    """onnxruntime's session of the graph that ``build(nodes)`` makes of ``_HashNodes``."""
+def test_a_hashed_layer_can_ship_its_map_instead(ort):
+    model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3), 0),
+                 _trained(HashedLinear(12, 20, n_weights=200, seed=4), 1))
+    x = _standard_normal((4, 24), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        onnx_model = export(model, x, hash_in_graph=False)
+    y, = _run(ort, onnx_model, x)
+    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    maps = {a.shape: a for a in _tensors(onnx_model).values() if a.ndim == 2}
+    assert maps[(12, 24)].dtype == np.uint8 and maps[(20, 12)].dtype == np.uint16
+    assert 'Range' not in {node.op_type for node in onnx_model.graph.node}
+
+
+def _hash_session(ort, build, out_type):
+    """onnxruntime's session of the graph that ``build(nodes, 'z')`` makes of ``_HashNodes``."""
     import onnx
 
     from chainer_sharedlinear.onnx_export import _HashNodes
     nodes = _HashNodes(onnx, 'h_')
-    z = onnx.helper.make_tensor_value_info('z', onnx.TensorProto.INT64, ['n', 1])
+    z = onnx.helper.make_tensor_value_info('z', onnx.TensorProto.UINT64, ['n', 1])
     out = build(nodes, 'z')
     graph = onnx.helper.make_graph(
-        nodes.nodes, 'hash', [z],
-        [onnx.helper.make_tensor_value_info(out, onnx.TensorProto.INT64, ['rows', 'columns'])])
+        nodes.nodes, 'hash', [z] if 'z' in {i for n in nodes.nodes for i in n.input} else [],
+        [onnx.helper.make_tensor_value_info(out, out_type, ['rows', 'columns'])])
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 11)])
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
 
 
 def test_the_in_graph_mixer_is_lowbias32_on_every_uint32(ort):
+    import onnx
+
     from chainer_sharedlinear.functions.hashed_linear import mix32
-    session = _hash_session(ort, lambda nodes, z: nodes.mix(z))
+    session = _hash_session(ort, lambda nodes, z: nodes.mix(z), onnx.TensorProto.UINT64)
     rng = np.random.default_rng(0)
     # Every product of the mixer passes 2**32 for these; the extremes too.
     z = np.concatenate([[0, 1, 2 ** 16 - 1, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1],
                         rng.integers(0, 2 ** 32, 100000)]).astype(np.uint32)
-    got, = session.run(None, {'z': z.astype(np.int64)[:, None]})
-    np.testing.assert_array_equal(got[:, 0], mix32(z).astype(np.int64))
+    got, = session.run(None, {'z': z.astype(np.uint64)[:, None]})
+    np.testing.assert_array_equal(got[:, 0], mix32(z))
 
 
 def test_the_in_graph_xor_is_exact_on_every_pair_of_bytes_and_past_31_bits(ort):
+    import onnx
     key = 0xdeadbeef
-    session = _hash_session(ort, lambda nodes, z: nodes.xor(z, nodes.const(key)))
+    session = _hash_session(ort, lambda nodes, z: nodes.xor(z, nodes.const(key)),
+                            onnx.TensorProto.UINT64)
     z = np.concatenate([np.arange(2 ** 16), np.arange(2 ** 32 - 2 ** 16, 2 ** 32)])
-    got, = session.run(None, {'z': z.astype(np.int64)[:, None]})
+    got, = session.run(None, {'z': z.astype(np.uint64)[:, None]})
     np.testing.assert_array_equal(got[:, 0], z ^ key)
 
 
@@ -336,18 +354,17 @@ def test_the_in_graph_xor_is_exact_on_every_pair_of_bytes_and_past_31_bits(ort):
     (1, 1, 1, 0),
 ])
 def test_the_in_graph_hash_is_signed_hashed_index(ort, out_size, in_size, n_weights, seed):
+    import onnx
+
     from chainer_sharedlinear.functions import hashed_index, signed_hashed_index
-
-    def build(nodes, z):
-        # z is unused: the map depends on the sizes and the seed alone.
-        return nodes.op('Add', nodes.signed_index(out_size, in_size, n_weights, seed),
-                        nodes.op('Mul', z, nodes.const(0)))
-
-    got, = _hash_session(ort, build).run(None, {'z': np.zeros((1, 1), np.int64)})
+    session = _hash_session(
+        ort, lambda nodes, z: nodes.signed_index(out_size, in_size, n_weights, seed),
+        onnx.TensorProto.INT64)
+    got, = session.run(None, {})
     expected = signed_hashed_index(out_size, in_size, n_weights, seed)
-    np.testing.assert_array_equal(got.reshape(expected.shape), expected)
+    np.testing.assert_array_equal(got, expected)
     bucket, sign = hashed_index(out_size, in_size, n_weights, seed)
-    np.testing.assert_array_equal(got.reshape(expected.shape), bucket + n_weights * (sign < 0))
+    np.testing.assert_array_equal(got, bucket + n_weights * (sign < 0))
 
 
 def _npz_bytes(model):

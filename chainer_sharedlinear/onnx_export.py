@@ -17,24 +17,27 @@ What the file holds, layer by layer:
 - ``KroneckerLinear``: ``A`` and ``B`` as they are, and two ``MatMul`` on the
   input reshaped to ``(batch·n1, n2)`` and ``(batch, n_terms·n1, m2)``; no
   ``(out_size, in_size)`` weight either.
-- ``HashedLinear`` and ``tied_linear``: ONNX has no hash, so the file holds
-  ``W`` and the index map, an ``(out_size, in_size)`` array of 32-bit
-  integers (64-bit past 2**31 stored weights) with the signs folded in: the
-  virtual weight is a ``Gather`` from ``[W, -W]``, then ``Gemm``. The file is
-  as large as a dense float32 layer's: to keep the small one, ship the
-  Chainer ``.npz``.
+- ``HashedLinear``: ``W``, and the nodes that compute each virtual weight's
+  place in ``[W, -W]`` from the sizes and the seed (opset 11; see
+  :func:`convert_hashed_linear`), then a ``Gather`` from ``[W, -W]`` and
+  ``Gemm``: the file is about the size of ``W``.
+- ``tied_linear``: ``W`` and the user's index, a constant of its smallest
+  integer type with the signs folded in, the same ``Gather``, then ``Gemm``.
 
 This module imports ``onnx`` and ``onnx_chainer`` only when a model is
 exported: they come with the ``onnx`` extra (``onnx==1.14.1``; later
 releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
 """
 
+import functools
 import typing as tp
 import warnings
 
 import numpy
+from chainer import utils
 
 from chainer_sharedlinear import _dtypes
+from chainer_sharedlinear.functions.hashed_linear import _MIX_MULTIPLIERS, _SIGN_KEY, seed_key
 
 _MISSING_ONNX = (
     'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
@@ -143,39 +146,208 @@ def _check_opset(name, opset):
 
 
 def convert_tied_linear(params) -> tp.Tuple:
-    """The ``onnx_chainer`` converter of ``TiedLinearFunction``: ``HashedLinear``, ``tied_linear``.
+    """The ``onnx_chainer`` converter of ``TiedLinearFunction``, the node of ``tied_linear``.
 
     ``V = sign · W.ravel()[index]`` as one ``Gather`` from ``[W, -W]``, the
-    signs folded into the index, then ``Gemm`` with ``x`` and the bias.
+    signs folded into the index, a constant of the smallest integer type that
+    holds it, then ``Gemm`` with ``x`` and the bias.
     """
     onnx, onnx_helper = _import_onnx()
     func, context = params.func, params.context
     _check_opset('TiedLinearFunction', params.opset_version)
+    W = func.inputs[1]
+    gb = onnx_helper.GraphBuilder()
+    table = gb.op('Reshape', [params.input_names[1], context.add_const(
+        numpy.array([-1], numpy.int64), 'flat')])
+    index = _to_numpy(func.index)
+    if func.sign is not None:
+        table = gb.op('Concat', [table, gb.op('Neg', [table])], axis=0)
+        index = index + utils.size_of_shape(W.shape) * (_to_numpy(func.sign) < 0)
+    return _gather_gemm(onnx, gb, params, table, _index_constant(onnx, gb, index))
+
+
+def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of ``HashedLinearFunction``, the node of the hashed layers.
+
+    The graph computes each virtual weight's place in the table ``[W, -W]``
+    (its second input) from the sizes and the seed, exactly as
+    :func:`~chainer_sharedlinear.functions.signed_hashed_index` does, with
+    operators of opset 11 on 64-bit unsigned integers (``_HashNodes`` says how);
+    then ``Gather`` and ``Gemm``. With ``hash_in_graph=False``, or below
+    opset 11 (with a warning), the map is stored as a constant of the
+    smallest integer type that holds it.
+    """
+    onnx, onnx_helper = _import_onnx()
+    func = params.func
+    _check_opset('HashedLinearFunction', params.opset_version)
+    out_size, in_size = func.index.shape
+    gb = onnx_helper.GraphBuilder()
+    if not hash_in_graph:
+        return _gather_gemm(onnx, gb, params, params.input_names[1],
+                            _index_constant(onnx, gb, _to_numpy(func.index)))
+    if params.opset_version < _RANGE_OPSET:
+        index = _to_numpy(func.index)
+        warnings.warn(
+            'opset_version {} has no Range (opset 11), which the hash of a hashed layer needs: '
+            'its {} x {} index map is stored in the ONNX file instead, {} bytes where W takes '
+            '{}. Export with opset_version 11 or later (the default) to keep the file the size '
+            'of W.'.format(params.opset_version, out_size, in_size,
+                           _smallest_index_dtype(index).itemsize * index.size,
+                           func.n_weights * func.inputs[1].dtype.itemsize), UserWarning,
+            stacklevel=2)
+        return _gather_gemm(onnx, gb, params, params.input_names[1],
+                            _index_constant(onnx, gb, index))
+    # onnx_chainer names a node's values after the node, 'HashedLinearFunction_3': its
+    # number alone makes short names that no other value has.
+    hash_nodes = _HashNodes(onnx, 'hash{}_'.format(onnx_helper.get_func_name().split('_')[-1]))
+    index = hash_nodes.signed_index(out_size, in_size, func.n_weights, func.seed)
+    return tuple(hash_nodes.nodes) + _gather_gemm(onnx, gb, params, params.input_names[1], index)
+
+
+# Range, which the in-graph hash needs, is in opset 11.
+_RANGE_OPSET = 11
+
+
+def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:
+    """``Gather`` of the virtual weight from ``table`` by ``index``, then ``x · Vᵀ + b``."""
+    func, context = params.func, params.context
     x, W = func.inputs[:2]
-    x_name, w_name = params.input_names[:2]
     bias_name = params.input_names[2] if len(params.input_names) == 3 else None
-    n_weights = int(numpy.prod(W.shape))
     out_size = func.index.shape[0]
     x_dtype = numpy.dtype(x.dtype)
     # F.linear's arithmetic: the product in the wider dtype, the output in x's.
     dtype = numpy.promote_types(x_dtype, W.dtype)
-    index = _to_numpy(func.index)
-    gb = onnx_helper.GraphBuilder()
     cast = _caster(onnx, gb)
-    table = gb.op('Reshape', [w_name, context.add_const(numpy.array([-1], numpy.int64), 'flat')])
-    if func.sign is not None:
-        table = gb.op('Concat', [table, gb.op('Neg', [table])], axis=0)
-        index = index + n_weights * (_to_numpy(func.sign) < 0)
-    small = numpy.int32 if 2 * n_weights < 2 ** 31 else numpy.int64
-    V = gb.op('Gather', [table, context.add_const(index.astype(small), 'tied_index')], axis=0)
+    V = gb.op('Gather', [table, index], axis=0)
     if numpy.dtype(W.dtype) != dtype:
         V = cast(V, dtype)
-    rows = x_name if x_dtype == dtype else cast(x_name, dtype)
+    rows = params.input_names[0] if x_dtype == dtype else cast(params.input_names[0], dtype)
     gemm_inputs = [rows, V]
     if params.opset_version < _GEMM_OPTIONAL_BIAS_OPSET:
         gemm_inputs.append(context.add_const(numpy.zeros(out_size, dtype), 'zero_bias'))
     y = gb.op('Gemm', gemm_inputs, transB=1)
     return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
+
+
+def _smallest_index_dtype(index) -> numpy.dtype:
+    """The smallest integer type that holds every value of ``index``, all at least 0."""
+    high = int(index.max()) if index.size else 0
+    for dtype in (numpy.uint8, numpy.uint16, numpy.int32):
+        if high <= numpy.iinfo(dtype).max:
+            return numpy.dtype(dtype)
+    return numpy.dtype(numpy.int64)
+
+
+def _index_constant(onnx, gb, index) -> str:
+    """``index`` as a constant of its smallest integer type, cast to the ``Gather`` index type.
+
+    ``Gather`` takes int32 or int64 indices; the constant is stored as raw
+    bytes, so that a uint8 index takes one byte each in the file.
+    """
+    from onnx import numpy_helper
+    dtype = _smallest_index_dtype(index)
+    tensor = numpy_helper.from_array(index.astype(dtype), 'index')
+    name = gb.op('Constant', [], value=tensor)
+    if dtype.itemsize < 4:
+        name = _caster(onnx, gb)(name, numpy.int32)
+    return name
+
+
+class _HashNodes:
+    """The nodes that compute :func:`~chainer_sharedlinear.functions.signed_hashed_index`.
+
+    ONNX has no bitwise xor before opset 18, later than ``onnx_chainer`` goes,
+    so the hash is computed in uint64 with operators of opset 11, every step
+    exact, none relying on a product that wraps:
+
+    - a value in ``[0, 2**32)`` times a 32-bit multiplier is below ``2**64``;
+      its low 32 bits are kept by a ``BitShift`` left by 32, then right by 32;
+    - ``a ^ b`` is computed byte by byte: the four bytes of each, taken along
+      a last axis of size 4, index a table of the 65536 xors of two bytes,
+      which the graph builds from their bits, and the four results are put
+      back together by a ``MatMul`` with ``[1, 2**8, 2**16, 2**24]``.
+
+    Values keep a last axis of size 1 for that, until the end. The names of
+    the values are short (``prefix`` and a number): there are some 180 of them
+    per layer, and the file should be about the size of ``W``.
+    """
+
+    def __init__(self, onnx, prefix: str) -> None:
+        self._onnx = onnx
+        self._prefix = prefix
+        self.nodes: tp.List = []
+        self._constants: tp.Dict = {}
+        self._xor_table = None
+
+    def op(self, op_type: str, *inputs: str, **attributes) -> str:
+        name = '{}{}'.format(self._prefix, len(self.nodes))
+        self.nodes.append(self._onnx.helper.make_node(op_type, list(inputs), [name],
+                                                      **attributes))
+        return name
+
+    def const(self, value, dtype=numpy.uint64) -> str:
+        """A constant, one node per value."""
+        from onnx import numpy_helper
+        value = numpy.asarray(value, dtype)
+        key = (value.dtype, value.shape, value.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.op('Constant', value=numpy_helper.from_array(value))
+        return self._constants[key]
+
+    def arange(self, size: int, shape) -> str:
+        int64 = functools.partial(self.const, dtype=numpy.int64)
+        values = self.op('Range', int64(0), int64(size), int64(1))  # Range has no uint64
+        return self.op('Reshape', self._cast(values, numpy.uint64), int64(shape))
+
+    def _cast(self, z: str, dtype) -> str:
+        return self.op('Cast', z, to=self._onnx.helper.np_dtype_to_tensor_dtype(
+            numpy.dtype(dtype)))
+
+    def shift(self, z: str, bits, direction: str = 'RIGHT') -> str:
+        return self.op('BitShift', z, self.const(bits), direction=direction)
+
+    def low_bits(self, z: str, bits: int, of=None) -> str:
+        """The low ``bits`` bits of ``z``, or of ``z >> of`` (``of`` a shift or a list of them)."""
+        to_top = 64 - bits if of is None else [64 - bits - k for k in of]
+        return self.shift(self.shift(z, to_top, 'LEFT'), 64 - bits)
+
+    def mul32(self, z: str, multiplier: int) -> str:
+        return self.low_bits(self.op('Mul', z, self.const(multiplier)), 32)
+
+    def xor(self, a: str, b: str) -> str:
+        if self._xor_table is None:
+            # codes = 256·a + b for every pair of bytes; bit k of a ^ b is the low bit
+            # of (bit k of a + bit k of b).
+            codes = self.arange(2 ** 16, [-1, 1])
+            sums = self.op('Add', self.shift(codes, [k + 8 for k in range(8)]),
+                           self.shift(codes, list(range(8))))
+            self._xor_table = self.op('MatMul', self.low_bits(sums, 1),
+                                      self.const([2 ** k for k in range(8)]))
+        byte_shifts = [8 * k for k in range(4)]
+        codes = self.op('Add', self.shift(self.low_bits(a, 8, of=byte_shifts), 8, 'LEFT'),
+                        self.low_bits(b, 8, of=byte_shifts))
+        xors = self.op('Gather', self._xor_table, self._cast(codes, numpy.int64), axis=0)
+        return self.op('MatMul', xors, self.const([[2 ** k] for k in byte_shifts]))
+
+    def mix(self, z: str, last_shift: bool = True) -> str:
+        """``lowbias32``; without its last xorshift, which leaves the top 16 bits as they are."""
+        first, second = _MIX_MULTIPLIERS
+        z = self.mul32(self.xor(z, self.shift(z, 16)), first)
+        z = self.mul32(self.xor(z, self.shift(z, 15)), second)
+        return self.xor(z, self.shift(z, 16)) if last_shift else z
+
+    def signed_index(self, out_size: int, in_size: int, n_weights: int, seed: int) -> str:
+        """The name of the ``(out_size, in_size)`` int64 map that ``signed_hashed_index`` makes."""
+        rows = self.mix(self.xor(self.arange(out_size, [-1, 1, 1]),
+                                 self.const(int(seed_key(seed)))))
+        hashes = self.mix(self.xor(rows, self.arange(in_size, [1, -1, 1])))
+        # The sign is the top bit of mix(hash ^ key), which its last xorshift keeps.
+        negative = self.shift(self.mix(self.xor(hashes, self.const(_SIGN_KEY)), last_shift=False),
+                              31)
+        index = self.op('Add', self.op('Mod', hashes, self.const(n_weights)),
+                        self.op('Mul', negative, self.const(n_weights)))
+        return self.op('Reshape', self._cast(index, numpy.int64),
+                       self.const([out_size, in_size], numpy.int64))
 
 
 def convert_kronecker_linear(params) -> tp.Tuple:
@@ -251,22 +423,38 @@ def _to_numpy(array):
 converters = {
     'SharedLinearFunction': convert_shared_linear,
     'TiedLinearFunction': convert_tied_linear,
+    'HashedLinearFunction': convert_hashed_linear,
     'KroneckerLinearFunction': convert_kronecker_linear,
 }
 
 
-def export(model, args, filename=None, **kwargs):
+def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
     """:func:`onnx_chainer.export` for models that contain the family's layers.
 
-    The same arguments and result as ``onnx_chainer.export``; the converters
-    of this package are added to ``external_converters`` (a converter of your
-    own under the same name is used instead).
+    The same arguments and result as ``onnx_chainer.export``, with these
+    differences:
+
+    - the converters of this package are added to ``external_converters`` (a
+      converter of your own under the same name is used instead);
+    - unless ``input_shapes`` is given, the first axis of every input is a
+      dynamic axis, ``'batch'``: the graph takes any batch size. To fix it
+      to the sample's, pass ``input_shapes`` with the sizes, e.g.
+      ``input_shapes=[(8, 784)]``;
+    - the parameters are initializers only, not also inputs of the graph, so
+      onnxruntime treats them as constants (and warns about none of them);
+      the file holds no shapes of intermediate values;
+    - ``hash_in_graph`` chooses how a hashed layer's map is shipped: computed
+      by the graph (the default: the file is the size of ``W``), or stored,
+      which makes a larger file that loads faster (see
+      :doc:`/existing-models`).
 
     Args:
         model (~chainer.Chain): The model, called as ``model(*args)``.
         args: Its inputs: an array, a :class:`~chainer.Variable`, or a list,
             tuple or dict of them.
         filename (str or file-like): Where to write the ONNX model, if anywhere.
+        hash_in_graph (bool): Whether the graph computes the map of each
+            hashed layer (opset 11 or later) rather than store it (keyword only).
         **kwargs: The other arguments of ``onnx_chainer.export``, by keyword.
 
     Returns:
@@ -275,11 +463,54 @@ def export(model, args, filename=None, **kwargs):
     _import_onnx()
     import onnx_chainer
     external = dict(converters)
+    if not hash_in_graph:
+        external['HashedLinearFunction'] = functools.partial(convert_hashed_linear,
+                                                             hash_in_graph=False)
     external.update(kwargs.pop('external_converters', None) or {})
+    if kwargs.get('input_shapes') is None:
+        kwargs['input_shapes'] = _batch_shapes(args)
+    save_text = kwargs.pop('save_text', False)
     with warnings.catch_warnings():
         # onnx_chainer warns that external_converters may change in a future
         # release; Chainer 7.8.1, which this package pins, is the last one.
         warnings.filterwarnings(
             'ignore', message='external_converters is experimental', category=FutureWarning)
-        return onnx_chainer.export(
-            model, args, filename, external_converters=external, **kwargs)
+        # onnx_chainer reads onnx.mapping, which onnx 1.14.1 deprecates; neither is
+        # the user's to change.
+        warnings.filterwarnings('ignore', message='`mapping.', category=DeprecationWarning)
+        result = onnx_chainer.export(
+            model, args, None, external_converters=external, **kwargs)
+    onnx_model = result[0] if isinstance(result, tuple) else result
+    _initializers_are_not_inputs(onnx_model)
+    # The shapes of the intermediate values, which onnx_chainer infers when given
+    # input_shapes, are optional: a hashed layer has some 180 of them.
+    del onnx_model.graph.value_info[:]
+    if isinstance(filename, str):
+        with open(filename, 'wb') as f:
+            f.write(onnx_model.SerializeToString())
+        if save_text:
+            with open(filename + '.txt', 'w') as f:
+                print(onnx_model, file=f)
+    elif hasattr(filename, 'write'):
+        filename.write(onnx_model.SerializeToString())
+    return result
+
+
+def _batch_shapes(args):
+    """``input_shapes`` for onnx_chainer: each input's shape, its first axis ``'batch'``."""
+    def shape(array):
+        return ('batch',) + tuple(array.shape[1:]) if array.ndim else ()
+    if isinstance(args, dict):
+        return {key: shape(value) for key, value in args.items()}
+    if isinstance(args, (list, tuple)):
+        return [shape(value) for value in args]
+    return shape(args)
+
+
+def _initializers_are_not_inputs(onnx_model) -> None:
+    # onnx_chainer lists every parameter among the graph's inputs too (as IR version 3
+    # required): onnxruntime then warns once per parameter and folds no constant.
+    initializers = {tensor.name for tensor in onnx_model.graph.initializer}
+    inputs = [value for value in onnx_model.graph.input if value.name not in initializers]
+    del onnx_model.graph.input[:]
+    onnx_model.graph.input.extend(inputs)

@@ -12,6 +12,10 @@ gradient (out_size, in_size / 8) of 8 MiB, and activations of B x 4096. The
 dense layer must allocate its 64 MiB weight gradient, and the 2016 algorithm
 the tiled weight and a dense gradient too, so the same bound fails for them: the test can fail.
 
+HashedLinear(1000, 900) at batch 8 cannot avoid one (out_size, in_size) array, its
+gathered weight (and then that weight's gradient): its step is bounded by 1.5 times the
+dense layer's, whose weight gradient is that size.
+
 KroneckerLinear with 64x64 factors at the same shape stores two 64x64 factors and
 allocates activations of B x 4096 and the products with B of (B·64, 64): well under 1 MiB,
 while a Kronecker layer that built its weight would allocate the 64 MiB.
@@ -24,6 +28,7 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear import (
+    HashedLinear,
     KroneckerLinear,
     SharedLinear,
     TiledLinearFunction,
@@ -126,3 +131,40 @@ def test_a_kronecker_layer_that_builds_its_weight_allocates_it(kronecker_link):
 
     step = forward_backward(built, [A, B])
     assert peak_bytes(step) >= DENSE_BYTES > BOUND
+
+
+# --- HashedLinear (issue 22): its map and its gathered weight -----------------------------
+
+HASHED_IN, HASHED_OUT = 1000, 900
+
+
+def _hashed_step(link):
+    rng = np.random.default_rng(0)
+    x = chainer.Variable(rng.standard_normal((BATCH, HASHED_IN), dtype=np.float32))
+    gy = rng.standard_normal((BATCH, HASHED_OUT), dtype=np.float32)
+
+    def step():
+        link.cleargrads()
+        x.cleargrad()
+        y = link(x)
+        y.grad = gy
+        y.backward()
+        assert x.grad is not None and link.W.grad is not None
+    return step
+
+
+def test_a_training_step_of_a_hashed_layer_takes_at_most_1_5_times_a_dense_one():
+    # The gathered weight and its gradient are the size of the dense layer's weight
+    # gradient; kept together, or with a map of intp buckets, they make 2x and more.
+    dense = L.Linear(HASHED_IN, HASHED_OUT)
+    hashed = HashedLinear(HASHED_IN, HASHED_OUT, n_weights=HASHED_IN * HASHED_OUT // 64)
+    dense_peak = peak_bytes(_hashed_step(dense))
+    assert dense_peak >= HASHED_IN * HASHED_OUT * 4  # its weight gradient
+    assert peak_bytes(_hashed_step(hashed)) <= 1.5 * dense_peak
+
+
+def test_the_kept_map_of_a_hashed_layer_takes_4_bytes_per_virtual_weight():
+    hashed = HashedLinear(HASHED_IN, HASHED_OUT, n_weights=HASHED_IN * HASHED_OUT // 64)
+    # Made a few rows at a time: the hash's own arrays are small beside the map.
+    assert peak_allocated_bytes(hashed.signed_index) <= 1.25 * HASHED_IN * HASHED_OUT * 4
+    assert hashed.signed_index().nbytes == HASHED_IN * HASHED_OUT * 4

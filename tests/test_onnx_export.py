@@ -259,7 +259,7 @@ def _trained(layer, seed):
     return layer
 
 
-@pytest.mark.parametrize('opset_version', [7, 9, 11, 13])
+@pytest.mark.parametrize('opset_version', [11, 13])
 @pytest.mark.parametrize('nobias', [False, True])
 def test_export_of_hashed_layers_matches_chainer(ort, opset_version, nobias):
     model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3, nobias=nobias), 0),
@@ -267,18 +267,202 @@ def test_export_of_hashed_layers_matches_chainer(ort, opset_version, nobias):
     onnx_model = _export_and_compare(ort, model, _standard_normal((4, 24), 2), opset_version,
                                      atol=1e-6)
 
-    # The file holds W and the index map, as 32-bit integers with the signs folded in:
-    # index k + n_weights for a sign of -1, into [W, -W].
+    # The file holds W, and the graph computes the map: no array of the layer's shape.
     arrays = _tensors(onnx_model)
     assert arrays['param_l1_W'].shape == (40,) and arrays['param_l2_W'].shape == (9,)
-    maps = [a for a in arrays.values() if a.dtype == np.int32 and a.ndim == 2]
-    assert sorted(a.shape for a in maps) == [(5, 12), (12, 24)]
-    for layer in (model.l1, model.l2):
-        bucket, sign = layer.index_map()
-        folded, = [a for a in maps if a.shape == (layer.out_size, layer.in_size)]
-        np.testing.assert_array_equal(folded, bucket + layer.n_weights * (sign < 0))
+    for name, array in arrays.items():
+        assert array.size < 5 * 12, name
     ops = {node.op_type for node in onnx_model.graph.node}
-    assert {'Gather', 'Concat', 'Neg'} <= ops
+    assert {'Range', 'Gather', 'Concat', 'Neg'} <= ops
+
+
+@pytest.mark.parametrize('opset_version', [7, 9])
+def test_export_of_hashed_layers_below_opset_11_stores_the_map_and_says_so(ort, opset_version):
+    model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3), 0),
+                 _trained(HashedLinear(12, 20, n_weights=200, seed=4), 1))
+    x = _standard_normal((4, 24), 2)
+    with pytest.warns(UserWarning, match=r'opset_version {} has no Range \(opset 11\).*12 x 24 '
+                                         r'index map is stored.*288 bytes where W takes 160'
+                      .format(opset_version)):
+        onnx_model = export(model, x, opset_version=opset_version)
+    y, = _run(ort, onnx_model, x)
+    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    # Each map in the smallest integer type that holds it: into [W, -W], the signs folded in.
+    maps = {a.shape: a for a in _tensors(onnx_model).values() if a.ndim == 2}
+    assert maps[(12, 24)].dtype == np.uint8 and maps[(20, 12)].dtype == np.uint16
+    for layer in (model.l1, model.l2):
+        np.testing.assert_array_equal(maps[(layer.out_size, layer.in_size)],
+                                      layer.signed_index())
+
+
+def test_a_hashed_layer_can_ship_its_map_instead(ort):
+    model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3), 0),
+                 _trained(HashedLinear(12, 20, n_weights=200, seed=4), 1))
+    x = _standard_normal((4, 24), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        onnx_model = export(model, x, hash_in_graph=False)
+    y, = _run(ort, onnx_model, x)
+    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    maps = {a.shape: a for a in _tensors(onnx_model).values() if a.ndim == 2}
+    assert maps[(12, 24)].dtype == np.uint8 and maps[(20, 12)].dtype == np.uint16
+    assert 'Range' not in {node.op_type for node in onnx_model.graph.node}
+
+
+def _hash_session(ort, build, out_type):
+    """onnxruntime's session of the graph that ``build(nodes, 'z')`` makes of ``_HashNodes``."""
+    import onnx
+
+    from chainer_sharedlinear.onnx_export import _HashNodes
+    nodes = _HashNodes(onnx, 'h_')
+    z = onnx.helper.make_tensor_value_info('z', onnx.TensorProto.UINT64, ['n', 1])
+    out = build(nodes, 'z')
+    graph = onnx.helper.make_graph(
+        nodes.nodes, 'hash', [z] if 'z' in {i for n in nodes.nodes for i in n.input} else [],
+        [onnx.helper.make_tensor_value_info(out, out_type, ['rows', 'columns'])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 11)])
+    onnx.checker.check_model(model, full_check=True)
+    return ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+
+
+def test_the_in_graph_mixer_is_lowbias32_on_every_uint32(ort):
+    import onnx
+
+    from chainer_sharedlinear.functions.hashed_linear import mix32
+    session = _hash_session(ort, lambda nodes, z: nodes.mix(z), onnx.TensorProto.UINT64)
+    rng = np.random.default_rng(0)
+    # Every product of the mixer passes 2**32 for these; the extremes too.
+    z = np.concatenate([[0, 1, 2 ** 16 - 1, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1],
+                        rng.integers(0, 2 ** 32, 100000)]).astype(np.uint32)
+    got, = session.run(None, {'z': z.astype(np.uint64)[:, None]})
+    np.testing.assert_array_equal(got[:, 0], mix32(z))
+
+
+def test_the_in_graph_xor_is_exact_on_every_pair_of_bytes_and_past_31_bits(ort):
+    import onnx
+    key = 0xdeadbeef
+    session = _hash_session(ort, lambda nodes, z: nodes.xor(z, nodes.const(key)),
+                            onnx.TensorProto.UINT64)
+    z = np.concatenate([np.arange(2 ** 16), np.arange(2 ** 32 - 2 ** 16, 2 ** 32)])
+    got, = session.run(None, {'z': z.astype(np.uint64)[:, None]})
+    np.testing.assert_array_equal(got[:, 0], z ^ key)
+
+
+@pytest.mark.parametrize('out_size, in_size, n_weights, seed', [
+    (3, 70000, 2 ** 17 + 3, 2 ** 32 - 1),  # columns past 16 bits, the largest seed
+    (50, 300, 14999, 123),
+    (1, 1, 1, 0),
+])
+def test_the_in_graph_hash_is_signed_hashed_index(ort, out_size, in_size, n_weights, seed):
+    import onnx
+
+    from chainer_sharedlinear.functions.hashed_linear import hashed_index, signed_hashed_index
+    session = _hash_session(
+        ort, lambda nodes, z: nodes.signed_index(out_size, in_size, n_weights, seed),
+        onnx.TensorProto.INT64)
+    got, = session.run(None, {})
+    expected = signed_hashed_index(out_size, in_size, n_weights, seed)
+    np.testing.assert_array_equal(got, expected)
+    bucket, sign = hashed_index(out_size, in_size, n_weights, seed)
+    np.testing.assert_array_equal(got, bucket + n_weights * (sign < 0))
+
+
+def _npz_bytes(model):
+    import io
+    f = io.BytesIO()
+    chainer.serializers.save_npz(f, model)
+    return len(f.getvalue())
+
+
+def _file_bound(model):
+    return 1.1 * _npz_bytes(model) + 16 * 1024
+
+
+class _Toeplitz(chainer.Chain):
+    """A ``tied_linear`` layer whose index, its own data, is saved with it."""
+
+    def __init__(self, n_weights, out_size, in_size, signed):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        with self.init_scope():
+            self.W = chainer.Parameter(rng.standard_normal(n_weights).astype(np.float32))
+        self.add_persistent('index', rng.integers(0, n_weights, (out_size, in_size))
+                            .astype(np.uint16))
+        self.add_persistent('sign', np.where(rng.random((out_size, in_size)) < 0.5, -1, 1)
+                            .astype(np.int8) if signed else None)
+
+    def forward(self, x):
+        from chainer_sharedlinear import tied_linear
+        sign = None if self.sign is None else self.sign.astype(np.float32)
+        return tied_linear(x, self.W, self.index, sign)
+
+
+@pytest.mark.parametrize('layer', [
+    lambda: L.Linear(1000, 900),
+    lambda: HashedLinear(1000, 900, n_weights=1000 * 900 // 64),
+    lambda: HashedLinear(1000, 900, n_weights=1000 * 900 // 8, seed=5),
+    lambda: HashedLinear(50, 40, n_weights=20, nobias=True),
+    lambda: SharedLinear(1000, 900, n_shared=10),
+    lambda: KroneckerLinear(1000, 900),
+    lambda: KroneckerLinear(1000, 900, n_terms=4),
+    lambda: _Toeplitz(30000, 300, 200, signed=False),
+    lambda: _Toeplitz(100, 300, 200, signed=True),
+], ids=['Linear', 'Hashed/64', 'Hashed/8', 'Hashed-small', 'Shared10', 'Kronecker',
+        'Kronecker4', 'tied-uint16', 'tied-uint8-signed'])
+def test_the_onnx_file_of_a_layer_is_about_the_size_of_its_npz(ort, layer):
+    layer = layer()
+    model = layer if isinstance(layer, _Toeplitz) else chainer.Sequential(layer)
+    in_size = 200 if isinstance(layer, _Toeplitz) else layer.in_size
+    onnx_model = export(model, _standard_normal((8, in_size), 0))
+    assert len(onnx_model.SerializeToString()) <= _file_bound(model)
+
+
+def test_a_hashed_mlp_file_is_about_the_size_of_its_npz_and_a_graph_per_layer(ort):
+    # The bound of one layer, with one graph of the hash for each layer.
+    model = chainer.Sequential(HashedLinear(784, 1000, n_weights=784 * 1000 // 32), F.relu,
+                               HashedLinear(1000, 1000, n_weights=1000 * 1000 // 32), F.relu,
+                               HashedLinear(1000, 10, n_weights=1000 * 10 // 32))
+    onnx_model = export(model, _standard_normal((8, 784), 0))
+    assert len(onnx_model.SerializeToString()) <= _file_bound(model) + 2 * 16 * 1024
+
+
+def test_the_batch_axis_is_dynamic_by_default(ort):
+    model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3), 0),
+                 _trained(KroneckerLinear(12, 6), 1))
+    onnx_model = export(model, _standard_normal((2, 24), 0))
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ['batch', 24]
+    options = ort.SessionOptions()
+    session = ort.InferenceSession(onnx_model.SerializeToString(), options,
+                                   providers=['CPUExecutionProvider'])
+    name = session.get_inputs()[0].name
+    for batch in (1, 7):  # two batch sizes through one session, neither the sample's
+        x = _standard_normal((batch, 24), batch)
+        y, = session.run(None, {name: x})
+        np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+
+
+def test_the_batch_size_is_fixed_when_you_give_the_shapes(ort):
+    model = chainer.Sequential(HashedLinear(24, 12, n_weights=40))
+    onnx_model = export(model, _standard_normal((2, 24), 0), input_shapes=[(2, 24)])
+    dims = onnx_model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [2, 24]
+
+
+def test_parameters_are_not_graph_inputs_and_nothing_warns(ort, tmp_path, capfd):
+    model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3), 0),
+                 _trained(SharedLinear(12, 6, n_shared=2), 1))
+    path = str(tmp_path / 'model.onnx')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        onnx_model = export(model, _standard_normal((2, 24), 0), path)
+    assert [value.name for value in onnx_model.graph.input] == ['Input_0']
+    with open(path, 'rb') as f:
+        assert f.read() == onnx_model.SerializeToString()
+    capfd.readouterr()
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    session.run(None, {'Input_0': _standard_normal((3, 24), 1)})
+    assert 'appears in graph inputs' not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize('opset_version', [7, 9, 11, 13])
@@ -361,7 +545,9 @@ def test_export_of_a_tied_linear_model_matches_chainer(ort, opset_version):
 
     onnx_model = _export_and_compare(ort, Toeplitz(), _standard_normal((3, in_size), 2),
                                      opset_version, atol=1e-6)
-    folded, = [a for a in _tensors(onnx_model).values() if a.dtype == np.int32]
+    # The index is the user's: a constant, in the smallest type that holds it.
+    folded, = [a for a in _tensors(onnx_model).values() if a.ndim == 2]
+    assert folded.dtype == np.uint8
     np.testing.assert_array_equal(folded, index + (out_size + in_size - 1) * (sign < 0))
 
 
@@ -385,5 +571,6 @@ def test_export_of_a_tied_linear_model_without_signs(ort):
     y, = _run(ort, onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     assert 'Neg' not in {node.op_type for node in onnx_model.graph.node}
-    folded, = [a for a in _tensors(onnx_model).values() if a.dtype == np.int32]
+    folded, = [a for a in _tensors(onnx_model).values() if a.ndim == 2]
+    assert folded.dtype == np.uint8
     np.testing.assert_array_equal(folded, index)

@@ -25,11 +25,14 @@ bits of it.
 
 import typing as tp
 
+import chainer
+import chainer.functions as F
 import numpy
 from chainer import backend
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
+from chainer_sharedlinear.functions import shapes
+from chainer_sharedlinear.functions.tied_linear import TiedLinearFunction
 
 _MIX_MULTIPLIERS = (0x7feb352d, 0x846ca68b)
 _SEED_KEY = 0x68e31da4
@@ -79,6 +82,46 @@ def hashed_index(out_size: int, in_size: int, n_weights: int, seed: int,
         array([[ 1,  1,  1],
                [-1, -1, -1]], dtype=int8)
     """
+    out_size, in_size, n_weights, seed_key = _checked(out_size, in_size, n_weights, seed)
+    bucket, negative = _hash_rows(xp.arange(out_size, dtype=numpy.uint32), in_size, n_weights,
+                                  seed_key, xp)
+    sign = (1 - 2 * negative.astype(numpy.int8)).astype(numpy.int8)
+    return bucket.astype(numpy.intp), sign
+
+
+def signed_hashed_index(out_size: int, in_size: int, n_weights: int, seed: int, xp=numpy):
+    """Where each virtual weight of a hashed layer is in ``[W, -W]``.
+
+    Its bucket, plus ``n_weights`` where its sign is -1: the map of
+    :func:`hashed_index` in one array of ``int32`` (``int64`` from
+    ``2 * n_weights > 2**31``), 4 bytes per virtual weight where the bucket
+    and the sign take 9 or more. It is computed a few rows at a time, so
+    that the hash's intermediate arrays stay small.
+
+    >>> signed_hashed_index(2, 3, n_weights=4, seed=0)
+    array([[3, 1, 1],
+           [6, 5, 6]], dtype=int32)
+    """
+    out_size, in_size, n_weights, seed_key = _checked(out_size, in_size, n_weights, seed)
+    index = xp.empty((out_size, in_size), numpy.int32 if 2 * n_weights <= 2 ** 31 else numpy.int64)
+    step = max(1, _BLOCK_SIZE // in_size)
+    for start in range(0, out_size, step):
+        rows = xp.arange(start, min(start + step, out_size), dtype=numpy.uint32)
+        bucket, negative = _hash_rows(rows, in_size, n_weights, seed_key, xp)
+        block = index[start:start + len(rows)]
+        block[...] = negative
+        block *= n_weights
+        block += bucket
+    return index
+
+
+# The rows of the map computed at once by signed_hashed_index hold about this many
+# virtual weights.
+_BLOCK_SIZE = 2 ** 14
+
+
+def _checked(out_size, in_size, n_weights, seed) -> tp.Tuple[int, int, int, tp.Any]:
+    """The sizes as ints, refused as :func:`hashed_index` documents, and the hashed seed."""
     out_size = _checks.positive_int('out_size', out_size)
     in_size = _checks.positive_int('in_size', in_size)
     n_weights = check_n_weights(n_weights, in_size, out_size)
@@ -86,13 +129,20 @@ def hashed_index(out_size: int, in_size: int, n_weights: int, seed: int,
     if max(out_size, in_size) >= HASH_LIMIT:
         raise ValueError('hashed layers take sizes below 2**32, got {} x {}'.format(
             out_size, in_size))
-    seed_key = mix32(numpy.uint32(seed) ^ numpy.uint32(_SEED_KEY))
-    rows = mix32(xp.arange(out_size, dtype=numpy.uint32) ^ seed_key, xp)
+    return out_size, in_size, n_weights, seed_key(seed)
+
+
+def seed_key(seed: int):
+    """``mix(seed ^ 0x68e31da4)``, the ``uint32`` that every row's hash starts from."""
+    return mix32(numpy.uint32(seed) ^ numpy.uint32(_SEED_KEY))
+
+
+def _hash_rows(rows, in_size: int, n_weights: int, key, xp):
+    """``bucket`` (``uint32``) and ``negative`` (1 where the sign is -1) of the given rows."""
+    rows = mix32(rows ^ key, xp)
     hashes = mix32(rows[:, None] ^ xp.arange(in_size, dtype=numpy.uint32)[None, :], xp)
-    bucket = (hashes % numpy.uint32(n_weights)).astype(numpy.intp)
     negative = mix32(hashes ^ numpy.uint32(_SIGN_KEY), xp) >> numpy.uint32(31)
-    sign = (1 - 2 * negative.astype(numpy.int8)).astype(numpy.int8)
-    return bucket, sign
+    return hashes % numpy.uint32(n_weights), negative
 
 
 def check_n_weights(n_weights, in_size: int, out_size: int) -> int:
@@ -116,7 +166,8 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     (:func:`~chainer_sharedlinear.functions.hashed_index`, documented in this
     module). ``V`` is gathered, and the gradient of ``W`` is the signed
     sum, bucket by bucket, of the gradient of ``V`` (in a fixed order on the
-    CPU). The map is recomputed on every call; the
+    CPU). The map is recomputed on every call
+    (:func:`~chainer_sharedlinear.functions.signed_hashed_index`); the
     :class:`~chainer_sharedlinear.HashedLinear` link keeps it.
 
     Args:
@@ -144,6 +195,35 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     if W.ndim != 1:
         raise ValueError('W must be a vector, (n_weights,), got shape {}'.format(W.shape))
     in_size = _checks.in_size_of(x.shape, n_batch_axes)
-    xp = backend.get_array_module(W)
-    bucket, sign = hashed_index(out_size, in_size, W.shape[0], seed, xp)
-    return apply_tied_linear(x, W, bucket, sign.astype(W.dtype), b, n_batch_axes)
+    index = signed_hashed_index(out_size, in_size, W.shape[0], seed, backend.get_array_module(W))
+    return apply_hashed_linear(x, W, index, seed, b, n_batch_axes)
+
+
+def apply_hashed_linear(x, W, index, seed: int, b=None, n_batch_axes: int = 1):
+    """:class:`HashedLinearFunction` on ``x`` with any batch axes.
+
+    ``index`` is :func:`signed_hashed_index` of the layer, unchecked.
+    The virtual weight is gathered from ``[W, -W]``, a differentiable
+    concatenation of ``2 * n_weights`` values, so that the map needs no signs.
+    """
+    W = chainer.as_variable(W)
+    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
+    table = F.concat((W, -W), axis=0)
+    args = (x, table) if b is None else (x, table, b)
+    y, = HashedLinearFunction(index, W.shape[0], seed).apply(args)
+    return shapes.with_batch_axes(y, batch_shape)
+
+
+class HashedLinearFunction(TiedLinearFunction):
+    """The node of a hashed layer: a ``TiedLinearFunction`` whose map is the layer's hash.
+
+    Its inputs are ``x``, the table ``[W, -W]`` and the bias; ``index`` is
+    :func:`signed_hashed_index` of the layer's sizes, ``n_weights`` and ``seed``,
+    which the node keeps so that an ONNX file can compute the map instead of
+    storing it (:mod:`chainer_sharedlinear.onnx_export`).
+    """
+
+    def __init__(self, index, n_weights: int, seed: int) -> None:
+        super().__init__(index)
+        self.n_weights = n_weights
+        self.seed = seed

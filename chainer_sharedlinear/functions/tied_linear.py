@@ -46,17 +46,32 @@ def scatter_add(size: int, index, values, dtype):
 
 def gather(W, index, sign):
     """``sign · W.ravel()[index]``, a new array of ``index``'s shape in ``W``'s dtype."""
-    V = W.ravel().take(index)
+    flat = W.ravel()
+    if index.dtype == numpy.intp or not isinstance(index, numpy.ndarray):
+        V = flat.take(index)
+    else:
+        # NumPy's take first copies a whole index of another type to intp, an array twice
+        # the size of V for int32: block by block, that copy stays small.
+        V = numpy.empty(index.shape, W.dtype)
+        flat_index, flat_V = index.reshape(-1), V.reshape(-1)
+        for start in range(0, flat_index.size, _GATHER_BLOCK):
+            block = slice(start, start + _GATHER_BLOCK)
+            flat.take(flat_index[block], out=flat_V[block])
     if sign is not None:
         V *= sign
     return V
 
 
+_GATHER_BLOCK = 2 ** 16
+
+
 class TiedLinearFunction(function_node.FunctionNode):
     """``y = x · Vᵀ + b`` with ``V = sign · W.ravel()[index]``, for ``x`` of ``(N, in_size)``.
 
-    The node of :func:`tied_linear` and :func:`~chainer_sharedlinear.hashed_linear`.
-    Its forward pass keeps ``x``, ``W`` and the gathered ``V``. In first-order
+    The node of :func:`tied_linear` (and, as its subclass
+    :class:`~chainer_sharedlinear.functions.HashedLinearFunction`, of the hashed
+    layers). Its forward pass keeps ``x``, ``W`` and the gathered ``V``, which
+    the backward pass lets go of before it computes ``gV``. In first-order
     backprop, which records no graph, the backward pass computes ``gx = gy · V``,
     ``gV = gyᵀ · x`` and the signed sums of ``gV`` per stored weight as arrays,
     as :func:`chainer.functions.linear` would with ``V`` and then
@@ -107,6 +122,9 @@ class TiedLinearFunction(function_node.FunctionNode):
     def backward(self, indexes, grad_outputs):
         x, W = self.get_retained_inputs()
         gy, = grad_outputs
+        # Forgotten here so that V and gV are never kept together; a second backward
+        # pass through the same graph gathers V again.
+        V, self._V = self._V, None
         if chainer.config.enable_backprop:
             return self._backward_differentiable(indexes, x, W, gy)
         # First-order backprop records no graph: the arrays are computed directly,
@@ -116,7 +134,10 @@ class TiedLinearFunction(function_node.FunctionNode):
         gy = gy.array.astype(dtype, copy=False)
         grads = []
         if 0 in indexes:
-            grads.append(gy.dot(self._V).astype(x.dtype, copy=False))
+            if V is None:
+                V = gather(W.array, self.index, self.sign)
+            grads.append(gy.dot(V).astype(x.dtype, copy=False))
+        del V
         if 1 in indexes:
             gV = gy.T.dot(x.array.astype(dtype, copy=False))
             if self.sign is not None:
@@ -149,8 +170,8 @@ class TiedWeight(function_node.FunctionNode):
 
     Args:
         index: Integer array into ``W.ravel()``, of ``V``'s shape, already checked
-            (see ``check_index`` in this module) and of the platform's integer type
-            (``numpy.intp``), which NumPy gathers with fastest.
+            (see ``check_index`` in this module): ``numpy.intp``, which NumPy
+            gathers with fastest, or ``int32``, half the memory.
         sign: Array of ±1 of ``V``'s shape and ``W``'s dtype, or ``None`` for all +1.
     """
 

@@ -5,11 +5,15 @@ import math
 import typing as tp
 
 import chainer
+import numpy
 from chainer import initializers
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions.hashed_linear import check_n_weights, hashed_index
-from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
+from chainer_sharedlinear.functions.hashed_linear import (
+    apply_hashed_linear,
+    check_n_weights,
+    signed_hashed_index,
+)
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 
@@ -26,11 +30,12 @@ class HashedLinear(VirtualLinear):
     call, and the gradient of ``W`` is summed from ``V``'s, bucket by bucket.
 
     The map of buckets and signs is computed when first needed on a device
-    and kept in memory (12 bytes per virtual weight on the CPU: the bucket as
-    a 64-bit integer and the sign), never saved: a saved layer holds ``W``,
-    ``b`` and the integers ``n_weights``, ``seed``, ``in_size`` and
-    ``out_size``, and loading it into a layer that differs in any of them is
-    a ``ValueError``.
+    and kept in memory, 4 bytes per virtual weight (each one's place in
+    ``[W, -W]``, :func:`~chainer_sharedlinear.functions.signed_hashed_index`),
+    or, with ``keep_index_map=False``, computed again on every call. It is
+    never saved: a saved layer holds ``W``, ``b`` and the integers
+    ``n_weights``, ``seed``, ``in_size`` and ``out_size``, and loading it into
+    a layer that differs in any of them is a ``ValueError``.
 
     Args:
         in_size (int or None): The size of the inputs; ``None`` defers it to
@@ -46,12 +51,16 @@ class HashedLinear(VirtualLinear):
             ``L.Linear``'s variance, whatever the mean of the inputs.
         initial_bias (:ref:`initializer <initializer>`): Initializer of the
             bias, zero by default.
+        keep_index_map (bool): If ``False``, the map is not kept between
+            calls: no memory for it outside a forward and backward pass, at the
+            cost of the hash on every call (see :doc:`/benchmarks`).
 
     Attributes:
         W (~chainer.Parameter): The stored weights, ``(n_weights,)``.
         b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
         n_weights (int): The number of stored weights.
         seed (int): The seed of the hash.
+        keep_index_map (bool): Whether the map is kept between calls.
 
     .. admonition:: Example
 
@@ -81,10 +90,12 @@ class HashedLinear(VirtualLinear):
             nobias: bool = False,
             initialW=None,
             initial_bias=None,
+            keep_index_map: bool = True,
     ) -> None:
         super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
         self.n_weights = _checks.positive_int('n_weights', n_weights)
         self.seed = _checks.seed(seed)
+        self.keep_index_map = bool(keep_index_map)
         self._index_map: tp.Optional[tuple] = None
         self._add_weights(W=initialW)
 
@@ -102,19 +113,32 @@ class HashedLinear(VirtualLinear):
     def index_map(self) -> tp.Tuple[tp.Any, tp.Any]:
         """``(bucket, sign)``: where each virtual weight comes from, on this link's device.
 
-        Computed once per device and dtype
-        (:func:`~chainer_sharedlinear.functions.hashed_index`), kept in memory,
-        never saved; ``sign`` is in ``W``'s dtype.
+        New arrays, made from the map the link keeps
+        (:func:`~chainer_sharedlinear.functions.hashed_index` gives the same);
+        ``bucket`` is of ``numpy.intp``, ``sign`` in ``W``'s dtype.
+        """
+        index = self.signed_index()
+        negative = index >= self.n_weights
+        bucket = (index - self.n_weights * negative).astype(numpy.intp)
+        return bucket, (1 - 2 * negative).astype(self.W.dtype)
+
+    def signed_index(self):
+        """Each virtual weight's place in ``[W, -W]``, ``(out_size, in_size)``: on its device.
+
+        :func:`~chainer_sharedlinear.functions.signed_hashed_index` of the
+        layer, computed once per device and kept, unless ``keep_index_map`` is
+        ``False``; never saved.
         """
         if self.in_size is None:
             raise ValueError('{} has no index map yet: in_size is only known after the first '
                              'forward pass'.format(self))
-        key = (self.device, self.in_size, self.W.dtype)
-        if self._index_map is None or self._index_map[0] != key:
-            bucket, sign = hashed_index(self.out_size, self.in_size, self.n_weights, self.seed,
-                                        self.xp)
-            self._index_map = (key, bucket, sign.astype(self.W.dtype))
-        return self._index_map[1], self._index_map[2]
+        key = (self.device, self.in_size)
+        if self._index_map is not None and self._index_map[0] == key:
+            return self._index_map[1]
+        index = signed_hashed_index(self.out_size, self.in_size, self.n_weights, self.seed,
+                                    self.xp)
+        self._index_map = (key, index) if self.keep_index_map else None
+        return index
 
     def __getstate__(self):
         # The index map is recomputed where it is needed: neither pickled nor deep-copied.
@@ -124,12 +148,12 @@ class HashedLinear(VirtualLinear):
 
     def dense_weight(self):
         """The virtual weight ``ξ · W[h]``, ``(out_size, in_size)``."""
-        bucket, sign = self.index_map()
-        return sign * self.W.array[bucket]
+        W = self.W.array
+        return self.xp.concatenate((W, -W)).take(self.signed_index())
 
     def _apply(self, x, n_batch_axes):
-        bucket, sign = self.index_map()
-        return apply_tied_linear(x, self.W, bucket, sign, self.b, n_batch_axes)
+        return apply_hashed_linear(x, self.W, self.signed_index(), self.seed, self.b,
+                                   n_batch_axes)
 
     @classmethod
     def from_linear(cls, linear: 'chainer.links.Linear', *, n_weights: int,

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import HashedLinear, hashed_linear
-from chainer_sharedlinear.functions.hashed_linear import hashed_index
+from chainer_sharedlinear.functions.hashed_linear import hashed_index, signed_hashed_index
 from tests.helpers import (
     BACKENDS,
     FLOATS,
@@ -311,3 +311,13 @@ def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_ch
     x, W = np.ones((2, 6), np.float32), np.ones(4, np.float32)
     assert_refused(lambda: hashed_linear(x, W, np.ones(1, np.float32), out_size=3, seed=0),
                    type_check, pattern)
+
+
+def test_the_signed_index_is_the_bucket_and_the_sign_in_one_array():
+    # 70000 columns: more than one block of rows, and columns past 16 bits.
+    for out_size, in_size, n_weights, seed in [(3, 70000, 1000, 5), (40, 900, 777, 2 ** 32 - 1),
+                                               (1, 1, 1, 0)]:
+        bucket, sign = hashed_index(out_size, in_size, n_weights, seed)
+        index = signed_hashed_index(out_size, in_size, n_weights, seed)
+        assert index.dtype == np.int32
+        np.testing.assert_array_equal(index, bucket + n_weights * (sign < 0))

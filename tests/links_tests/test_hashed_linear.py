@@ -79,16 +79,35 @@ def test_default_W_has_variance_one_over_in_size():
 # --- The index map ----------------------------------------------------------------------
 
 
-def test_the_index_map_is_kept_and_follows_the_dtype_of_W():
+def test_the_index_map_is_kept_in_4_bytes_and_follows_the_dtype_of_W():
     layer = HashedLinear(6, 4, n_weights=5, seed=1)
+    index = layer.signed_index()
+    assert layer.signed_index() is index  # kept, not made again
+    assert index.dtype == np.int32 and index.shape == (4, 6)
     bucket, sign = layer.index_map()
-    assert layer.index_map()[0] is bucket  # kept, not made again
+    np.testing.assert_array_equal(index, bucket + 5 * (sign < 0))
     assert sign.dtype == np.float32
     layer.W.array = layer.W.array.astype(np.float64)
     bucket64, sign64 = layer.index_map()
+    assert layer.signed_index() is index  # the map does not depend on the dtype
     assert sign64.dtype == np.float64
     np.testing.assert_array_equal(bucket64, bucket)
     np.testing.assert_array_equal(sign64, sign)
+
+
+def test_without_keeping_the_index_map_the_layer_computes_the_same():
+    kept = set_non_default(HashedLinear(30, 20, n_weights=50, seed=4))
+    recomputed = HashedLinear(30, 20, n_weights=50, seed=4, keep_index_map=False)
+    recomputed.copyparams(kept)
+    x = np.random.default_rng(0).standard_normal((3, 30)).astype(np.float32)
+    y_kept, y_recomputed = kept(x), recomputed(x)
+    y_kept.grad = y_recomputed.grad = np.ones((3, 20), np.float32)
+    y_kept.backward()
+    y_recomputed.backward()
+    np.testing.assert_array_equal(y_recomputed.array, y_kept.array)
+    np.testing.assert_array_equal(recomputed.W.grad, kept.W.grad)
+    assert kept._index_map is not None and recomputed._index_map is None
+    assert recomputed.signed_index() is not recomputed.signed_index()
 
 
 @pytest.mark.parametrize('config_dtype, param_dtype', [

@@ -171,7 +171,7 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
 
     The graph computes each virtual weight's place in the table ``[W, -W]``
     (its second input) from the sizes and the seed, exactly as
-    :func:`~chainer_sharedlinear.functions.signed_hashed_index` does, with
+    ``signed_hashed_index`` does, with
     operators of opset 11 on 64-bit unsigned integers (``_HashNodes`` says how);
     then ``Gather`` and ``Gemm``. With ``hash_in_graph=False``, or below
     opset 11 (with a warning), the map is stored as a constant of the
@@ -254,7 +254,7 @@ def _index_constant(onnx, gb, index) -> str:
 
 
 class _HashNodes:
-    """The nodes that compute :func:`~chainer_sharedlinear.functions.signed_hashed_index`.
+    """The nodes that compute ``signed_hashed_index``.
 
     ONNX has no bitwise xor before opset 18, later than ``onnx_chainer`` goes,
     so the hash is computed in uint64 with operators of opset 11, every step

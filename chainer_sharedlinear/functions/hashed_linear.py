@@ -167,7 +167,7 @@ def hashed_linear(x, W, b=None, n_batch_axes: int = 1, *, out_size: int, seed: i
     module). ``V`` is gathered, and the gradient of ``W`` is the signed
     sum, bucket by bucket, of the gradient of ``V`` (in a fixed order on the
     CPU). The map is recomputed on every call
-    (:func:`~chainer_sharedlinear.functions.signed_hashed_index`); the
+    (``signed_hashed_index``); the
     :class:`~chainer_sharedlinear.HashedLinear` link keeps it.
 
     Args:

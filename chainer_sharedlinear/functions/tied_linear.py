@@ -69,7 +69,7 @@ class TiedLinearFunction(function_node.FunctionNode):
     """``y = x · Vᵀ + b`` with ``V = sign · W.ravel()[index]``, for ``x`` of ``(N, in_size)``.
 
     The node of :func:`tied_linear` (and, as its subclass
-    :class:`~chainer_sharedlinear.functions.HashedLinearFunction`, of the hashed
+    ``HashedLinearFunction``, of the hashed
     layers). Its forward pass keeps ``x``, ``W`` and the gathered ``V``, which
     the backward pass lets go of before it computes ``gV``. In first-order
     backprop, which records no graph, the backward pass computes ``gx = gy · V``,

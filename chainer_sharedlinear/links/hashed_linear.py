@@ -31,7 +31,7 @@ class HashedLinear(VirtualLinear):
 
     The map of buckets and signs is computed when first needed on a device
     and kept in memory, 4 bytes per virtual weight (each one's place in
-    ``[W, -W]``, :func:`~chainer_sharedlinear.functions.signed_hashed_index`),
+    ``[W, -W]``, ``signed_hashed_index``),
     or, with ``keep_index_map=False``, computed again on every call. It is
     never saved: a saved layer holds ``W``, ``b`` and the integers
     ``n_weights``, ``seed``, ``in_size`` and ``out_size``, and loading it into
@@ -125,7 +125,7 @@ class HashedLinear(VirtualLinear):
     def signed_index(self):
         """Each virtual weight's place in ``[W, -W]``, ``(out_size, in_size)``: on its device.
 
-        :func:`~chainer_sharedlinear.functions.signed_hashed_index` of the
+        ``signed_hashed_index`` of the
         layer, computed once per device and kept, unless ``keep_index_map`` is
         ``False``; never saved.
         """

@@ -1,0 +1,326 @@
+"""Learned weight sharing: a codebook of ``n_clusters`` weights and a fixed index into it.
+
+Han, Mao and Dally's trained quantization (Deep Compression, ICLR 2016), as
+TensorFlow Model Optimization's ``cluster_weights`` does it: the weights of a
+trained layer are clustered by k-means, each is replaced by its cluster's
+centroid, and training goes on with the centroids (the codebook) as the
+parameters, the gradient of each the sum of its weights' gradients.
+"""
+
+import collections
+import math
+import typing as tp
+
+import chainer
+import numpy
+from chainer import initializers
+
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, read_saved
+
+#: The most clusters a layer takes: its index is then 16 bits a weight.
+MAX_CLUSTERS = 2 ** 16
+
+#: How :func:`cluster` places the first centroids (Han et al. compared the three).
+INITS = ('linear', 'density', 'random')
+
+
+def index_bits(n_clusters: int) -> int:
+    """The bits that one entry of the index takes in a saved file: ``⌈log2 n_clusters⌉``, ≥ 1.
+
+    >>> index_bits(16), index_bits(17), index_bits(1)
+    (4, 5, 1)
+    """
+    return max(1, math.ceil(math.log2(n_clusters)))
+
+
+def index_dtype(n_clusters: int) -> numpy.dtype:
+    """The smallest unsigned type that holds every entry of the index, in memory."""
+    return numpy.dtype(numpy.uint8 if n_clusters <= 2 ** 8 else numpy.uint16)
+
+
+def pack_index(index, bits: int) -> numpy.ndarray:
+    """The entries of ``index`` at ``bits`` bits each, packed into bytes (NumPy).
+
+    >>> pack_index(numpy.array([1, 2, 3]), 2)  # 01 10 11, low bit first
+    array([57], dtype=uint8)
+    """
+    values = numpy.asarray(chainer.backend.CpuDevice().send(index)).ravel()
+    planes = (values[:, None] >> numpy.arange(bits, dtype=values.dtype)) & 1
+    return numpy.packbits(planes.astype(numpy.uint8).ravel(), bitorder='little')
+
+
+def unpack_index(packed, bits: int, count: int, dtype) -> numpy.ndarray:
+    """The ``count`` entries that :func:`pack_index` packed, in ``dtype`` (NumPy)."""
+    planes = numpy.unpackbits(numpy.asarray(packed, numpy.uint8), count=count * bits,
+                              bitorder='little').reshape(count, bits)
+    weights = (1 << numpy.arange(bits)).astype(dtype)
+    return planes.astype(dtype).dot(weights).astype(dtype)
+
+
+def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
+            max_iter: int = 300) -> tp.Tuple[numpy.ndarray, numpy.ndarray]:
+    """k-means of a set of numbers: the centroids, and the cluster of each number.
+
+    One-dimensional k-means keeps each cluster an interval of the sorted
+    numbers, so that an iteration of Lloyd's algorithm costs a binary search
+    per centroid and prefix sums; it runs until no number changes cluster (or
+    ``max_iter`` iterations). The result is a function of the numbers and the
+    arguments alone.
+
+    Args:
+        values: The numbers, any shape (NumPy or CuPy; computed with NumPy).
+        n_clusters (int): The number of clusters, from 1 to 2**16.
+        init (str): Where the centroids start: ``'linear'``, evenly spaced
+            from the smallest number to the largest (the best of the three in
+            Han et al.), ``'density'``, at evenly spaced quantiles, or
+            ``'random'``, at numbers drawn from ``values`` with ``seed``.
+        seed (int): The seed of ``'random'``.
+        max_iter (int): The most iterations.
+
+    Returns:
+        ``(centroids, labels)``: ``(n_clusters,)`` float64, ascending, and
+        the cluster of each number in ``values``' shape, of
+        :func:`index_dtype`. A cluster no number is nearest keeps its centroid.
+
+    .. admonition:: Example
+
+        >>> centroids, labels = cluster(numpy.array([0., 0.1, 0.9, 1.0, 5.0]), 3)
+        >>> centroids, labels
+        (array([0.05, 0.95, 5.  ]), array([0, 0, 1, 1, 2], dtype=uint8))
+    """
+    n_clusters = _checks.n_clusters(n_clusters)
+    if init not in INITS:
+        raise ValueError('init must be one of {}, got {!r}'.format(', '.join(INITS), init))
+    host = numpy.asarray(chainer.backend.CpuDevice().send(values), numpy.float64)
+    flat = host.ravel()
+    if flat.size == 0:
+        raise ValueError('cannot cluster an empty array')
+    order = numpy.argsort(flat, kind='stable')
+    ordered = flat[order]
+    prefix = numpy.concatenate([[0.0], numpy.cumsum(ordered)])
+    if init == 'linear':
+        centroids = numpy.linspace(ordered[0], ordered[-1], n_clusters)
+    elif init == 'density':
+        centroids = numpy.quantile(ordered, (numpy.arange(n_clusters) + 0.5) / n_clusters)
+    else:
+        picks = numpy.random.RandomState(_checks.seed(seed)).choice(
+            flat.size, size=n_clusters, replace=flat.size < n_clusters)
+        centroids = numpy.sort(flat[picks])
+    cuts = None
+    for _ in range(max_iter):
+        new_cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
+        if cuts is not None and numpy.array_equal(new_cuts, cuts):
+            break
+        cuts = new_cuts
+        starts = numpy.concatenate([[0], cuts])
+        ends = numpy.concatenate([cuts, [flat.size]])
+        counts = ends - starts
+        sums = prefix[ends] - prefix[starts]
+        centroids = numpy.where(counts > 0, sums / numpy.maximum(counts, 1), centroids)
+        # Means of consecutive intervals ascend; an empty cluster's kept centroid may not.
+        centroids = numpy.sort(centroids)
+    counts = numpy.diff(numpy.concatenate([[0], cuts, [flat.size]]))
+    labels = numpy.empty(flat.size, index_dtype(n_clusters))
+    labels[order] = numpy.repeat(numpy.arange(n_clusters), counts)
+    return centroids, labels.reshape(host.shape)
+
+
+class ClusteredLinear(VirtualLinear):
+    """Linear layer whose weights share ``n_clusters`` values: ``V[i, j] = W[index[i, j]]``.
+
+    ``W``, of shape ``(n_clusters,)``, is the codebook and the layer's only
+    weight parameter; ``index``, of shape ``(out_size, in_size)``, says which
+    value each virtual weight takes, and stays fixed. The function is
+    :func:`~chainer_sharedlinear.tied_linear` with that index: ``V`` is
+    gathered for each call, and the gradient of each value of the codebook
+    is the sum of its weights' gradients. :meth:`from_linear` clusters a
+    trained dense weight by k-means (:func:`cluster`).
+
+    What it stores:
+
+    - in memory, the index in the smallest unsigned type (1 byte a weight up to
+      256 clusters, 2 bytes up to 2**16) and the codebook; while training, the
+      gathered ``V`` and its gradient as well, as a dense layer's weight and
+      gradient;
+    - in a saved file, the codebook and the index at
+      :func:`index_bits` bits a weight (4 bits for 16 clusters), with the
+      integers ``n_clusters``, ``in_size`` and ``out_size``; loading a file
+      into a layer that differs in any of them is a ``ValueError``.
+
+    A layer built without a trained weight (not by :meth:`from_linear`) starts
+    as the clustering of a weight drawn as ``L.Linear`` draws one (variance
+    ``1 / in_size``), from ``seed``: its index is that clustering's, its
+    codebook the centroids unless ``initialW`` says otherwise.
+
+    Args:
+        in_size (int or None): The size of the inputs; ``None`` defers it to
+            the first forward pass. If only one size is given, it is ``out_size``.
+        out_size (int): The size of the outputs.
+        n_clusters (int): The number of shared values, from 1 to 2**16
+            (keyword only).
+        seed (int): The seed of the initial weight (and of ``init='random'``).
+        nobias (bool): If ``True``, there is no bias.
+        initialW (:ref:`initializer <initializer>`): Initializer of the codebook.
+        initial_bias (:ref:`initializer <initializer>`): Initializer of the
+            bias, zero by default.
+
+    Attributes:
+        W (~chainer.Parameter): The codebook, ``(n_clusters,)``.
+        index: The cluster of every virtual weight, ``(out_size, in_size)``,
+            on the link's device; ``None`` until ``in_size`` is known.
+        b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
+        n_clusters (int): The number of shared values.
+
+    .. admonition:: Example
+
+        >>> import chainer.links as L
+        >>> import numpy as np
+        >>> from chainer_sharedlinear import ClusteredLinear
+        >>> dense = L.Linear(1000, 900)
+        >>> layer = ClusteredLinear.from_linear(dense, n_clusters=16)
+        >>> layer.W.shape, layer.index.shape, layer.index.dtype
+        ((16,), (900, 1000), dtype('uint8'))
+        >>> layer.stored_bytes()  # 16 float32 values, 900,000 indices of 4 bits, the bias
+        453664
+    """
+
+    weight_names = ('W',)
+    # W's shape does not tell the sizes, and the index is saved packed.
+    saved_options = ('n_clusters', 'in_size', 'out_size')
+
+    def __init__(
+            self,
+            in_size: tp.Optional[int],
+            out_size: tp.Optional[int] = None,
+            *,
+            n_clusters: int,
+            seed: int = 0,
+            nobias: bool = False,
+            initialW=None,
+            initial_bias=None,
+    ) -> None:
+        super().__init__(in_size, out_size, nobias=nobias, initial_bias=initial_bias)
+        self.n_clusters = _checks.n_clusters(n_clusters)
+        self.seed = _checks.seed(seed)
+        self.index = None
+        self._initial_centroids = None
+        self._add_weights(W=initialW)
+
+    def _weight_shapes(self, in_size):
+        return collections.OrderedDict(W=(self.n_clusters,))
+
+    def _in_size_of_weights(self):
+        return None if self.index is None else self.index.shape[1]
+
+    def _initialize_params(self, in_size):
+        if self.index is not None:
+            return super()._initialize_params(in_size)
+        in_size = _checks.positive_int('in_size', in_size)
+        drawn = numpy.random.RandomState(self.seed).normal(
+            scale=1 / math.sqrt(in_size), size=(self.out_size, in_size))
+        self._initial_centroids, index = cluster(drawn, self.n_clusters)
+        try:
+            super()._initialize_params(in_size)
+        finally:
+            self._initial_centroids = None
+        self.index = self.xp.asarray(index)
+
+    def _default_initializer(self, name, in_size):
+        return initializers.Constant(self._initial_centroids)
+
+    def _options(self):
+        return collections.OrderedDict([('n_clusters', self.n_clusters), ('seed', self.seed)])
+
+    def stored_bytes(self) -> int:
+        """The bytes of a saved layer: the codebook, the index at its bit width, the bias."""
+        if self.index is None:
+            raise ValueError('{} has no index yet: it is {}'.format(self, _checks.NOT_INITIALISED))
+        n_bytes = self.W.size * self.W.dtype.itemsize
+        n_bytes += math.ceil(self.index.size * index_bits(self.n_clusters) / 8)
+        if self.b is not None:
+            n_bytes += self.b.size * self.b.dtype.itemsize
+        return n_bytes
+
+    def dense_weight(self):
+        """The virtual weight ``W[index]``, ``(out_size, in_size)``."""
+        return self.W.array[self.index]
+
+    def _apply(self, x, n_batch_axes):
+        return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes)
+
+    def device_resident_accept(self, visitor):
+        super().device_resident_accept(visitor)
+        if self.index is not None:
+            self.index = visitor.visit_array(self.index)
+
+    def serialize(self, serializer) -> None:
+        """Saves and loads the index packed at :func:`index_bits` bits, with the layer's checks."""
+        bits = index_bits(self.n_clusters)
+        if not isinstance(serializer, chainer.serializer.Deserializer):
+            super().serialize(serializer)
+            if self.index is not None:
+                serializer('index', pack_index(self.index, bits))
+            return
+        packed = read_saved(serializer, 'index')
+        index = None
+        if packed is not None:
+            # Checked and unpacked before anything is loaded, so that a refused file
+            # leaves the layer as it was.
+            self._check_saved(serializer)
+            sizes = [read_saved(serializer, name) for name in ('out_size', 'in_size')]
+            if any(size is None for size in sizes):
+                raise ValueError('cannot load the index of {}: the file does not say its '
+                                 'in_size and out_size'.format(self))
+            out_size, in_size = (int(size) for size in sizes)
+            count = out_size * in_size
+            if packed.size != math.ceil(count * bits / 8):
+                raise ValueError(
+                    'cannot load an index of {} bytes into {}: {} x {} entries of {} bits '
+                    'take {}'.format(packed.size, self, out_size, in_size, bits,
+                                     math.ceil(count * bits / 8)))
+            index = unpack_index(packed, bits, count, index_dtype(self.n_clusters))
+            if index.size and int(index.max()) >= self.n_clusters:
+                raise ValueError('cannot load an index with entries up to {} into {}, whose '
+                                 'codebook has {} values'.format(int(index.max()), self,
+                                                                 self.n_clusters))
+            index = index.reshape(out_size, in_size)
+        super().serialize(serializer)
+        if index is not None:
+            self.index = self.xp.asarray(index)
+
+    @classmethod
+    def from_linear(cls, linear: 'chainer.links.Linear', *, n_clusters: int,
+                    init: str = 'linear', seed: int = 0) -> 'ClusteredLinear':
+        """Makes the ``ClusteredLinear`` of a dense layer's weights clustered by k-means.
+
+        Each weight is replaced by the centroid of its cluster (:func:`cluster`):
+        the layer with ``n_clusters`` shared values whose weights are nearest the
+        dense ones in the Frobenius norm that Lloyd's algorithm finds from
+        ``init``. The bias is copied; dtypes and device stay as they were.
+
+        Args:
+            linear (~chainer.links.Linear): An initialised dense layer.
+            n_clusters (int): The number of shared values.
+            init (str): Where k-means starts (see :func:`cluster`).
+            seed (int): The seed of ``init='random'``, and the layer's seed.
+
+        Returns:
+            ClusteredLinear: A new link, with ``in_size`` and ``out_size`` of ``linear``.
+
+        .. admonition:: Example
+
+            >>> import chainer.links as L
+            >>> import numpy as np
+            >>> dense = L.Linear(3, 2, initialW=np.array([[1., 1., 5.], [5., 1., 1.]]))
+            >>> layer = ClusteredLinear.from_linear(dense, n_clusters=2)
+            >>> layer.W.array, layer.index
+            (array([1., 5.], dtype=float32), array([[0, 0, 1],
+                   [1, 0, 0]], dtype=uint8))
+        """
+        layer = cls._like_linear(linear, n_clusters=n_clusters, seed=seed)
+        centroids, index = cluster(linear.W.array, layer.n_clusters, init=init, seed=seed)
+        layer.W.array[...] = layer.xp.asarray(centroids)
+        layer.index = layer.xp.asarray(index)
+        return layer

@@ -6,6 +6,7 @@ from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
     KroneckerLinearFunction,
     kronecker_linear,
 )
+from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear  # NOQA
 from chainer_sharedlinear.functions.shared_linear import (  # NOQA
     SharedLinearFunction,
     SharedLinearGradData,
@@ -24,6 +25,6 @@ __all__ = [
     'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
     'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
     'TiledLinearFunction', 'fold',
-    'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
+    'hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear', 'shared_linear',
     'tied_linear', 'unfold',
 ]

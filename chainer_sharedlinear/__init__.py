@@ -20,7 +20,6 @@ from chainer_sharedlinear.convert import (  # NOQA
     unshare_linears,
 )
 from chainer_sharedlinear.functions import (  # NOQA
-    TiledLinearFunction,
     hashed_linear,
     kronecker_linear,
     shared_linear,
@@ -33,7 +32,7 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
-    'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
-    'TiledLinearFunction', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'register',
-    'share_linears', 'shared_linear', 'tied_linear', 'unshare_linears',
+    'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear', 'convert_linears',
+    'hashed_linear', 'kronecker_linear', 'register', 'share_linears', 'shared_linear',
+    'tied_linear', 'unshare_linears',
 ]

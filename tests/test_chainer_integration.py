@@ -10,7 +10,7 @@ from chainer import computational_graph, function_hooks, link_hooks, optimizer_h
 from chainer.training import extensions
 
 from chainer_sharedlinear import SharedLinear
-from chainer_sharedlinear.functions import SharedLinearFunction
+from chainer_sharedlinear.functions.shared_linear import SharedLinearFunction
 
 
 class MLP(chainer.Chain):

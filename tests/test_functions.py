@@ -7,8 +7,8 @@ from chainer.utils.type_check import InvalidType
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear import TiledLinearFunction, kronecker_linear, shared_linear, tied_linear
-from chainer_sharedlinear.functions import fold, unfold
+from chainer_sharedlinear import kronecker_linear, shared_linear, tied_linear
+from chainer_sharedlinear.functions.fold import fold, unfold
 from tests.helpers import (
     BACKENDS,
     dense_oracle,
@@ -108,18 +108,15 @@ def _grads(f, x, W, b, gy):
 
 @pytest.mark.parametrize('n_shared', [1, 2, 10])
 @pytest.mark.parametrize('nobias', [True, False])
-def test_gradients_equal_tiled_linear_and_2016_function(n_shared, nobias):
+def test_gradients_equal_tiled_linear(n_shared, nobias):
     x, W, b = _problem(np.float64, np.float64, n_shared, nobias, batch_shape=(7,), k=5,
                        out_size=6)
     gy = np.random.default_rng(1).standard_normal((7, 6))
 
     ours = _grads(lambda x, W, b: shared_linear(x, W, b), x, W, b, gy)
     dense = _grads(lambda x, W, b: F.linear(x, F.tile(W, (1, n_shared)), b), x, W, b, gy)
-    legacy = _grads(lambda x, W, b: TiledLinearFunction()(*((x, W) if b is None else (x, W, b))),
-                    x, W, b, gy)
-    for mine, theirs, old in zip(ours, dense, legacy):
+    for mine, theirs in zip(ours, dense):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(mine, old, rtol=1e-12, atol=1e-12)
 
 
 def test_second_order_gradients_equal_tiled_linear():

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import shared_linear, tied_linear
-from chainer_sharedlinear.functions import TiedWeight
+from chainer_sharedlinear.functions.tied_linear import TiedWeight
 from tests.helpers import BACKENDS, first_and_second_order_grads, function_tolerances
 
 FLOATS = [np.float16, np.float32, np.float64]

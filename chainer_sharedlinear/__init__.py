@@ -22,7 +22,6 @@ from chainer_sharedlinear.convert import (  # NOQA
     unshare_linears,
 )
 from chainer_sharedlinear.functions import (  # NOQA
-    TiledLinearFunction,
     hashed_linear,
     kronecker_linear,
     low_rank_linear,
@@ -43,7 +42,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ClusteredLinear', 'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-    'SharedLinear', 'TiledLinearFunction', 'convert_linears', 'hashed_linear',
-    'kronecker_linear', 'low_rank_linear', 'register', 'share_linears', 'shared_linear',
+    'SharedLinear', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
+    'register', 'share_linears', 'shared_linear',
     'tied_linear', 'unshare_linears',
 ]

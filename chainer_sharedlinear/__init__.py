@@ -30,6 +30,7 @@ from chainer_sharedlinear.functions import (  # NOQA
 )
 from chainer_sharedlinear.links import (  # NOQA
     ClusteredLinear,
+    DistillationClassifier,
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
@@ -41,8 +42,8 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
-    'ClusteredLinear', 'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-    'SharedLinear', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
-    'register', 'share_linears', 'shared_linear',
+    'ClusteredLinear', 'ConversionReport', 'DistillationClassifier', 'HashedLinear',
+    'KroneckerLinear', 'LowRankLinear', 'SharedLinear', 'convert_linears', 'hashed_linear',
+    'kronecker_linear', 'low_rank_linear', 'register', 'share_linears', 'shared_linear',
     'tied_linear', 'unshare_linears',
 ]

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear import (
+    ClusteredLinear,
     HashedLinear,
     KroneckerLinear,
+    LowRankLinear,
     SharedLinear,
     share_linears,
     shared_linear,
@@ -407,8 +409,13 @@ class _Toeplitz(chainer.Chain):
     lambda: KroneckerLinear(1000, 900, n_terms=4),
     lambda: _Toeplitz(30000, 300, 200, signed=False),
     lambda: _Toeplitz(100, 300, 200, signed=True),
+    lambda: LowRankLinear(1000, 900, rank=56),
+    lambda: ClusteredLinear(1000, 900, n_clusters=16),
+    lambda: ClusteredLinear(1000, 900, n_clusters=300),
+    lambda: ClusteredLinear(37, 11, n_clusters=2, nobias=True),
 ], ids=['Linear', 'Hashed/64', 'Hashed/8', 'Hashed-small', 'Shared10', 'Kronecker',
-        'Kronecker4', 'tied-uint16', 'tied-uint8-signed'])
+        'Kronecker4', 'tied-uint16', 'tied-uint8-signed', 'LowRank56', 'Clustered16',
+        'Clustered300', 'Clustered2'])
 def test_the_onnx_file_of_a_layer_is_about_the_size_of_its_npz(ort, layer):
     layer = layer()
     model = layer if isinstance(layer, _Toeplitz) else chainer.Sequential(layer)
@@ -574,3 +581,30 @@ def test_export_of_a_tied_linear_model_without_signs(ort):
     folded, = [a for a in _tensors(onnx_model).values() if a.ndim == 2]
     assert folded.dtype == np.uint8
     np.testing.assert_array_equal(folded, index)
+
+
+# --- LowRankLinear and ClusteredLinear ---------------------------------------------------
+
+
+@pytest.mark.parametrize('opset_version', [7, 9, 11, 13])
+@pytest.mark.parametrize('layer', [
+    lambda: LowRankLinear(30, 20, rank=4),
+    lambda: LowRankLinear(30, 20, rank=4, nobias=True),
+    lambda: ClusteredLinear(30, 20, n_clusters=16),
+    lambda: ClusteredLinear(37, 11, n_clusters=5, nobias=True),  # 5 bits: entries span bytes
+    lambda: ClusteredLinear(30, 20, n_clusters=300),  # 9 bits
+    lambda: ClusteredLinear(3, 2, n_clusters=1),
+], ids=['LowRank', 'LowRank-nobias', 'Clustered16', 'Clustered5', 'Clustered300',
+        'Clustered1'])
+def test_export_of_low_rank_and_clustered_layers_matches_chainer(ort, layer, opset_version):
+    layer = _trained(layer(), seed=4)
+    _export_and_compare(ort, chainer.Sequential(layer),
+                        _standard_normal((5, layer.in_size), 1), opset_version, atol=1e-5)
+
+
+def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
+    layer = ClusteredLinear.from_linear(_trained(L.Linear(100, 80), seed=2), n_clusters=16)
+    onnx_model = _export_and_compare(ort, chainer.Sequential(layer),
+                                     _standard_normal((3, 100), 0), 11, atol=1e-5)
+    biggest = max(_tensors(onnx_model).values(), key=lambda array: array.nbytes)
+    assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry

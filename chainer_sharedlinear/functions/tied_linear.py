@@ -242,15 +242,16 @@ def check_index(index, sign, n_weights: int, xp) -> tp.Tuple[tp.Any, tp.Any]:
     return index, sign
 
 
-def apply_tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1):
+def apply_tied_linear(x, W, index, sign=None, b=None, n_batch_axes: int = 1, node=None):
     """:class:`TiedLinearFunction` on ``x`` with any batch axes; ``index`` and ``sign`` unchecked.
 
-    For callers whose index map is right by construction (the hashed layer);
-    :func:`tied_linear` checks a map first.
+    For callers whose index map is right by construction (the hashed and
+    clustered layers); :func:`tied_linear` checks a map first. ``node`` is
+    the node to apply, if not ``TiedLinearFunction(index, sign)``.
     """
     x, batch_shape = shapes.as_matrix(x, n_batch_axes)
     args = (x, W) if b is None else (x, W, b)
-    y, = TiedLinearFunction(index, sign).apply(args)
+    y, = (TiedLinearFunction(index, sign) if node is None else node).apply(args)
     return shapes.with_batch_axes(y, batch_shape)
 
 

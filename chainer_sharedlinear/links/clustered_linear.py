@@ -16,47 +16,18 @@ import numpy
 from chainer import initializers
 
 from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions.clustered_linear import (
+    ClusteredLinearFunction,
+    index_bits,
+    index_dtype,
+    pack_index,
+    unpack_index,
+)
 from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear, read_saved
 
-#: The most clusters a layer takes: its index is then 16 bits a weight.
-MAX_CLUSTERS = 2 ** 16
-
 #: How :func:`cluster` places the first centroids (Han et al. compared the three).
 INITS = ('linear', 'density', 'random')
-
-
-def index_bits(n_clusters: int) -> int:
-    """The bits that one entry of the index takes in a saved file: ``⌈log2 n_clusters⌉``, ≥ 1.
-
-    >>> index_bits(16), index_bits(17), index_bits(1)
-    (4, 5, 1)
-    """
-    return max(1, math.ceil(math.log2(n_clusters)))
-
-
-def index_dtype(n_clusters: int) -> numpy.dtype:
-    """The smallest unsigned type that holds every entry of the index, in memory."""
-    return numpy.dtype(numpy.uint8 if n_clusters <= 2 ** 8 else numpy.uint16)
-
-
-def pack_index(index, bits: int) -> numpy.ndarray:
-    """The entries of ``index`` at ``bits`` bits each, packed into bytes (NumPy).
-
-    >>> pack_index(numpy.array([1, 2, 3]), 2)  # 01 10 11, low bit first
-    array([57], dtype=uint8)
-    """
-    values = numpy.asarray(chainer.backend.CpuDevice().send(index)).ravel()
-    planes = (values[:, None] >> numpy.arange(bits, dtype=values.dtype)) & 1
-    return numpy.packbits(planes.astype(numpy.uint8).ravel(), bitorder='little')
-
-
-def unpack_index(packed, bits: int, count: int, dtype) -> numpy.ndarray:
-    """The ``count`` entries that :func:`pack_index` packed, in ``dtype`` (NumPy)."""
-    planes = numpy.unpackbits(numpy.asarray(packed, numpy.uint8), count=count * bits,
-                              bitorder='little').reshape(count, bits)
-    weights = (1 << numpy.arange(bits)).astype(dtype)
-    return planes.astype(dtype).dot(weights).astype(dtype)
 
 
 def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
@@ -258,7 +229,8 @@ class ClusteredLinear(VirtualLinear):
         return self.W.array[self.index]
 
     def _apply(self, x, n_batch_axes):
-        return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes)
+        return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes,
+                                 node=ClusteredLinearFunction(self.index, self.n_clusters))
 
     def device_resident_accept(self, visitor):
         super().device_resident_accept(visitor)

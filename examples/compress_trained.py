@@ -1,0 +1,248 @@
+#!/usr/bin/env python
+"""Compress a trained model to a budget and win its accuracy back: the recipe, measured.
+
+Trains Chainer's MNIST MLP (784-1000-1000-10) dense, compresses all of its
+layers to each ``--budgets`` of their bytes with each ``--patterns``
+(``compress_linears``), and measures the validation accuracy
+
+- right after compression (``compressed``);
+- after fine-tuning with Adam, without and with distillation from the dense
+  model (``finetune``, ``distill``: after each epoch);
+- of the same compressed layers trained from scratch for as many epochs as the
+  dense training and the fine-tuning together (``scratch``).
+
+Every measurement is a record of ``OUT/records.json``; a rerun skips those it
+has. ``--table`` prints the table of the records in ``OUT``. See docs/compress.md.
+"""
+
+import argparse
+import copy
+import fractions
+import json
+import os
+import sys
+import time
+
+import chainer
+import chainer.functions as F
+import chainer.links as L
+import mnist3_utils as utils
+import numpy
+from chainer import training
+from chainer.training import extensions
+
+from chainer_sharedlinear import DistillationClassifier, apply_plan, compress_linears
+
+
+class MLP(chainer.Chain):
+    """Chainer's MNIST example's network: lazy layers, ReLU between them."""
+
+    def __init__(self, n_units=1000, n_out=10):
+        super().__init__()
+        with self.init_scope():
+            self.l1 = L.Linear(None, n_units)
+            self.l2 = L.Linear(None, n_units)
+            self.l3 = L.Linear(None, n_out)
+
+    def forward(self, x):
+        h1 = F.relu(self.l1(x))
+        h2 = F.relu(self.l2(h1))
+        return self.l3(h2)
+
+
+def train(model, train_set, val_set, args, epochs, seed, lr):
+    """Trains ``model`` (a classifier) with Adam; returns the validation accuracy of each epoch."""
+    optimizer = chainer.optimizers.Adam(alpha=lr)
+    optimizer.setup(model)
+    train_iter = chainer.iterators.SerialIterator(
+        train_set, args.batchsize, order_sampler=chainer.iterators.ShuffleOrderSampler(
+            numpy.random.RandomState(seed)))
+    val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
+    updater = training.updaters.StandardUpdater(train_iter, optimizer, device=args.device)
+    trainer = training.Trainer(updater, (epochs, 'epoch'), out=os.path.join(args.out, 'runs'))
+    trainer.extend(extensions.Evaluator(val_iter, model, device=args.device))
+    trainer.extend(extensions.LogReport())
+    trainer.extend(extensions.ProgressBar(update_interval=50))
+    trainer.run()
+    return [entry['validation/main/accuracy'] for entry in
+            trainer.get_extension('LogReport').log]
+
+
+def evaluate(model, val_set, args):
+    val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
+    return extensions.Evaluator(val_iter, model, device=args.device).evaluate()[
+        'main/accuracy']
+
+
+def dense_model(train_set, val_set, args, seed, records):
+    """The dense classifier of ``seed``: trained once, saved in OUT, loaded after."""
+    path = os.path.join(args.out, 'dense-seed{}.npz'.format(seed))
+    numpy.random.seed(seed)
+    model = L.Classifier(MLP())
+    model(*chainer.dataset.concat_examples([train_set[0]]))  # initialises the lazy layers
+    model.to_device(args.device)
+    if os.path.exists(path):
+        chainer.serializers.load_npz(path, model)
+        return model
+    started = time.process_time()
+    accuracies = train(model, train_set, val_set, args, args.dense_epochs, seed, args.lr)
+    chainer.serializers.save_npz(path, model)
+    records.add(seed=seed, budget='1', pattern='dense', variant='dense',
+                accuracy=accuracies, cpu_seconds=time.process_time() - started)
+    return model
+
+
+def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
+    """The four measurements of one budget and pattern that ``records`` lacks."""
+    def key(variant):
+        return dict(seed=seed, budget=str(budget), pattern=pattern, variant=variant)
+
+    model = copy.deepcopy(dense)
+    report = compress_linears(model.predictor, budget, pattern=pattern)
+    layers = [dict(path=row.path, pattern=row.pattern, knobs=row.knobs,
+                   stored_bytes=row.stored_bytes, dense_bytes=row.dense_bytes,
+                   error=row.error) for row in report.layers]
+    common = dict(layers=layers, stored_bytes=report.stored_bytes,
+                  dense_bytes=report.dense_bytes, skipped=report.skipped)
+    if not records.has(**key('compressed')):
+        records.add(accuracy=[evaluate(model, val_set, args)], **key('compressed'), **common)
+    for variant in ('finetune', 'distill'):
+        if records.has(**key(variant)):
+            continue
+        student = copy.deepcopy(model)
+        if variant == 'distill':
+            student = DistillationClassifier(student.predictor, dense.predictor,
+                                             temperature=args.temperature, alpha=args.alpha)
+        started = time.process_time()
+        accuracies = train(student, train_set, val_set, args, args.finetune_epochs, seed,
+                           args.finetune_lr)
+        records.add(accuracy=accuracies, cpu_seconds=time.process_time() - started,
+                    **key(variant), **common)
+    if args.scratch and not records.has(**key('scratch')):
+        numpy.random.seed(seed)
+        scratch = L.Classifier(MLP())
+        apply_plan(scratch.predictor, report.plan)
+        scratch.to_device(args.device)
+        started = time.process_time()
+        accuracies = train(scratch, train_set, val_set, args,
+                           args.dense_epochs + args.finetune_epochs, seed, args.lr)
+        records.add(accuracy=accuracies, cpu_seconds=time.process_time() - started,
+                    **key('scratch'), **common)
+
+
+class Records:
+    """The records of ``OUT/records.json``, each written as soon as it is measured."""
+
+    def __init__(self, args):
+        self.path = os.path.join(args.out, 'records.json')
+        self.settings = dict(dataset=args.dataset, train_size=args.train_size,
+                             val_size=args.val_size, batchsize=args.batchsize,
+                             dense_epochs=args.dense_epochs, lr=args.lr,
+                             finetune_epochs=args.finetune_epochs,
+                             finetune_lr=args.finetune_lr, temperature=args.temperature,
+                             alpha=args.alpha)
+        self.records = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.records = json.load(f)
+        for record in self.records:
+            other = {name: record.get(name) for name in self.settings}
+            if other != self.settings:
+                raise utils.UsageError(
+                    '{} holds records of other settings ({}); this run has {}: choose another '
+                    '--out'.format(self.path, other, self.settings))
+
+    def has(self, **key):
+        return any(all(record[name] == value for name, value in key.items())
+                   for record in self.records)
+
+    def add(self, **record):
+        record.update(self.settings)
+        self.records.append(record)
+        with open(self.path + '.tmp', 'w') as f:
+            json.dump(self.records, f, indent=1)
+        os.replace(self.path + '.tmp', self.path)
+
+
+def table(records):
+    """The mean accuracy of each budget, pattern and variant over the seeds, as text."""
+    rows = {}
+    for record in records:
+        rows.setdefault((record['budget'], record['pattern'], record['variant']), []).append(
+            record)
+    lines = ['{:>6} {:>10} {:>10} {:>6} {:>8} {:>8} {:>8}'.format(
+        'budget', 'pattern', 'variant', 'seeds', 'ratio', 'epoch 1', 'last')]
+    for (budget, pattern, variant), group in sorted(
+            rows.items(), key=lambda item: (-float(fractions.Fraction(item[0][0])), item[0])):
+        first = numpy.mean([record['accuracy'][0] for record in group])
+        last = numpy.mean([record['accuracy'][-1] for record in group])
+        ratio = group[0].get('stored_bytes', 1) / group[0].get('dense_bytes', 1)
+        lines.append('{:>6} {:>10} {:>10} {:>6} {:>8.4f} {:>8.4f} {:>8.4f}'.format(
+            budget, pattern, variant, len(group), ratio, first, last))
+    return '\n'.join(lines)
+
+
+def run(args):
+    os.makedirs(args.out, exist_ok=True)
+    records = Records(args)
+    if args.table:
+        print(table(records.records))
+        return
+    train_set, val_set = utils.load_datasets(args)
+    print('{}: {} training and {} validation images; budgets {}; patterns {}; seeds {}'.format(
+        args.dataset, len(train_set), len(val_set), ', '.join(map(str, args.budgets)),
+        ', '.join(args.patterns), ', '.join(map(str, args.seeds))))
+    for seed in args.seeds:
+        dense = dense_model(train_set, val_set, args, seed, records)
+        for budget in args.budgets:
+            for pattern in args.patterns:
+                measure(dense, train_set, val_set, args, seed, budget, pattern, records)
+    print(table(records.records))
+
+
+def budget(text):
+    try:
+        value = fractions.Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError('expected a fraction such as 1/8, got {!r}'.format(
+            text)) from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError('expected a fraction in (0, 1], got {}'.format(text))
+    return value
+
+
+def parse_args(argv=None):
+    parser = utils.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out', '-o', default='result/compress',
+                        help='Folder of the records (default: result/compress)')
+    parser.add_argument('--budgets', type=budget, nargs='+',
+                        default=[fractions.Fraction(1, 4), fractions.Fraction(1, 8),
+                                 fractions.Fraction(1, 32)],
+                        help='Fractions of the dense bytes (default: 1/4 1/8 1/32)')
+    parser.add_argument('--patterns', nargs='+',
+                        default=['auto', 'hashed', 'kronecker', 'lowrank', 'clustered',
+                                 'shared', 'phm'],
+                        help='Patterns of compress_linears, or auto (default: all and auto)')
+    parser.add_argument('--seeds', type=utils.seed, nargs='+', default=[0])
+    parser.add_argument('--batchsize', '-b', type=utils.positive_int, default=100)
+    parser.add_argument('--dense-epochs', type=utils.positive_int, default=5)
+    parser.add_argument('--lr', type=float, default=1e-3, help="Adam's alpha, dense and scratch")
+    parser.add_argument('--finetune-epochs', type=utils.positive_int, default=3)
+    parser.add_argument('--finetune-lr', type=float, default=1e-4,
+                        help="Adam's alpha when fine-tuning (default: 1e-4)")
+    parser.add_argument('--temperature', type=float, default=4.0)
+    parser.add_argument('--alpha', type=float, default=0.5,
+                        help='The weight of the distillation term (default: 0.5)')
+    parser.add_argument('--no-scratch', dest='scratch', action='store_false',
+                        help='Do not train the compressed layers from scratch')
+    parser.add_argument('--table', action='store_true',
+                        help='Print the table of the records in --out and stop')
+    parser.add_argument('--device', '-d', type=utils.device, default='@numpy')
+    utils.add_data_arguments(parser)
+    args = parser.parse_args(argv)
+    utils.check_data_arguments(parser, args)
+    return args
+
+
+if __name__ == '__main__':
+    sys.exit(utils.exit_status(run, parse_args()))

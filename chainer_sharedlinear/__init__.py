@@ -13,6 +13,18 @@ ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
 extra), imported only when asked for.
 """
 
+from chainer_sharedlinear.compress import (  # NOQA
+    CompressedLayer,
+    CompressionReport,
+    apply_plan,
+    compress_linears,
+    knobs_at_budget,
+    load_compressed,
+    pattern_names,
+    read_plan,
+    save_compressed,
+    stored_bytes,
+)
 from chainer_sharedlinear.convert import (  # NOQA
     ConversionReport,
     convert_linears,
@@ -33,6 +45,8 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
+    'CompressedLayer', 'CompressionReport', 'apply_plan', 'compress_linears', 'knobs_at_budget',
+    'load_compressed', 'pattern_names', 'read_plan', 'save_compressed', 'stored_bytes',
     'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
     'TiledLinearFunction', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'register',
     'share_linears', 'shared_linear', 'tied_linear', 'unshare_linears',

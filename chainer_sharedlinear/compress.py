@@ -297,8 +297,10 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
 
         >>> knobs_at_budget('shared', 784, 1000, 1/8, nobias=True)
         {'n_shared': 8}
-        >>> knobs_at_budget('lowrank', 784, 1000, 1/8)
-        {'rank': 54}
+        >>> knobs_at_budget('hashed', 784, 1000, 1/8)  # the bias takes 1000 of 98,125 numbers
+        {'n_weights': 97125}
+        >>> knobs_at_budget('phm', 1000, 1000, 1/8)
+        {'n': 10}
         >>> knobs_at_budget('shared', 7, 10, 1/8)
         Traceback (most recent call last):
         ...
@@ -506,15 +508,20 @@ def compress_linears(model: chainer.Link, budget, *,
 
         >>> import chainer
         >>> import chainer.links as L
-        >>> model = chainer.Sequential(L.Linear(64, 32), L.Linear(32, 7))
-        >>> report = compress_linears(model, 1/8, pattern='shared')
-        >>> print(report)  # doctest: +NORMALIZE_WHITESPACE
+        >>> import numpy as np
+        >>> tiled = np.tile(np.arange(12.).reshape(4, 3), 8)  # 8 copies of one (4, 3) block
+        >>> model = chainer.Sequential(L.Linear(24, 4, nobias=True, initialW=tiled),
+        ...                            L.Linear(7, 3))
+        >>> report = compress_linears(model, 1/8)
+        >>> print(report)  # doctest: +ELLIPSIS
         1 compressed, 1 skipped, at a budget of 1/8 of the dense bytes
-          /0: shared n_shared=16, 640 of 8,320 bytes (0.0769), error 0.9695
-          total: 640 of 8,320 bytes (0.0769)
-          skipped /1: shared cannot store a 32 -> 7 layer in 1/8 of its 924 bytes (115 bytes, 87
-          for the weights after the bias): n_shared must divide in_size=32 (1, 2, 4, 8, 16, 32),
-          and the largest, 32, still stores 28 bytes of weights
+          /0: shared n_shared=8, 48 of 384 bytes (0.1250), error 0.0000
+          total: 48 of 384 bytes (0.1250)
+          skipped /1: no pattern fits: shared cannot store a 7 -> 3 layer in 1/8 of its 96 bytes...
+        >>> model[0]
+        SharedLinear(in_size=24, out_size=4, n_shared=8, nobias=True)
+        >>> report.layers[0].errors['hashed'] > 0
+        True
     """
     fraction = _checks.budget(budget)
     if pattern == 'auto':
@@ -672,7 +679,8 @@ def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
             raise ValueError('layer {} of the plan lacks {}'.format(i, ', '.join(missing)))
         if getattr(links, entry['link'], None) is None:
             raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
-                             '({})'.format(entry['paths'], entry['link'], ', '.join(links.__all__)))
+                             '({})'.format(entry['paths'], entry['link'],
+                                           ', '.join(links.__all__)))
     return entries
 
 

@@ -4,9 +4,11 @@ Drop-ins for ``chainer.links.Linear`` whose ``(out_size, in_size)`` weight is
 made of fewer stored numbers: :class:`SharedLinear` reuses one weight across
 the blocks of the input, :class:`HashedLinear` draws every weight from buckets
 by a hash (HashedNets), :class:`KroneckerLinear` is a sum of Kronecker
-products (PHM layers included), and :func:`tied_linear` takes any map of your
-own. Importing this package changes nothing in Chainer itself:
-:func:`register` adds the links to ``chainer.links`` and the functions to
+products (PHM layers included), :class:`LowRankLinear` a product of two thin
+matrices, :class:`ClusteredLinear` a codebook of values learned by k-means
+(Deep Compression), and :func:`tied_linear` takes any map of your own.
+Importing this package changes nothing in Chainer itself: :func:`register`
+adds the links to ``chainer.links`` and the functions to
 ``chainer.functions``, and :func:`convert_linears` (or its shorthand
 :func:`share_linears`) converts the ``L.Linear`` links of an existing model.
 ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
@@ -32,22 +34,29 @@ from chainer_sharedlinear.convert import (  # NOQA
     unshare_linears,
 )
 from chainer_sharedlinear.functions import (  # NOQA
-    TiledLinearFunction,
     hashed_linear,
     kronecker_linear,
+    low_rank_linear,
     shared_linear,
     tied_linear,
 )
-from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear  # NOQA
+from chainer_sharedlinear.links import (  # NOQA
+    ClusteredLinear,
+    HashedLinear,
+    KroneckerLinear,
+    LowRankLinear,
+    SharedLinear,
+)
 from chainer_sharedlinear.registration import register  # NOQA
 
 # The one place the version is written: pyproject.toml reads it from here when building.
 __version__ = '0.1.0'
 
 __all__ = [
-    'CompressedLayer', 'CompressionReport', 'apply_plan', 'compress_linears', 'knobs_at_budget',
-    'load_compressed', 'pattern_names', 'read_plan', 'save_compressed', 'stored_bytes',
-    'ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
-    'TiledLinearFunction', 'convert_linears', 'hashed_linear', 'kronecker_linear', 'register',
-    'share_linears', 'shared_linear', 'tied_linear', 'unshare_linears',
+    'ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
+    'HashedLinear', 'KroneckerLinear', 'LowRankLinear', 'SharedLinear', 'apply_plan',
+    'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
+    'kronecker_linear', 'load_compressed', 'low_rank_linear', 'pattern_names', 'read_plan',
+    'register', 'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes',
+    'tied_linear', 'unshare_linears',
 ]

@@ -134,6 +134,25 @@ def factors(name: str, value, size: tp.Optional[int] = None) -> tp.Tuple[int, in
     return int(first), int(second)
 
 
+def rank(value: int, in_size: int, out_size: int) -> int:
+    """``value``; ``ValueError`` unless it is at most ``min(in_size, out_size)``."""
+    if value > min(in_size, out_size):
+        raise ValueError(
+            'rank={} is more than min(in_size, out_size) = min({}, {}): a weight of rank r '
+            'stores r * (in_size + out_size) numbers, and a rank above that is no product of '
+            'thinner matrices'.format(value, in_size, out_size))
+    return value
+
+
+def n_clusters(value) -> int:
+    """``value`` as an ``int``; ``ValueError`` unless it is from 1 to 2**16."""
+    value = positive_int('n_clusters', value)
+    if value > 2 ** 16:
+        raise ValueError('n_clusters must be at most 2**16 = 65536 (an index of 16 bits a '
+                         'weight), got {}'.format(value))
+    return value
+
+
 def budget(value) -> fractions.Fraction:
     """``value`` as a :class:`~fractions.Fraction`; ``ValueError`` unless it is in ``(0, 1]``.
 

@@ -2,14 +2,18 @@
 
 scripts/check_release.sh runs this in a fresh virtual environment outside the
 repository, once with the wheel installed and once with the sdist. It checks that
-the package imports from that environment with its metadata, trains one step of
-each link of the family against the dense layer it stands for, registers the
-package with Chainer, and converts a model to shared and Kronecker layers and
-back. Any failure raises, so the exit status says whether all of it held.
+the package imports from that environment with its metadata, that it is the
+library and only that (its exports, and every module of it importing there,
+where nothing of the repository is), trains one step of each link of the family
+against the dense layer it stands for, registers the package with Chainer, and
+converts a model to shared and Kronecker layers and back. Any failure raises, so
+the exit status says whether all of it held.
 """
 
+import importlib
 import importlib.metadata
 import os
+import pkgutil
 import sys
 
 import chainer
@@ -20,6 +24,20 @@ import numpy as np
 import chainer_sharedlinear as csl
 
 DISTRIBUTION = 'chainer-sharedlinear'
+# What the package exports: the links, the functions, and converting and registering.
+EXPORTS = ('ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
+           'convert_linears', 'hashed_linear', 'kronecker_linear', 'register', 'share_linears',
+           'shared_linear', 'tied_linear', 'unshare_linears')
+FUNCTIONS = ('hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear', 'tied_linear')
+# The nodes stay in their modules, as chainer.functions.connection.linear.LinearFunction does.
+NODES = (
+    ('chainer_sharedlinear.functions.shared_linear',
+     ('SharedLinearFunction', 'SharedLinearGradData', 'SharedLinearGradWeight')),
+    ('chainer_sharedlinear.functions.tied_linear',
+     ('TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad')),
+    ('chainer_sharedlinear.functions.kronecker_linear', ('KroneckerLinearFunction',)),
+    ('chainer_sharedlinear.functions.fold', ('fold', 'unfold')),
+)
 # Links of the family with the arguments of a small layer, 12 -> 6, for each.
 FAMILY = (
     ('SharedLinear', dict(n_shared=3)),
@@ -44,6 +62,21 @@ def check_installation():
     assert licence, 'no LICENSE among the installed files'
     assert 'MIT License' in licence[0].read_text()
     print('{} {} imported from {}'.format(DISTRIBUTION, csl.__version__, package_dir))
+
+
+def check_library():
+    assert sorted(csl.__all__) == sorted(EXPORTS), csl.__all__
+    assert sorted(csl.functions.__all__) == sorted(FUNCTIONS), csl.functions.__all__
+    for module_name, names in NODES:
+        module = importlib.import_module(module_name)
+        for name in names:
+            assert hasattr(module, name), module_name + '.' + name
+    # Every module, so that one needing a file the artefact lacks fails here.
+    modules = [info.name for info in pkgutil.walk_packages(csl.__path__, csl.__name__ + '.')]
+    for name in modules:
+        importlib.import_module(name)
+    print('the library: {} names exported, {} modules import'.format(
+        len(csl.__all__), len(modules) + 1))
 
 
 def check_training_step(link):
@@ -103,6 +136,7 @@ def check_conversion():
 
 def main():
     check_installation()
+    check_library()
     for name, kwargs in FAMILY:
         check_training_step(getattr(csl, name)(12, 6, **kwargs))
     check_register()

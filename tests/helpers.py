@@ -241,8 +241,10 @@ def assert_bias_copied(layer, dense):
 
 
 #: What ``register()`` adds to ``chainer.links`` and ``chainer.functions``, as documented.
-REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear')
-REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'tied_linear')
+REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
+                    'ClusteredLinear')
+REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
+                        'tied_linear')
 
 
 @contextlib.contextmanager

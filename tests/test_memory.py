@@ -27,15 +27,14 @@ import chainer.links as L
 import numpy as np
 import pytest
 
+from benchmarks.measure import peak_allocated_bytes
 from chainer_sharedlinear import (
     HashedLinear,
     KroneckerLinear,
     SharedLinear,
-    TiledLinearFunction,
     kronecker_linear,
     shared_linear,
 )
-from chainer_sharedlinear.benchmark import peak_allocated_bytes
 
 BATCH, IN_SIZE, OUT_SIZE, N_SHARED = 8, 4096, 4096, 8
 DENSE_BYTES = OUT_SIZE * IN_SIZE * np.dtype(np.float32).itemsize  # 64 MiB
@@ -91,13 +90,6 @@ def test_shared_linear_function_without_bias_allocates_no_dense_array(shared_lin
 def test_dense_linear_allocates_a_dense_gradient():
     dense = L.Linear(IN_SIZE, OUT_SIZE)
     step = forward_backward(dense, list(dense.params()))
-    assert peak_bytes(step) >= DENSE_BYTES > BOUND
-
-
-def test_tiled_2016_algorithm_allocates_the_tiled_weight(shared_link):
-    params = [shared_link.W, shared_link.b]
-    step = forward_backward(lambda x: TiledLinearFunction()(x, *params), params)
-    # The tiled weight in forward and backward, then the dense gradient.
     assert peak_bytes(step) >= DENSE_BYTES > BOUND
 
 

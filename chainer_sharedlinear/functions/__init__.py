@@ -1,29 +1,20 @@
-"""Functions: the family's linear functions, their nodes, and the 2016 tiled oracle."""
+"""Functions: the family's linear functions, and the hash of :func:`hashed_linear`.
 
-from chainer_sharedlinear.functions.fold import fold, unfold  # NOQA
+As with :func:`chainer.functions.linear`, whose node stays in
+``chainer.functions.connection.linear``, the nodes these functions apply are
+importable from their own modules and not exported here:
+``SharedLinearFunction``, ``SharedLinearGradData`` and ``SharedLinearGradWeight``
+from ``chainer_sharedlinear.functions.shared_linear``; ``TiedLinearFunction``,
+``TiedWeight`` and ``TiedWeightGrad`` from ``chainer_sharedlinear.functions.tied_linear``;
+``KroneckerLinearFunction`` from ``chainer_sharedlinear.functions.kronecker_linear``;
+``fold`` and ``unfold`` from ``chainer_sharedlinear.functions.fold``.
+"""
+
 from chainer_sharedlinear.functions.hashed_linear import hashed_index, hashed_linear  # NOQA
-from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
-    KroneckerLinearFunction,
-    kronecker_linear,
-)
-from chainer_sharedlinear.functions.shared_linear import (  # NOQA
-    SharedLinearFunction,
-    SharedLinearGradData,
-    SharedLinearGradWeight,
-    shared_linear,
-)
-from chainer_sharedlinear.functions.tied_linear import (  # NOQA
-    TiedLinearFunction,
-    TiedWeight,
-    TiedWeightGrad,
-    tied_linear,
-)
-from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction  # NOQA
+from chainer_sharedlinear.functions.kronecker_linear import kronecker_linear  # NOQA
+from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear  # NOQA
+from chainer_sharedlinear.functions.shared_linear import shared_linear  # NOQA
+from chainer_sharedlinear.functions.tied_linear import tied_linear  # NOQA
 
-__all__ = [
-    'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
-    'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
-    'TiledLinearFunction', 'fold',
-    'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
-    'tied_linear', 'unfold',
-]
+__all__ = ['hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear', 'shared_linear',
+           'tied_linear']

@@ -9,6 +9,8 @@ dense layer takes ``in_size · out_size``.
 
 import chainer.functions as F
 
+from chainer_sharedlinear.functions import shapes
+
 
 def low_rank_linear(x, U, V, b=None, n_batch_axes: int = 1):
     """Linear function whose weight is the product of two thin matrices, ``U · V``.
@@ -36,5 +38,6 @@ def low_rank_linear(x, U, V, b=None, n_batch_axes: int = 1):
         array([[ 1.,  0., -1.],
                [ 2.,  0., -2.]], dtype=float32)
     """
-    h = F.linear(x, V, n_batch_axes=n_batch_axes)
-    return F.linear(h, U, b, n_batch_axes=n_batch_axes)
+    # The batch axes are flattened here: F.linear's own reshape fails on an empty batch.
+    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
+    return shapes.with_batch_axes(F.linear(F.linear(x, V), U, b), batch_shape)

@@ -9,9 +9,6 @@ bucket by bucket, in a fixed order on the CPU, so that the same inputs give
 the same gradient bit for bit. The gather and its adjoint are also nodes of
 their own, :class:`TiedWeight` and :class:`TiedWeightGrad`, of which the
 backward pass is made when it is itself differentiated (double backprop).
-
-(:class:`TiedLinearFunction` is not :class:`~chainer_sharedlinear.functions.TiledLinearFunction`,
-the 2016 algorithm of ``SharedLinear``.)
 """
 
 import typing as tp

@@ -81,8 +81,10 @@ def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
 
     Returns:
         ``(centroids, labels)``: ``(n_clusters,)`` float64, ascending, and
-        the cluster of each number in ``values``' shape, of
-        :func:`index_dtype`. A cluster no number is nearest keeps its centroid.
+        the cluster of each number in ``values``' shape, in the smallest
+        unsigned type that holds them. A cluster that no number is nearest
+        moves to the number farthest from its centroid, so that every value
+        is used (unless there are fewer distinct numbers than clusters).
 
     .. admonition:: Example
 
@@ -111,16 +113,24 @@ def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
     cuts = None
     for _ in range(max_iter):
         new_cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
+        counts = numpy.diff(numpy.concatenate([[0], new_cuts, [flat.size]]))
+        empty = counts == 0
+        if empty.any() and flat.size >= n_clusters:
+            # An empty cluster would waste its value: it moves to the numbers
+            # farthest from their centroids, as scikit-learn's k-means does.
+            distance = numpy.abs(ordered - numpy.repeat(centroids, counts))
+            farthest = numpy.sort(numpy.argsort(-distance, kind='stable')[:int(empty.sum())])
+            centroids = numpy.sort(numpy.concatenate([centroids[~empty], ordered[farthest]]))
+            cuts = None
+            continue
         if cuts is not None and numpy.array_equal(new_cuts, cuts):
             break
         cuts = new_cuts
         starts = numpy.concatenate([[0], cuts])
         ends = numpy.concatenate([cuts, [flat.size]])
-        counts = ends - starts
         sums = prefix[ends] - prefix[starts]
         centroids = numpy.where(counts > 0, sums / numpy.maximum(counts, 1), centroids)
-        # Means of consecutive intervals ascend; an empty cluster's kept centroid may not.
-        centroids = numpy.sort(centroids)
+    cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
     counts = numpy.diff(numpy.concatenate([[0], cuts, [flat.size]]))
     labels = numpy.empty(flat.size, index_dtype(n_clusters))
     labels[order] = numpy.repeat(numpy.arange(n_clusters), counts)
@@ -136,7 +146,7 @@ class ClusteredLinear(VirtualLinear):
     :func:`~chainer_sharedlinear.tied_linear` with that index: ``V`` is
     gathered for each call, and the gradient of each value of the codebook
     is the sum of its weights' gradients. :meth:`from_linear` clusters a
-    trained dense weight by k-means (:func:`cluster`).
+    trained dense weight by k-means (``cluster`` in this module).
 
     What it stores:
 
@@ -145,7 +155,7 @@ class ClusteredLinear(VirtualLinear):
       gathered ``V`` and its gradient as well, as a dense layer's weight and
       gradient;
     - in a saved file, the codebook and the index at
-      :func:`index_bits` bits a weight (4 bits for 16 clusters), with the
+      ``ceil(log2(n_clusters))`` bits a weight (4 bits for 16 clusters), with the
       integers ``n_clusters``, ``in_size`` and ``out_size``; loading a file
       into a layer that differs in any of them is a ``ValueError``.
 
@@ -255,8 +265,15 @@ class ClusteredLinear(VirtualLinear):
         if self.index is not None:
             self.index = visitor.visit_array(self.index)
 
+    def copyparams(self, link: chainer.Link, copy_persistent: bool = True) -> None:
+        """Copies the parameters of ``link``, and its index with the persistent values."""
+        super().copyparams(link, copy_persistent)
+        if copy_persistent and link.index is not None:
+            self.index = self.xp.array(chainer.backend.CpuDevice().send(link.index)
+                                       if self.xp is numpy else link.index)
+
     def serialize(self, serializer) -> None:
-        """Saves and loads the index packed at :func:`index_bits` bits, with the layer's checks."""
+        """Saves and loads the index packed to its bit width, with the layer's checks."""
         bits = index_bits(self.n_clusters)
         if not isinstance(serializer, chainer.serializer.Deserializer):
             super().serialize(serializer)
@@ -295,7 +312,7 @@ class ClusteredLinear(VirtualLinear):
                     init: str = 'linear', seed: int = 0) -> 'ClusteredLinear':
         """Makes the ``ClusteredLinear`` of a dense layer's weights clustered by k-means.
 
-        Each weight is replaced by the centroid of its cluster (:func:`cluster`):
+        Each weight is replaced by the centroid of its cluster (``cluster``):
         the layer with ``n_clusters`` shared values whose weights are nearest the
         dense ones in the Frobenius norm that Lloyd's algorithm finds from
         ``init``. The bias is copied; dtypes and device stay as they were.
@@ -303,7 +320,7 @@ class ClusteredLinear(VirtualLinear):
         Args:
             linear (~chainer.links.Linear): An initialised dense layer.
             n_clusters (int): The number of shared values.
-            init (str): Where k-means starts (see :func:`cluster`).
+            init (str): Where k-means starts: ``'linear'``, ``'density'`` or ``'random'``.
             seed (int): The seed of ``init='random'``, and the layer's seed.
 
         Returns:

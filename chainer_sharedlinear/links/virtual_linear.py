@@ -349,7 +349,7 @@ class VirtualLinear(link.Link):
         # bias is ignored by a layer without one. Returns the saved in_size, if any.
         saved = {}
         for name, value in self._saved_values().items():
-            saved[name] = _read(deserializer, name)
+            saved[name] = read_saved(deserializer, name)
             if saved[name] is not None and value is not None and int(saved[name]) != value:
                 raise ValueError('cannot load a {} saved with {}={} into {}'.format(
                     type(self).__name__, name, int(saved[name]), self))
@@ -357,7 +357,7 @@ class VirtualLinear(link.Link):
         in_size = self.in_size if self.in_size is not None else saved_in_size
         expected = self._weight_shapes(in_size)
         for name, shape in list(expected.items()) + [('b', (self.out_size,))]:
-            array = _read(deserializer, name)
+            array = read_saved(deserializer, name)
             if name == 'b' and self.b is None:
                 if array is not None:
                     raise ValueError('cannot load a bias b into {}, which has none (nobias=True)'
@@ -374,7 +374,8 @@ class VirtualLinear(link.Link):
         return saved_in_size
 
 
-def _read(deserializer, name):
+def read_saved(deserializer, name):
+    """The array saved under ``name``, or ``None`` if the file has none."""
     try:
         return deserializer(name, None)
     except KeyError:  # not saved (by an older version, or by something else)

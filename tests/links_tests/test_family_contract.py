@@ -24,14 +24,18 @@ from chainer import link_hooks, testing
 from chainer.utils.type_check import InvalidType
 
 from chainer_sharedlinear import (
+    ClusteredLinear,
     HashedLinear,
     KroneckerLinear,
+    LowRankLinear,
     SharedLinear,
     convert_linears,
     hashed_linear,
     kronecker_linear,
+    low_rank_linear,
     register,
     shared_linear,
+    tied_linear,
     unshare_linears,
 )
 from tests.helpers import (
@@ -87,6 +91,10 @@ class Entry:
     refused_in_size: tp.Optional[tp.Tuple[int, str]]
     #: Whether the shapes of the weights tell in_size (a hashed layer's do not).
     weights_tell_in_size: bool = True
+    #: Whether ``copyparams`` into a lazy layer tells it in_size (with the persistent values).
+    copy_tells_in_size: tp.Optional[bool] = None
+    #: The arrays saved besides the parameters and the integers (a packed index).
+    saved_arrays: tp.Tuple[str, ...] = ()
     #: The link hooks that reparametrise a weight which the layer takes.
     weight_hooks: tp.Tuple[type, ...] = ()
 
@@ -192,6 +200,54 @@ FAMILY = [
         ),
         wrong_width=r'x.shape\[1\] == A.shape\[2\] \* B.shape\[2\]',
         refused_in_size=None,  # any in_size has factors
+    ),
+    Entry(
+        cls=LowRankLinear,
+        options={'rank': 2},
+        lazy_options={'rank': 2},
+        dense_weight=lambda layer: layer.U.array.astype(np.float64).dot(
+            layer.V.array.astype(np.float64)),
+        dense_weight_exact=False,  # rank products added up
+        function=lambda x, layer, n: low_rank_linear(x, layer.U, layer.V, layer.b, n),
+        from_linear_options={'rank': 2},
+        from_linear_exact=(),  # an SVD: the same product, other factors
+        saved_integers=(),
+        incompatible=(
+            (lambda: LowRankLinear(IN_SIZE, OUT_SIZE, rank=1),
+             r'cannot load U of shape \(3, 2\) into LowRankLinear\(in_size=8, out_size=3, '
+             r'rank=1, nobias=False\), whose U has shape \(3, 1\)'),
+            (lambda: LowRankLinear(10, OUT_SIZE, rank=2),
+             r'cannot load V of shape \(2, 8\) into .*, whose V has shape \(2, 10\)'),
+            (lambda: LowRankLinear(OUT_SIZE, rank=3),  # lazy
+             r'cannot load U of shape \(3, 2\) into .*, whose U has shape \(3, 3\)'),
+        ),
+        wrong_width=r'x.shape\[1\] == W.shape\[1\]',
+        refused_in_size=(1, r'rank=2 is more than min\(in_size, out_size\) = min\(1, 3\)'),
+    ),
+    Entry(
+        cls=ClusteredLinear,
+        options={'n_clusters': 5, 'seed': 7},
+        lazy_options={'n_clusters': 5, 'seed': 7},
+        dense_weight=lambda layer: layer.W.array.astype(np.float64)[layer.index],
+        dense_weight_exact=True,
+        function=lambda x, layer, n: tied_linear(x, layer.W, layer.index, b=layer.b,
+                                                 n_batch_axes=n),
+        from_linear_options={'n_clusters': 5, 'seed': 7},
+        from_linear_exact=(),  # the same values, in ascending order
+        saved_integers=('n_clusters', 'in_size', 'out_size'),
+        saved_arrays=('index',),
+        incompatible=(
+            (lambda: ClusteredLinear(IN_SIZE, OUT_SIZE, n_clusters=4, seed=7),
+             r'cannot load a ClusteredLinear saved with n_clusters=5 into'),
+            (lambda: ClusteredLinear(10, OUT_SIZE, n_clusters=5, seed=7),
+             r'saved with in_size=8 into'),
+            (lambda: ClusteredLinear(OUT_SIZE, n_clusters=6),  # lazy
+             r'saved with n_clusters=5 into ClusteredLinear\(in_size=None'),
+        ),
+        wrong_width=r'x.shape\[1\] == index.shape\[1\]',
+        weights_tell_in_size=False,  # W is (n_clusters,) for any in_size; the index tells
+        copy_tells_in_size=True,
+        refused_in_size=None,
     ),
 ]
 
@@ -388,10 +444,9 @@ def test_a_lazy_layer_with_copied_weights_computes_what_their_layer_computes(ent
     source = set_non_default(entry.eager())
     copied = entry.lazy()
     copied.copyparams(source)  # the usual target-network pattern
-    if entry.weights_tell_in_size:
-        assert copied.in_size == IN_SIZE
-    else:
-        assert copied.in_size is None
+    tells = (entry.weights_tell_in_size if entry.copy_tells_in_size is None
+             else entry.copy_tells_in_size)
+    assert copied.in_size == (IN_SIZE if tells else None)
     x = _x()
     np.testing.assert_array_equal(copied(x).array, source(x).array)
     assert repr(copied) == repr(source)
@@ -419,7 +474,8 @@ def test_save_and_load_npz_round_trip_of_every_parameter(entry, tmp_path):
     with np.load(path) as f:
         # The parameters and the integers of the pattern: never a dense weight or a map.
         params = {name.lstrip('/'): param.shape for name, param in saved.namedparams()}
-        assert sorted(f.files) == sorted(list(params) + list(entry.saved_integers))
+        assert sorted(f.files) == sorted(list(params) + list(entry.saved_integers)
+                                         + list(entry.saved_arrays))
         for name, shape in params.items():
             assert f[name].shape == shape
         for name in entry.saved_integers:

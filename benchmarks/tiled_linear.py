@@ -1,10 +1,11 @@
-"""The 2016 algorithm for a shared-weight linear layer, kept as an oracle.
+"""The 2016 algorithm of a shared-weight linear layer: the benchmark's baseline.
 
 The original patch to Chainer 1.14's ``linear.py`` tiled the weight into an
 ``(out_size, in_size)`` array on every call and paid the full cost of a dense
 layer. It is reproduced here, on the legacy :class:`chainer.Function` API it
-was written for, as the reference in tests and the baseline in benchmarks.
-Use :func:`~chainer_sharedlinear.shared_linear` for real work.
+was written for, so that the benchmark can time it beside
+:func:`chainer_sharedlinear.shared_linear`, which computes the same thing
+without the tiled weight.
 """
 
 from chainer import backend, function

@@ -129,6 +129,12 @@ def _low_rank_settings(in_size, out_size, itemsize, weight_bytes):
     return [{'rank': rank}]
 
 
+def _low_rank_as_kronecker(knobs):
+    # (out_size, 1) ⊗ (1, in_size) is an outer product: its rearrangement is the weight.
+    return {'in_factors': (1, knobs['in_size']), 'out_factors': (knobs['out_size'], 1),
+            'n_terms': knobs['rank']}
+
+
 def _clustered_weight_bytes(in_size, out_size, itemsize, knobs):
     from chainer_sharedlinear.links.clustered_linear import index_bits
     n_clusters = knobs['n_clusters']
@@ -169,9 +175,10 @@ class _Pattern:
     weight_bytes: tp.Callable[[int, int, int, Knobs], int]
     #: The knobs (with ``in_size`` and ``out_size`` added) as options of ``from_linear``.
     options: tp.Callable[[Knobs], Knobs] = _from_knobs
-    #: Whether the settings are sums of Kronecker products, whose errors come from
-    #: singular values (:func:`_kronecker_errors`) without building a layer.
-    kronecker: bool = False
+    #: ``(in_size, out_size, knobs)`` to the Kronecker setting of the same layer, for a
+    #: pattern whose nearest layer is a truncated decomposition: its error then comes
+    #: from singular values (:func:`_kronecker_errors`) without building it.
+    as_kronecker: tp.Optional[tp.Callable[[Knobs], Knobs]] = None
 
 
 def _one_knob(name, per_element):
@@ -184,11 +191,12 @@ _PATTERNS: 'collections.OrderedDict[str, _Pattern]' = collections.OrderedDict([
     ('shared', _Pattern('SharedLinear', _shared_settings, _shared_weight_bytes)),
     ('hashed', _Pattern('HashedLinear', _hashed_settings, _one_knob('n_weights', lambda i, o: 1))),
     ('kronecker', _Pattern('KroneckerLinear', _kronecker_settings, _kronecker_weight_bytes,
-                           _kronecker_options, kronecker=True)),
+                           _kronecker_options, as_kronecker=_kronecker_options)),
     ('phm', _Pattern('KroneckerLinear', _phm_settings, _phm_weight_bytes, _phm_options,
-                     kronecker=True)),
+                     as_kronecker=_phm_options)),
     ('lowrank', _Pattern('LowRankLinear', _low_rank_settings,
-                         _one_knob('rank', lambda i, o: i + o))),
+                         _one_knob('rank', lambda i, o: i + o),
+                         as_kronecker=_low_rank_as_kronecker)),
     ('clustered', _Pattern('ClusteredLinear', _clustered_settings, _clustered_weight_bytes)),
 ])
 
@@ -308,11 +316,17 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
 0 for the weights after the bias): n_shared must divide in_size=7 (1, 7), and the largest, 7, \
 still stores 40 bytes of weights
     """
-    return _from_knobs(_settings(pattern, in_size, out_size, budget, dtype, nobias, weight)[0])
+    settings, _ = _settings(pattern, in_size, out_size, budget, dtype, nobias, weight)
+    return _from_knobs(settings[0])
 
 
-def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight) -> tp.List[Knobs]:
-    """The settings of ``pattern`` that fit, the best first (see :func:`knobs_at_budget`)."""
+def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight
+              ) -> tp.Tuple[tp.List[Knobs], tp.Optional[tp.List[float]]]:
+    """The settings of ``pattern`` that fit, the best first (see :func:`knobs_at_budget`).
+
+    With ``weight``, also the error of each setting's nearest layer where the
+    pattern's singular values tell it (else ``None``).
+    """
     entry = _pattern(pattern)
     in_size = _checks.positive_int('in_size', in_size)
     out_size = _checks.positive_int('out_size', out_size)
@@ -329,21 +343,17 @@ def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight) -> tp.L
                              pattern, in_size, out_size, fraction, dense, allowed,
                              max(0, allowed - bias_bytes), e)) from None
     settings = [dict(knobs, in_size=in_size, out_size=out_size) for knobs in settings]
-
-    def size(knobs):
-        return entry.weight_bytes(in_size, out_size, itemsize, knobs)
-
-    # Most bytes first; among equals, the squarest factors (the last divisors).
-    settings.sort(key=lambda knobs: -size(knobs))
-    if weight is not None and entry.kronecker and len(settings) > 1:
-        weight = backend.CpuDevice().send(getattr(weight, 'array', weight))
-        if weight.shape != (out_size, in_size):
-            raise ValueError('weight has shape {}, but the layer is {} -> {}: expected {}'.format(
-                weight.shape, in_size, out_size, (out_size, in_size)))
-        errors = _kronecker_errors(weight, [entry.options(knobs) for knobs in settings])
-        order = sorted(range(len(settings)), key=lambda i: errors[i])
-        settings = [settings[i] for i in order]
-    return settings
+    # Most bytes first; among equals, the first the pattern gave (the squarest factors).
+    settings.sort(key=lambda knobs: -entry.weight_bytes(in_size, out_size, itemsize, knobs))
+    if weight is None or entry.as_kronecker is None:
+        return settings, None
+    weight = backend.CpuDevice().send(getattr(weight, 'array', weight))
+    if weight.shape != (out_size, in_size):
+        raise ValueError('weight has shape {}, but the layer is {} -> {}: expected {}'.format(
+            weight.shape, in_size, out_size, (out_size, in_size)))
+    errors = _kronecker_errors(weight, [entry.as_kronecker(knobs) for knobs in settings])
+    order = sorted(range(len(settings)), key=lambda i: errors[i])
+    return [settings[i] for i in order], [errors[i] for i in order]
 
 
 def _kronecker_errors(weight, options: tp.Sequence[Knobs]) -> tp.List[float]:
@@ -608,26 +618,30 @@ def _row(path, pattern, knobs, layer, linear, **auto) -> CompressedLayer:
 
 
 def _auto(linear, fraction, names, path):
-    best, errors, refused = None, {}, {}
+    # A pattern whose error its singular values tell is built only if it is taken.
+    out_size, in_size = linear.W.shape
+    errors, refused, built = {}, {}, {}
     for name in names:
         try:
-            knobs = knobs_at_budget(name, linear.W.shape[1], linear.out_size, fraction,
-                                    dtype=linear.W.dtype, nobias=linear.b is None,
-                                    weight=linear.W.array)
+            settings, predicted = _settings(name, in_size, out_size, fraction, linear.W.dtype,
+                                            linear.b is None, linear.W.array)
         except ValueError as e:
             refused[name] = str(e)
             continue
-        layer = _from_linear(name, linear, knobs)
-        errors[name] = _relative_error(layer, linear.W.array)
-        if best is None or errors[name] < errors[best[0]]:
-            best = name, knobs, layer
-    if best is None:
+        knobs = _from_knobs(settings[0])
+        if predicted is None:
+            built[name] = knobs, _from_linear(name, linear, knobs)
+            errors[name] = _relative_error(built[name][1], linear.W.array)
+        else:
+            built[name] = knobs, None
+            errors[name] = predicted[0]
+    if not errors:
         raise ValueError('no pattern fits: ' + '; '.join(refused.values()))
-    name, knobs, layer = best
-    row = CompressedLayer(path=path, pattern=name, knobs=knobs, stored_bytes=stored_bytes(layer),
-                          dense_bytes=stored_bytes(linear), error=errors[name],
-                          errors=errors, refused=refused)
-    return row, layer
+    name = min(errors, key=errors.get)  # the first of equals
+    knobs, layer = built[name]
+    if layer is None:
+        layer = _from_linear(name, linear, knobs)
+    return _row(path, name, knobs, layer, linear, errors=errors, refused=refused), layer
 
 
 # --- the plan ----------------------------------------------------------------------------

@@ -99,8 +99,9 @@ def test_the_whole_budget_is_a_dense_layers_bytes():
 
 
 @requires('lowrank')
-def test_the_rank_is_at_most_the_smaller_size():
-    assert knobs_at_budget('lowrank', 13, 17, 1) == {'rank': 13}
+def test_the_rank_is_as_high_as_fits():
+    # The whole budget, 13·17 weights, holds 7 rank-one terms of 13 + 17 numbers.
+    assert knobs_at_budget('lowrank', 13, 17, 1) == {'rank': 7}
     in_size, out_size, budget = 97, 30, fractions.Fraction(1, 8)
     weights = allowed_bytes(in_size, out_size, budget) - out_size * 4
     rank = knobs_at_budget('lowrank', in_size, out_size, budget)['rank']

@@ -641,7 +641,9 @@ def _auto(linear, fraction, names, path):
     knobs, layer = built[name]
     if layer is None:
         layer = _from_linear(name, linear, knobs)
-    return _row(path, name, knobs, layer, linear, errors=errors, refused=refused), layer
+    row = _row(path, name, knobs, layer, linear, refused=refused)
+    errors[name] = row.error  # measured on the layer taken, as for every row
+    return dataclasses.replace(row, errors=errors), layer
 
 
 # --- the plan ----------------------------------------------------------------------------

@@ -501,7 +501,7 @@ def compress_linears(model: chainer.Link, budget, *,
             ``ValueError`` from it skips the layer, with its message).
         include: Which ``L.Linear`` links to compress, as in
             :func:`~chainer_sharedlinear.convert_linears`.
-        patterns (iterable of str): The patterns ``'auto'`` chooses from; all
+        patterns (list of str): The patterns ``'auto'`` chooses from; all
             of :func:`pattern_names` by default.
 
     Returns:
@@ -781,7 +781,7 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> ConversionRep
 def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> None:
     """Saves a compressed model as ``chainer.serializers.save_npz`` does, with its plan.
 
-    The plan is kept in the file as JSON under :data:`PLAN_KEY`, which
+    The plan is kept in the file as JSON under ``'chainer_sharedlinear.plan'``, which
     ``load_npz`` ignores: the file loads as any other into a model the plan
     was applied to, and :func:`load_compressed` rebuilds the layers from it.
 

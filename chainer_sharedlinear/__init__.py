@@ -42,6 +42,7 @@ from chainer_sharedlinear.functions import (  # NOQA
 )
 from chainer_sharedlinear.links import (  # NOQA
     ClusteredLinear,
+    DistillationClassifier,
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
@@ -54,8 +55,8 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
-    'HashedLinear', 'KroneckerLinear', 'LowRankLinear', 'SharedLinear', 'apply_plan',
-    'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
+    'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear', 'SharedLinear',
+    'apply_plan', 'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
     'kronecker_linear', 'load_compressed', 'low_rank_linear', 'pattern_names', 'read_plan',
     'register', 'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes',
     'tied_linear', 'unshare_linears',

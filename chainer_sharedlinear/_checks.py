@@ -153,6 +153,20 @@ def n_clusters(value) -> int:
     return value
 
 
+def positive_float(name: str, value) -> float:
+    """``value`` as a ``float``; ``ValueError`` naming ``name`` unless it is a number above 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError('{} must be a number above 0, got {!r}'.format(name, value))
+    return float(value)
+
+
+def fraction(name: str, value) -> float:
+    """``value`` as a ``float``; ``ValueError`` naming ``name`` unless it is from 0 to 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError('{} must be a number from 0 to 1, got {!r}'.format(name, value))
+    return float(value)
+
+
 def budget(value) -> fractions.Fraction:
     """``value`` as a :class:`~fractions.Fraction`; ``ValueError`` unless it is in ``(0, 1]``.
 

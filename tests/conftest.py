@@ -1,13 +1,8 @@
 import os
-import sys
 
 import pytest
 from chainer.dataset import download
 from hypothesis import HealthCheck, settings
-
-# The example's modules (train_mnist3, mnist_data) import as they do in its script.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                'examples'))
 
 # Chainer's first calls are slow (lazy imports), so no per-example deadline.
 settings.register_profile(

@@ -1,6 +1,6 @@
 """Data-parallel training with ChainerMN: SharedLinear needs no special handling.
 
-The workers in tests/mpi/ and the MNIST example (``--communicator naive``) run
+The workers in tests/mpi/ and the MNIST example's examples/train_mnist3_multi.py run
 under ``mpiexec -n 2``; every run has a hard time bound, so that a rank that
 hangs fails the test instead of hanging the suite.
 These tests are skipped with a reason where MPI or mpi4py is missing, except under
@@ -17,19 +17,20 @@ import subprocess
 import sys
 
 import chainer
-import command_line
-import multi_node
 import numpy as np
 import pytest
-import train_mnist3
 
+from tests.examples_tests import import_script
 from tests.mpi import data_parallel
+
+utils, train_mnist3, multi = import_script('examples', 'mnist3_utils', 'train_mnist3',
+                                           'train_mnist3_multi')
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PROCESSES = 2
 TIMEOUT_S = 120
 WORKER = os.path.join('tests', 'mpi', 'data_parallel.py')
-EXAMPLE = os.path.join('examples', 'train_mnist3.py')
+EXAMPLE = os.path.join('examples', 'train_mnist3_multi.py')
 
 
 def _why_no_mpi():
@@ -183,10 +184,10 @@ EXAMPLE_QUICK = ['--dataset', 'mnist-5k', '--train-size', '400', '--val-size', '
                  '--batchsize', '100', '--seed', '0']
 
 
-def run_example(*args):
+def run_example(*args, n_processes=N_PROCESSES):
     """Runs the example on two ranks with ``EXAMPLE_QUICK`` and ``args``; returns its output."""
     rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive'] + list(args) + EXAMPLE_QUICK,
-                               timeout=90)
+                               n_processes=n_processes, timeout=90)
     assert rc == 0, output
     assert 'Traceback' not in output, output
     return output
@@ -205,8 +206,8 @@ def read_log(folder):
 def initial_validation(argv):
     """Loss and accuracy of the example's initial model on its whole validation set."""
     args = train_mnist3.parse_args(argv)
-    _, val_set = command_line.load_datasets(args)
-    model = train_mnist3.build_model(args, val_set[0][0].size, dense=False)
+    _, val_set = utils.load_datasets(args)
+    model = train_mnist3.build_model(args, dense=False)
     x, t = chainer.dataset.concat_examples(val_set)
     with chainer.using_config('train', False), chainer.no_backprop_mode():
         model(x, t)
@@ -307,38 +308,82 @@ def test_example_mistake_found_on_rank_0_ends_every_rank(tmp_path, dataset_root)
     rc, output = run_under_mpi([EXAMPLE, '--communicator', 'naive', '--train-size', '4001',
                                 '--out', str(tmp_path / 'out')], timeout=60)
     assert rc == 2, output
-    message = 'train_mnist3.py: error: --train-size 4001 is more than the 4000 images'
+    message = 'train_mnist3_multi.py: error: --train-size 4001 is more than the 4000 images'
     assert output.count(message) == 1, output
     assert 'Traceback' not in output, output
     assert not (tmp_path / 'out').exists()
 
 
-def test_example_communicator_without_mpiexec_is_one_line(tmp_path):
+def test_example_resumed_on_another_number_of_processes_is_refused(tmp_path, dataset_root,
+                                                                   straight_run):
+    out = tmp_path / 'result'
+    run_example('--epoch', '1', '--out', str(out))
+    rc, output = run_under_mpi([EXAMPLE, '--epoch', '2', '--resume', str(out), '--out', str(out)]
+                               + EXAMPLE_QUICK, n_processes=1, timeout=60)
+    assert rc == 2, output
+    assert output.count('error: cannot resume from {}: it was trained with mpiexec -n 2, this '
+                        'run has mpiexec -n 1'.format(out / 'snapshot_iter_4')) == 1, output
+    assert files_under(out) == ['accuracy.png', 'log', 'loss.png', 'snapshot_iter_4'], output
+
+
+def test_example_without_mpiexec_is_one_line(tmp_path):
     env = {name: value for name, value in os.environ.items()
-           if name not in multi_node.MPI_LAUNCHER_VARIABLES}
-    result = subprocess.run([sys.executable, EXAMPLE, '--communicator', 'naive', '--out',
-                             str(tmp_path / 'out')], cwd=ROOT, env=env,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            timeout=60)
+           if name not in multi.MPI_LAUNCHER_VARIABLES}
+    result = subprocess.run([sys.executable, EXAMPLE, '--out', str(tmp_path / 'out')],
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 2
     assert result.stdout == ''
     assert result.stderr.count('\n') == 1, result.stderr
-    assert result.stderr.startswith('train_mnist3.py: error: --communicator naive trains on '
-                                    'the processes that an MPI launcher starts')
-    assert 'mpiexec -n N python {} --communicator naive'.format(EXAMPLE) in result.stderr
+    assert result.stderr.startswith('train_mnist3_multi.py: error: this script trains on the '
+                                    'processes that an MPI launcher starts')
+    assert 'mpiexec -n N python {} ...'.format(EXAMPLE) in result.stderr
+    assert 'or train_mnist3.py to train in one process' in result.stderr
     assert not (tmp_path / 'out').exists()
 
 
-def test_example_communicator_without_mpi4py_is_one_line(tmp_path, capsys, monkeypatch):
+def test_example_without_mpi4py_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv('OMPI_COMM_WORLD_SIZE', '2')  # as if mpiexec had started it
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec',
                         lambda name, *args: None if name == 'mpi4py' else find_spec(name, *args))
-    status = train_mnist3.main(['--communicator', 'naive', '--out', str(tmp_path / 'out')])
+    status = multi.main(['--out', str(tmp_path / 'out')])
     out, err = capsys.readouterr()
     assert status == 2
     assert out == ''
     assert err.count('\n') == 1, err
-    assert "error: --communicator needs mpi4py: pip install -e '.[mpi]'" in err
+    assert "error: ChainerMN needs mpi4py: pip install -e '.[mpi]'" in err
     assert 'apt-get install openmpi-bin libopenmpi-dev' in err
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--communicator', 'nccl'], "argument --communicator: invalid choice: 'nccl' (choose "
+     "from 'naive', 'flat', 'non_cuda_aware', 'pure_nccl')"),
+    (['--compare'], 'unrecognized arguments: --compare'),
+    # Found before MPI is started, so no rank waits for another.
+    (['--communicator', 'pure_nccl'], '--communicator pure_nccl needs GPUs (--device 0'),
+    (['--communicator', 'flat', '--device', '@numpy'], '--communicator flat needs GPUs'),
+])
+def test_example_mistakes_before_mpi_are_one_line(tmp_path, capsys, args, message):
+    try:
+        status = multi.main(args + ['--out', str(tmp_path / 'out')])
+    except SystemExit as e:
+        status = e.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count('\n') == 1, err
+    assert message in err
+    assert not (tmp_path / 'out').exists()
+
+
+class FourRanks(object):
+    rank, size = 0, 4
+
+
+def test_the_ranks_split_a_minibatch_evenly(tmp_path):
+    args = multi.parse_args(['--batchsize', '10', '--out', str(tmp_path / 'out')])
+    with pytest.raises(utils.UsageError, match='--batchsize 10 does not split evenly '
+                       'among 4 processes: pass a multiple of 4'):
+        multi.prepare(args, FourRanks())
     assert not (tmp_path / 'out').exists()

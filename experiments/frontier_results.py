@@ -21,7 +21,7 @@ try:
 except ImportError:  # not POSIX: one process per folder
     fcntl = None
 
-from command_line import UsageError
+from mnist3_utils import UsageError
 
 RESULTS_FILE = 'frontier.json'
 PLOT_FILE = 'frontier.png'

@@ -1,85 +1,72 @@
-"""The helper modules of the examples (examples/*.py beside the scripts), one by one."""
+"""examples/mnist3_utils.py part by part, but for its datasets (test_datasets.py)."""
 
-import argparse
 import io
 import math
 import os
 import sys
 
 import chainer
-import command_line
-import multi_node
 import numpy as np
 import pytest
-import reports
-import result_folder
-import resumable
 from chainer import serializers
 
-# --- command_line ----------------------------------------------------------------------------
+from tests.examples_tests import import_script
+
+utils = import_script('examples', 'mnist3_utils')
+
+# --- One-line errors -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize('text, value', [('1', 1), ('20', 20)])
 def test_positive_int_accepts(text, value):
-    assert command_line.positive_int(text) == value
+    assert utils.positive_int(text) == value
 
 
 @pytest.mark.parametrize('text', ['0', '-3', '1.5', 'ten', ''])
 def test_positive_int_refuses(text):
     with pytest.raises(Exception, match='expected a positive integer'):
-        command_line.positive_int(text)
+        utils.positive_int(text)
 
 
 @pytest.mark.parametrize('text, ok', [('0', True), (str(2 ** 32 - 1), True), ('-1', False),
                                       (str(2 ** 32), False), ('x', False)])
 def test_seed_is_a_32_bit_unsigned_integer(text, ok):
     if ok:
-        assert command_line.seed(text) == int(text)
+        assert utils.seed(text) == int(text)
     else:
         with pytest.raises(Exception, match=r'expected an integer from 0 to 2\*\*32 - 1'):
-            command_line.seed(text)
+            utils.seed(text)
 
 
 def test_exit_status_reports_a_mistake_in_one_line(capsys):
     def run(args):
-        raise command_line.UsageError('--out x is a file, not a directory')
+        raise utils.UsageError('--out x is a file, not a directory')
 
-    assert command_line.exit_status(run, None) == 2
+    assert utils.exit_status(run, None) == 2
     out, err = capsys.readouterr()
     assert out == ''
     assert err == '{}: error: --out x is a file, not a directory\n'.format(
         os.path.basename(sys.argv[0]))
 
 
-def test_exit_status_is_quiet_where_another_rank_reports(capsys):
-    def run(args):
-        raise command_line.ReportedElsewhere('rank 0 says it')
-
-    assert command_line.exit_status(run, None) == 2
-    assert capsys.readouterr() == ('', '')
-
-
-def test_exit_status_on_ctrl_c(capsys):
+def test_exit_status_on_ctrl_c(capsys, tmp_path):
     def run(args):
         raise KeyboardInterrupt
 
-    assert command_line.exit_status(run, None, lambda: '; a hint') == 130
-    assert capsys.readouterr().err.endswith(': interrupted; a hint\n')
+    assert utils.exit_status(run, None) == 130
+    assert capsys.readouterr().err.endswith(': interrupted\n')
+    (tmp_path / 'snapshot_iter_6').write_text('')
+    assert utils.exit_status(run, None, str(tmp_path)) == 130
+    assert capsys.readouterr().err.endswith(
+        ': interrupted; --resume {0} --out {0} continues from {0}/snapshot_iter_6\n'.format(
+            tmp_path))
     with pytest.raises(KeyboardInterrupt):  # left to ChainerMN's hook under mpiexec
-        command_line.exit_status(run, None, None)
+        utils.exit_status(run, None, catch_interrupt=False)
 
 
-def test_print_settings(capsys):
-    args = argparse.Namespace(dataset='mnist-5k', batchsize=100, epoch=20, seed=0)
-    command_line.print_settings(args, '@numpy', 4000, 1000, [('unit', 1000), ('l2', 'x')])
-    assert capsys.readouterr().out.splitlines() == [
-        'Device: @numpy', '# dataset: mnist-5k (4000 training, 1000 validation images)',
-        '# unit: 1000', '# l2: x', '# Minibatch-size: 100', '# epoch: 20', '# seed: 0']
+# --- The result folder -----------------------------------------------------------------------
 
-
-# --- result_folder ---------------------------------------------------------------------------
-
-ONE_TRAINING = result_folder.training_results(plots=('loss.png',))
+ONE_TRAINING = ['log', 'loss.png', 'snapshot_iter_*']
 
 
 def make_files(folder, *names):
@@ -89,24 +76,18 @@ def make_files(folder, *names):
         path.write_text('earlier ' + name)
 
 
-def test_training_results_are_the_log_the_plots_and_every_snapshot():
-    assert ONE_TRAINING == ['log', 'loss.png', 'snapshot_iter_*']
-    assert result_folder.training_results(('a', 'b')) == [
-        'a/log', 'a/snapshot_iter_*', 'b/log', 'b/snapshot_iter_*']
-
-
 def test_latest_snapshot_is_the_largest_iteration(tmp_path):
-    assert result_folder.latest_snapshot(str(tmp_path)) is None
+    assert utils.latest_snapshot(str(tmp_path)) is None
     make_files(tmp_path, 'snapshot_iter_9', 'snapshot_iter_10', 'snapshot_iter_x', 'log')
-    assert result_folder.latest_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10')
-    assert result_folder.find_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10')
+    assert utils.latest_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10')
+    assert utils.find_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_10')
 
 
-def test_a_claim_on_a_new_folder_replaces_nothing_and_creates_it(tmp_path):
+def test_a_result_folder_on_a_new_folder_replaces_nothing_and_creates_it(tmp_path):
     out = str(tmp_path / 'new' / 'out')
-    claim = result_folder.claim(out, ['log', 'sub/log'])
-    assert claim.replaced == [] and not os.path.exists(out)  # nothing done yet
-    claim.take()
+    folder = utils.ResultFolder(out, ['log', 'sub/log'])
+    assert folder.replaced == [] and not os.path.exists(out)  # nothing done yet
+    folder.take()
     assert os.path.isdir(os.path.join(out, 'sub'))
 
 
@@ -116,17 +97,17 @@ def test_a_claim_on_a_new_folder_replaces_nothing_and_creates_it(tmp_path):
     ('{tmp}/file/a/b', '--out {tmp}/file/a/b: {tmp}/file is a file, not a directory'),
     ('{tmp}/file/', '--out {tmp}/file/ is a file, not a directory'),
 ])
-def test_a_claim_on_what_cannot_be_a_folder_is_refused(tmp_path, out, message):
+def test_a_result_folder_on_what_cannot_be_a_folder_is_refused(tmp_path, out, message):
     make_files(tmp_path, 'file')
-    with pytest.raises(command_line.UsageError) as error:
-        result_folder.claim(out.format(tmp=tmp_path), ONE_TRAINING, overwrite=True)
+    with pytest.raises(utils.UsageError) as error:
+        utils.ResultFolder(out.format(tmp=tmp_path), ONE_TRAINING, overwrite=True)
     assert str(error.value).startswith(message.format(tmp=tmp_path))
 
 
 def test_a_result_folder_under_out_must_not_be_a_file(tmp_path):
     make_files(tmp_path, 'shared')
-    with pytest.raises(command_line.UsageError) as error:
-        result_folder.claim(str(tmp_path), ['shared/log'], overwrite=True)
+    with pytest.raises(utils.UsageError) as error:
+        utils.ResultFolder(str(tmp_path), ['shared/log'], overwrite=True)
     assert str(error.value) == '--out {0}: {0}/shared is a file, not a directory'.format(
         tmp_path)
 
@@ -134,33 +115,33 @@ def test_a_result_folder_under_out_must_not_be_a_file(tmp_path):
 def test_overwrite_replaces_only_the_results(tmp_path):
     make_files(tmp_path, 'log', 'loss.png', 'snapshot_iter_4', 'notes.txt', 'sub/log',
                'logs', 'snapshot.npz')
-    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True)
-    assert claim.replaced == ['log', 'loss.png', 'snapshot_iter_4']
-    claim.take()
+    folder = utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True)
+    assert folder.replaced == ['log', 'loss.png', 'snapshot_iter_4']
+    folder.take()
     assert sorted(os.listdir(tmp_path)) == ['logs', 'notes.txt', 'snapshot.npz', 'sub']
     assert (tmp_path / 'sub' / 'log').is_file()
 
 
 def test_a_result_name_that_is_a_folder_is_refused(tmp_path):
     (tmp_path / 'log').mkdir()
-    with pytest.raises(command_line.UsageError, match='log is a directory, where this run '
+    with pytest.raises(utils.UsageError, match='log is a directory, where this run '
                        'writes a file'):
-        result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True)
+        utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True)
 
 
 def test_without_overwrite_the_refusal_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'stdin', io.StringIO())  # not a terminal
     make_files(tmp_path, 'log')
-    with pytest.raises(command_line.UsageError) as error:
-        result_folder.claim(str(tmp_path), ONE_TRAINING)
+    with pytest.raises(utils.UsageError) as error:
+        utils.ResultFolder(str(tmp_path), ONE_TRAINING)
     assert str(error.value) == ('{} already holds the results of a run (log): pass '
                                 '--overwrite to replace them, or another --out'.format(tmp_path))
     make_files(tmp_path, 'snapshot_iter_3')
-    with pytest.raises(command_line.UsageError, match='--resume {0} --out {0} to continue '
+    with pytest.raises(utils.UsageError, match='--resume {0} --out {0} to continue '
                        'that run there'.format(tmp_path)):
-        result_folder.claim(str(tmp_path), ONE_TRAINING)
-    with pytest.raises(command_line.UsageError) as error:
-        result_folder.claim(str(tmp_path), ONE_TRAINING, can_resume=False)
+        utils.ResultFolder(str(tmp_path), ONE_TRAINING)
+    with pytest.raises(utils.UsageError) as error:
+        utils.ResultFolder(str(tmp_path), ONE_TRAINING, can_resume=False)
     assert '--resume' not in str(error.value)
     assert sorted(os.listdir(tmp_path)) == ['log', 'snapshot_iter_3']
 
@@ -168,45 +149,38 @@ def test_without_overwrite_the_refusal_says_what_to_do(tmp_path, monkeypatch):
 def test_resuming_from_one_of_the_results_continues_that_run_and_removes_nothing(tmp_path):
     make_files(tmp_path, 'log', 'snapshot_iter_3')
     for overwrite in (False, True):
-        claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=overwrite,
+        folder = utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=overwrite,
                                     resume_from=str(tmp_path / 'snapshot_iter_3'))
-        assert claim.replaced == []
+        assert folder.replaced == []
     # A snapshot elsewhere continues another run: these results are not its own.
     make_files(tmp_path, 'elsewhere/snapshot_iter_1')
-    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True,
+    folder = utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True,
                                 resume_from=str(tmp_path / 'elsewhere' / 'snapshot_iter_1'))
-    assert claim.replaced == ['log', 'snapshot_iter_3']
+    assert folder.replaced == ['log', 'snapshot_iter_3']
 
 
 def test_only_a_snapshots_own_name_is_a_result(tmp_path):
     make_files(tmp_path, 'snapshot_iter_4.bak', 'snapshot_iter_', 'snapshot_iter_3x',
                'snapshot_iter_12')
-    assert result_folder.find_results(str(tmp_path), ONE_TRAINING) == ['snapshot_iter_12']
-    assert result_folder.latest_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_12')
-    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True,
+    assert utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True).find() == [
+        'snapshot_iter_12']
+    assert utils.latest_snapshot(str(tmp_path)) == str(tmp_path / 'snapshot_iter_12')
+    folder = utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True,
                                 resume_from=str(tmp_path / 'snapshot_iter_12'))
-    assert (claim.replaced, claim.continued) == ([], str(tmp_path / 'snapshot_iter_12'))
-    claim = result_folder.claim(str(tmp_path), ONE_TRAINING, overwrite=True,
+    assert (folder.replaced, folder.continued) == ([], str(tmp_path / 'snapshot_iter_12'))
+    folder = utils.ResultFolder(str(tmp_path), ONE_TRAINING, overwrite=True,
                                 resume_from=str(tmp_path / 'snapshot_iter_4.bak'))
-    assert (claim.replaced, claim.continued) == (['snapshot_iter_12'], None)
+    assert (folder.replaced, folder.continued) == (['snapshot_iter_12'], None)
 
 
-def test_resume_hint(tmp_path):
-    assert result_folder.resume_hint(str(tmp_path)) == ''
-    make_files(tmp_path, 'snapshot_iter_6')
-    assert result_folder.resume_hint(str(tmp_path)) == (
-        '; --resume {0} --out {0} continues from {0}/snapshot_iter_6'.format(tmp_path))
-    assert result_folder.resume_hint(str(tmp_path), can_resume=False) == ''
+# --- Exact resumption ------------------------------------------------------------------------
 
-
-# --- resumable -------------------------------------------------------------------------------
-
-def test_the_sampler_draws_the_orders_of_chainers():
-    ours = resumable.ShuffleOrderSampler(7)
-    chainers = chainer.iterators.ShuffleOrderSampler(np.random.RandomState(7))
-    order = np.arange(10)
+def test_the_iterator_draws_the_orders_of_chainers():
+    ours = utils.ShuffledIterator(list(range(10)), 10, seed=7)
+    order = chainer.iterators.ShuffleOrderSampler(np.random.RandomState(7))
+    chainers = chainer.iterators.SerialIterator(list(range(10)), 10, order_sampler=order)
     for _ in range(3):
-        np.testing.assert_array_equal(ours(order, 0), chainers(order, 0))
+        assert ours.next() == chainers.next()
 
 
 def take_batches(iterator, n):
@@ -226,7 +200,7 @@ def resumed(make_iterator, iterator):
 @pytest.mark.parametrize('n_before', [2, 3, 4])  # mid-epoch, at its end, across it
 def test_a_resumed_iterator_continues_in_the_same_order(n_before):
     def make():
-        return resumable.shuffled_iterator(list(range(10)), 4, seed=3)
+        return utils.ShuffledIterator(list(range(10)), 4, seed=3)
 
     straight, stopped = make(), make()
     expected = take_batches(straight, n_before + 12)
@@ -252,8 +226,8 @@ def test_chainers_own_iterator_does_not_continue_in_the_same_order():
 def test_every_process_with_the_seed_draws_the_same_orders():
     # Under ChainerMN the ranks' shares differ but have one length: rank 0's
     # snapshot then holds every rank's order.
-    a = resumable.shuffled_iterator(list(range(0, 10)), 2, seed=5)
-    b = resumable.shuffled_iterator(list(range(100, 110)), 2, seed=5)
+    a = utils.ShuffledIterator(list(range(0, 10)), 2, seed=5)
+    b = utils.ShuffledIterator(list(range(100, 110)), 2, seed=5)
     for _ in range(12):
         assert [x - 100 for x in b.next()] == a.next()
 
@@ -261,15 +235,14 @@ def test_every_process_with_the_seed_draws_the_same_orders():
 def test_read_snapshot_refuses_what_is_not_an_npz_archive(tmp_path):
     path = tmp_path / 'log'
     path.write_text('[]')
-    with pytest.raises(command_line.UsageError, match='cannot resume from {}: not a snapshot '
+    with pytest.raises(utils.UsageError, match='cannot resume from {}: not a snapshot '
                        'of this example'.format(path)):
-        resumable.read_snapshot(str(path))
+        utils.read_snapshot(str(path))
     np.savez(str(tmp_path / 'a.npz'), x=np.zeros(2))
-    snapshot = resumable.read_snapshot(str(tmp_path / 'a.npz'))
-    assert snapshot.path == str(tmp_path / 'a.npz') and snapshot.content[:2] == b'PK'
+    assert utils.read_snapshot(str(tmp_path / 'a.npz'))[:2] == b'PK'
 
 
-# --- reports ---------------------------------------------------------------------------------
+# --- Reports ---------------------------------------------------------------------------------
 
 LOG = [{'epoch': 0, 'iteration': 0, 'elapsed_time': 0.5, 'validation/main/loss': 2.3,
         'validation/main/accuracy': 0.1},
@@ -281,18 +254,18 @@ LOG = [{'epoch': 0, 'iteration': 0, 'elapsed_time': 0.5, 'validation/main/loss':
 
 
 def test_seconds_per_epoch_from_a_log():
-    assert reports.seconds_per_epoch(LOG) == 1.5
-    assert reports.seconds_per_epoch(LOG[1:]) == 2.0
-    assert math.isnan(reports.seconds_per_epoch(LOG[:1]))
+    assert utils.seconds_per_epoch(LOG) == 1.5
+    assert utils.seconds_per_epoch(LOG[1:]) == 2.0
+    assert math.isnan(utils.seconds_per_epoch(LOG[:1]))
 
 
 def test_final_figures():
-    assert reports.final_figures(LOG) == ('Final validation accuracy: 0.9688 (epoch 2, '
+    assert utils.final_figures(LOG) == ('Final validation accuracy: 0.9688 (epoch 2, '
                                           'validation loss 0.1250; 1.50 s per epoch)')
 
 
 def test_comparison_table():
-    assert reports.comparison_table([('a', 'L.Linear(2, 3)', 1234, LOG)]).splitlines() == [
+    assert utils.comparison_table([('a', 'L.Linear(2, 3)', 1234, LOG)]).splitlines() == [
         '| model | l2 | parameters | s/epoch | train loss | train acc. | val. loss | val. acc. |',
         '|---|---|---:|---:|---:|---:|---:|---:|',
         '| a | `L.Linear(2, 3)` | 1,234 | 1.500 | 0.2500 | 0.9375 | 0.1250 | 0.9688 |']
@@ -301,27 +274,5 @@ def test_comparison_table():
 def test_plot_comparison_draws_a_png(tmp_path):
     pytest.importorskip('matplotlib')
     rows = [(name, '', 0, LOG) for name in 'abcdefghijkl']  # more than the colours
-    reports.plot_comparison(rows, str(tmp_path / 'c.png'), 'title')
+    utils.plot_comparison(rows, str(tmp_path / 'c.png'), 'title')
     assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-
-
-# --- multi_node ------------------------------------------------------------------------------
-
-class FakeCommunicator(object):
-    size = 4
-
-
-def test_on_one_process_together_just_calls():
-    assert multi_node.together(None, lambda a, b: a + b, 1, 2, only_rank_0=True) == 3
-
-
-def test_the_ranks_split_a_minibatch_evenly():
-    assert multi_node.batchsize_per_rank(FakeCommunicator(), 100) == 25
-    with pytest.raises(command_line.UsageError, match='--batchsize 10 does not split evenly '
-                       'among 4 processes: pass a multiple of 4'):
-        multi_node.batchsize_per_rank(FakeCommunicator(), 10)
-
-
-def test_without_a_communicator_name_one_process():
-    device = chainer.get_device('@numpy')
-    assert multi_node.create_communicator(None, device, '-1') == (None, device)

@@ -10,7 +10,7 @@ Trains one network per setting, pattern, compression and seed, and writes
   ``phm``, and two baselines at equal storage: ``lowrank`` (two ``L.Linear``) and
   ``narrow`` (fewer hidden units).
 - ``--compressions``: each compressed layer stores about ``1/c`` of its dense
-  parameters, as closely as its pattern's sizes allow (examples/compression.py).
+  parameters, as closely as its pattern's sizes allow (compression.py).
 
 A rerun with the same ``--out`` skips the networks that have finished. See
 docs/frontier.md for the figures measured on Fashion-MNIST.
@@ -23,17 +23,16 @@ import time
 
 import chainer
 import chainer.links as L
-import command_line
-import compression
-import frontier_results as results
-import malloc_tuning
-import mnist_data
 import numpy
-import reports
-import result_folder
-import resumable
 from chainer import training
 from chainer.training import extensions
+
+# The example's datasets and helpers; the experiments are not meant to be copied.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'examples'))
+import compression  # noqa: E402
+import frontier_results as results  # noqa: E402
+import mnist3_utils as utils  # noqa: E402
 
 #: The folder of ``--out`` that holds a trainer's folder for each network.
 RUNS_FOLDER = 'runs'
@@ -48,7 +47,7 @@ def train(network, train_set, val_set, args, device, seed, out):
     model.to_device(device)
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
-    train_iter = resumable.shuffled_iterator(train_set, args.batchsize, seed)
+    train_iter = utils.ShuffledIterator(train_set, args.batchsize, seed)
     val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
     updater = training.updaters.StandardUpdater(train_iter, optimizer, device=device)
     trainer = training.Trainer(updater, (args.epoch, 'epoch'), out=out)
@@ -62,7 +61,7 @@ def train(network, train_set, val_set, args, device, seed, out):
 
 def run_grid(args, device, train_set, val_set):
     this_training = {'dataset': args.dataset,
-                     'data_dir': mnist_data.source(args.dataset, args.data_dir),
+                     'data_dir': utils.data_source(args.dataset, args.data_dir),
                      'train_size': len(train_set), 'val_size': len(val_set),
                      'batchsize': args.batchsize, 'epochs': args.epoch}
 
@@ -140,7 +139,7 @@ def choices(allowed):
 
 
 def parse_args(argv=None):
-    parser = command_line.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = utils.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--setting', type=choices(compression.SETTINGS),
                         default=list(compression.SETTINGS),
                         help='comma-separated: 2016, hashednets (default: both)')
@@ -148,35 +147,34 @@ def parse_args(argv=None):
                         default=list(compression.PATTERNS),
                         help='comma-separated, from {} (default: all)'.format(
                             ', '.join(compression.PATTERNS)))
-    parser.add_argument('--compressions', type=comma_separated(command_line.positive_int),
+    parser.add_argument('--compressions', type=comma_separated(utils.positive_int),
                         default=[4, 16, 64],
                         help='comma-separated integers c: each compressed layer stores about '
                         '1/c of its dense parameters (default: 4,16,64)')
-    parser.add_argument('--seeds', type=command_line.positive_int, default=1,
+    parser.add_argument('--seeds', type=utils.positive_int, default=1,
                         help='Seeds 0 to N-1 for each point (default: 1)')
-    parser.add_argument('--epoch', '-e', type=command_line.positive_int, default=20,
+    parser.add_argument('--epoch', '-e', type=utils.positive_int, default=20,
                         help='Number of sweeps over the dataset to train (default: 20)')
-    parser.add_argument('--batchsize', '-b', type=command_line.positive_int, default=100,
+    parser.add_argument('--batchsize', '-b', type=utils.positive_int, default=100,
                         help='Number of images in each mini-batch (default: 100)')
-    parser.add_argument('--device', '-d', default='-1',
+    parser.add_argument('--device', '-d', type=utils.device, default='-1',
                         help='Device specifier: -1 or @numpy for the CPU, 0 or @cupy:0 for '
                         'the first GPU (default: -1)')
     parser.add_argument('--out', '-o', default='result/frontier',
                         help='Folder of the results; a rerun continues there '
                         '(default: result/frontier)')
-    command_line.add_data_arguments(parser)
+    utils.add_data_arguments(parser)
     args = parser.parse_args(argv)
-    command_line.check_data_arguments(parser, args)
+    utils.check_data_arguments(parser, args)
     return args
 
 
 def run(args):
-    malloc_tuning.keep_freed_memory()
-    device = command_line.get_device(args.device)
-    result_folder.check_folder(args.out)
-    train_set, val_set = command_line.load_datasets(args)
+    device = args.device
+    utils.check_folder(args.out)
+    train_set, val_set = utils.load_datasets(args)
     for folder in (args.out, os.path.join(args.out, RUNS_FOLDER)):
-        result_folder.make_folder(args.out, folder)
+        utils.make_folder(args.out, folder)
     records = run_grid(args, device, train_set, val_set)
     title = '{}, {} epochs, {} training and {} validation images'.format(
         args.dataset, args.epoch, len(train_set), len(val_set))
@@ -186,13 +184,13 @@ def run(args):
         f.write('{}\n\n{}\n'.format(title, results.format_table(records)))
     print('Records in {}, every figure in {}'.format(
         os.path.join(args.out, results.RESULTS_FILE), os.path.join(args.out, results.TABLE_FILE)))
-    if reports.plots_available():
+    if utils.plots_available():
         results.plot(records, os.path.join(args.out, results.PLOT_FILE), title)
         print('Plot in {}'.format(os.path.join(args.out, results.PLOT_FILE)))
 
 
 def main(argv=None):
-    return command_line.exit_status(run, parse_args(argv))
+    return utils.exit_status(run, parse_args(argv))
 
 
 if __name__ == '__main__':

@@ -11,13 +11,12 @@ Adam) with the default scale and with the scale that matches ``L.Linear``'s
 output variance for ReLU inputs of a standard normal, and prints the final
 validation accuracies::
 
-    .venv/bin/python benchmarks/initial_scale.py --dataset mnist-5k --epoch 20 --seeds 3
-    .venv/bin/python benchmarks/initial_scale.py --dataset fashion-mnist --epoch 20 --seeds 3
+    .venv/bin/python experiments/initial_scale.py --dataset mnist-5k --epoch 20 --seeds 3
+    .venv/bin/python experiments/initial_scale.py --dataset fashion-mnist --epoch 20 --seeds 3
 
-The figures are in docs/index.md ("Initial scale").
+The figures are in docs/shared-linear.md.
 """
 
-import argparse
 import math
 import os
 import statistics
@@ -31,10 +30,14 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples'))
-import mnist_data  # noqa: E402
+from chainer_sharedlinear import SharedLinear
 
-from chainer_sharedlinear import SharedLinear  # noqa: E402
+# The example's datasets; the experiments are not meant to be copied.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                'examples'))
+import mnist3_utils as utils  # noqa: E402
+
+BATCHSIZE = 100
 
 # A ReLU of a standard normal has mean 1/sqrt(2 pi) and mean square 1/2.
 RELU_MEAN_SQUARE = 0.5
@@ -74,7 +77,7 @@ def train(train_set, val_set, n_shared, factor, seed, epochs):
     optimizer = chainer.optimizers.Adam()
     optimizer.setup(model)
     order = chainer.iterators.ShuffleOrderSampler(numpy.random.RandomState(seed))
-    train_iter = chainer.iterators.SerialIterator(train_set, 100, order_sampler=order)
+    train_iter = chainer.iterators.SerialIterator(train_set, BATCHSIZE, order_sampler=order)
     val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
     with tempfile.TemporaryDirectory() as out:
         trainer = training.Trainer(training.updaters.StandardUpdater(train_iter, optimizer),
@@ -87,14 +90,14 @@ def train(train_set, val_set, n_shared, factor, seed, epochs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--dataset', default='mnist-5k', choices=mnist_data.DATASETS)
+    parser = utils.ArgumentParser(description=__doc__.split('\n')[0])
+    utils.add_data_arguments(parser)
     parser.add_argument('--epoch', type=int, default=20)
     parser.add_argument('--seeds', type=int, default=3)
     parser.add_argument('--shared', type=int, default=10)
     args = parser.parse_args(argv)
-    train_raw, val_raw = mnist_data.load(args.dataset)
-    train_set, val_set = mnist_data.as_dataset(*train_raw), mnist_data.as_dataset(*val_raw)
+    args.batchsize = BATCHSIZE
+    train_set, val_set = utils.load_datasets(args)
     factor = relu_matched_factor(args.shared)
     print('{}, {} epochs, n_shared={}: final validation accuracy (best epoch) per seed'.format(
         args.dataset, args.epoch, args.shared))
@@ -109,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(utils.exit_status(main, None))

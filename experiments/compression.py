@@ -14,7 +14,6 @@ import chainer.functions as F
 import chainer.links as L
 
 from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
-from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 
 #: The patterns compared: the dense reference, the family, and two baselines at
 #: equal storage: a low-rank pair of layers, and a narrower dense network.
@@ -28,6 +27,15 @@ SETTINGS = {
     # HashedNets' 784-1000-10 network: both layers are compressed.
     'hashednets': {'sizes': (784, 1000, 10), 'compressed': (0, 1), 'nobias': False},
 }
+
+
+def factor_pairs(n: int) -> tp.List[tp.Tuple[int, int]]:
+    """Every ``(a, b)`` with ``a · b = n``, ``a`` ascending.
+
+    >>> factor_pairs(12)
+    [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
+    """
+    return [(a, n // a) for a in range(1, n + 1) if n % a == 0]
 
 
 def _log_distance(a: float, b: float) -> float:

@@ -11,9 +11,11 @@ import chainer
 import chainer.links as L
 import numpy as np
 import pytest
-import train_mnist3
 
 from chainer_sharedlinear import SharedLinear
+from tests.examples_tests import import_script
+
+utils, train_mnist3 = import_script('examples', 'mnist3_utils', 'train_mnist3')
 
 SCRIPT = os.path.abspath(train_mnist3.__file__)
 pytestmark = pytest.mark.usefixtures('dataset_root')
@@ -100,29 +102,25 @@ def test_earlier_results_are_not_overwritten_without_asking(tmp_path, capsys):
 
 
 class Terminal(io.StringIO):
-    """A standard input that says it is a terminal, with the user's answers in it."""
+    """A standard input that says it is a terminal, with the user's answer in it."""
 
     def isatty(self):
         return True
 
 
-def test_in_a_terminal_the_user_is_asked(tmp_path, capsys, monkeypatch):
+def test_in_a_terminal_too_the_refusal_is_one_line_and_asks_nothing(tmp_path, capsys,
+                                                                     monkeypatch):
     out = tmp_path / 'out'
     status, _, _ = main(capsys, *QUICK, '--epoch', '1', '--out', out)
     assert status == 0
     before = read_log(out)
-
-    monkeypatch.setattr(sys, 'stdin', Terminal('n\n'))
+    monkeypatch.setattr(sys, 'stdin', Terminal('y\n'))
     status, stdout, err = main(capsys, *QUICK, '--epoch', '1', '--out', out, '--seed', '1')
     assert status == 2
-    assert 'Replace them? [y/N]' in stdout
-    assert 'nothing done' in err
+    assert err.count('\n') == 1, err
+    assert 'already holds the results of a run' in err and '--overwrite' in err
+    assert sys.stdin.read() == 'y\n'  # nothing was asked
     assert read_log(out) == before
-
-    monkeypatch.setattr(sys, 'stdin', Terminal('y\n'))
-    status, _, _ = main(capsys, *QUICK, '--epoch', '1', '--out', out, '--seed', '1')
-    assert status == 0
-    assert read_log(out) != before
 
 
 def test_compare_prints_a_table_and_plots_both_curves(tmp_path, capsys):
@@ -191,7 +189,7 @@ def test_resuming_another_model_is_refused(tmp_path, capsys):
 def test_the_model_of_the_2016_experiment(shared, dense, l2_type, W_shape, n_params):
     argv = ['--dense'] if dense else ['--shared', str(shared)]
     args = train_mnist3.parse_args(argv)
-    model = train_mnist3.build_model(args, 784, dense=dense)
+    model = train_mnist3.build_model(args, dense=dense)
     l2 = model.predictor.l2
     assert type(l2) is l2_type
     assert l2.W.shape == W_shape and l2.b is None
@@ -213,12 +211,12 @@ def corrupted_idx_dir(folder):
     (['--dataset', 'mnist-6k'], "argument --dataset: invalid choice: 'mnist-6k'"),
     (['--unit', '1000', '--shared', '3'], '--unit 1000 is not divisible by --shared 3'),
     (['--dense', '--shared', '5'], '--dense trains l2 without sharing'),
-    (['--dense', '--compare'], 'not allowed with argument'),
+    (['--dense', '--compare'], '--compare trains both: it takes no --dense'),
     (['--compare', '--resume', 'result'], '--compare starts both runs afresh'),
     (['--epoch', '0'], "argument --epoch/-e: expected a positive integer, got '0'"),
     (['--seed', '-1'], "argument --seed: expected an integer from 0 to 2**32 - 1, got '-1'"),
     (['--out', '{tmp}/file'], '--out {tmp}/file is a file, not a directory'),
-    (['--device', '@nonsense'], '--device @nonsense: Device specifiers'),
+    (['--device', '@nonsense'], "argument --device/-d: Device specifiers starting with '@'"),
     (['--dataset', 'mnist', '--data-dir', '{tmp}'],
      'mnist: {tmp} lacks train-images-idx3-ubyte.gz'),
     (['--dataset', 'fashion-mnist', '--data-dir', '{corrupted}'],
@@ -228,12 +226,8 @@ def corrupted_idx_dir(folder):
     (['--resume', '{tmp}/nothing'], '--resume {tmp}/nothing: no such snapshot'),
     (['--resume', '{tmp}'], 'no snapshot_iter_N snapshot in that directory'),
     (['--mirror', 'http://127.0.0.1:1/'], '--mirror is for downloading --dataset mnist'),
-    (['--communicator', 'nccl'], "argument --communicator: invalid choice: 'nccl' (choose "
-     "from 'naive', 'flat', 'non_cuda_aware', 'pure_nccl')"),
-    (['--communicator', 'naive', '--compare'], '--compare times two runs on one process'),
-    # Found before MPI is started, so no rank waits for another.
-    (['--communicator', 'pure_nccl'], '--communicator pure_nccl needs GPUs (--device 0'),
-    (['--communicator', 'flat', '--device', '@numpy'], '--communicator flat needs GPUs'),
+    # Several processes are train_mnist3_multi.py's.
+    (['--communicator', 'naive'], 'unrecognized arguments: --communicator naive'),
 ])
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys, args, message):
     places = {'tmp': tmp_path / 'empty', 'corrupted': tmp_path / 'corrupted'}
@@ -528,36 +522,65 @@ def test_a_file_named_like_a_snapshot_is_left_alone(tmp_path, capsys, path):
                                        'snapshot_iter_4.bak']
 
 
-class OneRankOf(object):
-    """What ``build_trainer`` asks of a ChainerMN communicator, for one rank of ``size``."""
-
-    def __init__(self, rank, size=2):
-        self.rank, self.size = rank, size
-
-    def bcast_data(self, model):
-        pass
-
-
-def test_on_several_ranks_rank_0_alone_snapshots_and_removes_only_what_it_replaces(
-        tmp_path, capsys):
-    # The rank logic of the multi-process path, without MPI.
-    args = train_mnist3.parse_args(SMALL + ['--epoch', '1', '--out', str(tmp_path)])
-    train_set, val_set = train_mnist3.command_line.load_datasets(args)
-    device = chainer.get_device('@numpy')
+def test_a_snapshot_removes_only_the_one_it_replaces(tmp_path):
     for name in ('snapshot_iter_2', 'snapshot_iter_2.bak', 'snapshot_iter_3x'):
         (tmp_path / name).write_text('earlier')
-    snapshots = []
-    for rank in (0, 1):
-        model = train_mnist3.build_model(args, 784, dense=False)
-        trainer = train_mnist3.build_trainer(args, model, train_set, val_set, device,
-                                             str(tmp_path), comm=OneRankOf(rank),
-                                             replaces=str(tmp_path / 'snapshot_iter_2'))
-        snapshots.append([extension for name, extension in trainer._extensions.items()
-                          if name.startswith('_Snapshot')])
-    assert [len(found) for found in snapshots] == [1, 0]
-    writer = snapshots[0][0].extension.writer
+    model = chainer.links.Linear(2, 3)
+    writer = utils.snapshot(replaces=str(tmp_path / 'snapshot_iter_2')).writer
     for iteration in (5, 7):
         writer('snapshot_iter_{}'.format(iteration), str(tmp_path),
                chainer.serializers.npz.serialize(model))
     assert sorted(os.listdir(tmp_path)) == ['snapshot_iter_2.bak', 'snapshot_iter_3x',
                                             'snapshot_iter_7']
+
+
+# --- Issue 20: a resumed run has the settings of the run it resumes ----------------------------
+
+def with_options(argv, changes):
+    """``argv`` with the options of ``changes`` replaced or added."""
+    argv = list(argv)
+    while changes:
+        option, *rest = changes
+        n_values = 0 if option == '--dense' else 1
+        if option in argv:
+            index = argv.index(option)
+            argv[index + 1:index + 1 + n_values] = rest[:n_values]
+        else:
+            argv += [option] + rest[:n_values]
+        changes = rest[n_values:]
+    return argv
+
+
+@pytest.mark.parametrize('change, message', [
+    (['--batchsize', '50'], '--batchsize 100, this run has --batchsize 50'),
+    (['--seed', '6'], '--seed 5, this run has --seed 6'),
+    (['--data-dir', '{copy}'], 'no --data-dir, this run has --data-dir {copy}'),
+    (['--dataset', 'fashion-mnist'], '--dataset mnist-5k, this run has --dataset fashion-mnist'),
+    (['--train-size', '200'], '--train-size 250, this run has --train-size 200'),
+    (['--val-size', '50'], '--val-size 100, this run has --val-size 50'),
+    (['--unit', '50'], '--unit 100, this run has --unit 50'),
+    (['--out-units', '80'], '--out-units 90, this run has --out-units 80'),
+    (['--shared', '5'], '--shared 10, this run has --shared 5'),
+    (['--dense'], 'no --dense, this run has --dense'),
+])
+def test_resuming_with_other_settings_is_refused_by_name(tmp_path, capsys, change, message):
+    if '--dataset' in change and not os.path.isdir(utils.FASHION_MNIST_DIR):
+        pytest.skip('needs Fashion-MNIST in {} (apt-get install dataset-fashion-mnist)'.format(
+            utils.FASHION_MNIST_DIR))
+    copy = tmp_path / 'copy'
+    copy.mkdir()
+    (copy / utils.MNIST_5K_FILE).write_bytes(
+        open(os.path.join(utils.BUNDLED_DIR, utils.MNIST_5K_FILE), 'rb').read())
+    out = tmp_path / 'out'
+    status, _, err = main(capsys, *EXACT, '--epoch', '1', '--out', out)
+    assert status == 0, err
+    before = snapshot_files(out)
+    change = [arg.format(copy=copy) for arg in change]
+    status, stdout, err = main(capsys, *with_options(EXACT, change), '--epoch', '2',
+                               '--resume', out, '--out', out)
+    assert status == 2, err
+    assert err.count('\n') == 1, err
+    assert 'error: cannot resume from {}: it was trained with {}'.format(
+        out / 'snapshot_iter_3', message.format(copy=copy)) in err
+    assert 'main/loss' not in stdout  # no training began
+    assert snapshot_files(out) == before

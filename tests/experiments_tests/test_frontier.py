@@ -1,4 +1,4 @@
-"""examples/frontier.py and examples/compression.py: the accuracy-per-parameter frontier."""
+"""experiments/frontier.py and experiments/compression.py: the accuracy-per-parameter frontier."""
 
 import json
 import os
@@ -7,17 +7,23 @@ import subprocess
 import sys
 
 import chainer.links as L
-import compression
-import frontier
-import frontier_results
-import mnist_data
 import numpy as np
 import pytest
 
 from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
+from tests.examples_tests import ROOT, import_script
+
+utils = import_script('examples', 'mnist3_utils')
+compression, frontier_results, frontier = import_script(
+    'experiments', 'compression', 'frontier_results', 'frontier')
 
 pytestmark = pytest.mark.usefixtures('dataset_root')
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs')
+DOCS = os.path.join(ROOT, 'docs')
+
+
+def test_factor_pairs():
+    assert compression.factor_pairs(12) == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
+    assert compression.factor_pairs(7) == [(1, 7), (7, 1)]
 
 
 @pytest.mark.parametrize('pattern', ['shared', 'hashed', 'kronecker', 'lowrank'])
@@ -283,7 +289,7 @@ ONE_POINT = ['--setting', '2016', '--patterns', 'shared', '--compressions', '8',
 
 def copy_of_mnist_5k(folder):
     folder.mkdir()
-    shutil.copy(os.path.join(mnist_data.BUNDLED_DIR, mnist_data.MNIST_5K_FILE), str(folder))
+    shutil.copy(os.path.join(utils.BUNDLED_DIR, utils.MNIST_5K_FILE), str(folder))
     return folder
 
 
@@ -316,9 +322,9 @@ def test_another_name_of_the_datasets_own_folder_is_the_same_data(tmp_path, caps
                                                                   monkeypatch):
     out = tmp_path / 'frontier'
     assert frontier.main(ONE_POINT + ['--out', str(out)]) == 0
-    (tmp_path / 'link').symlink_to(mnist_data.BUNDLED_DIR)
+    (tmp_path / 'link').symlink_to(utils.BUNDLED_DIR)
     monkeypatch.setattr(frontier, 'train', lambda *args: pytest.fail('it trained'))
-    for data_dir in (mnist_data.BUNDLED_DIR, tmp_path / 'link'):
+    for data_dir in (utils.BUNDLED_DIR, tmp_path / 'link'):
         assert frontier.main(ONE_POINT + ['--data-dir', str(data_dir), '--out', str(out)]) == 0
     assert len(read_records(out)) == 1
 

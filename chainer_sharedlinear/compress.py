@@ -28,6 +28,7 @@ from chainer import backend, initializers
 from chainer_sharedlinear import _checks, links
 from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 Knobs = tp.Dict[str, tp.Any]
 
@@ -206,7 +207,7 @@ def pattern_names() -> tp.Tuple[str, ...]:
 
     A pattern whose link this version of the package lacks is left out.
     """
-    return tuple(name for name, pattern in _PATTERNS.items() if hasattr(links, pattern.link))
+    return tuple(name for name, pattern in _PATTERNS.items() if _family_class(pattern.link))
 
 
 def _pattern(name) -> _Pattern:
@@ -600,7 +601,7 @@ def _from_linear(pattern: str, linear: L.Linear, knobs: Knobs) -> chainer.Link:
     # L.Linear's in_size stays None after a lazy initialisation; W knows it.
     out_size, in_size = linear.W.shape
     options = entry.options(dict(knobs, in_size=in_size, out_size=out_size))
-    return getattr(links, entry.link).from_linear(linear, **options)
+    return _family_class(entry.link).from_linear(linear, **options)
 
 
 def _relative_error(layer, weight) -> float:
@@ -648,12 +649,21 @@ def _auto(linear, fraction, names, path):
 
 # --- the plan ----------------------------------------------------------------------------
 
+def _family_class(name) -> tp.Optional[type]:
+    """The layer of the family called ``name``, or ``None``."""
+    cls = getattr(links, name, None) if name in links.__all__ else None
+    return cls if isinstance(cls, type) and issubclass(cls, VirtualLinear) else None
+
+
+def _family_names() -> str:
+    return ', '.join(name for name in links.__all__ if _family_class(name))
+
+
 def _check_family(layer, path) -> None:
-    name = type(layer).__name__
-    if getattr(links, name, None) is not type(layer):
+    if _family_class(type(layer).__name__) is not type(layer):
         raise TypeError('compress_linears: the conversion of {} returned {!r}, not a layer of '
                         'the family ({}), which a plan could not rebuild'.format(
-                            path, layer, ', '.join(links.__all__)))
+                            path, layer, _family_names()))
 
 
 def _plan_entry(layer, pattern, paths, knobs) -> tp.Dict[str, tp.Any]:
@@ -693,15 +703,14 @@ def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
         missing = [key for key in _ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
         if missing:
             raise ValueError('layer {} of the plan lacks {}'.format(i, ', '.join(missing)))
-        if getattr(links, entry['link'], None) is None:
+        if _family_class(entry['link']) is None:
             raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
-                             '({})'.format(entry['paths'], entry['link'],
-                                           ', '.join(links.__all__)))
+                             '({})'.format(entry['paths'], entry['link'], _family_names()))
     return entries
 
 
 def _planned_layer(entry) -> chainer.Link:
-    cls = getattr(links, entry['link'])
+    cls = _family_class(entry['link'])
     options = {key: tuple(value) if isinstance(value, list) else value
                for key, value in entry['options'].items()}
     zero = initializers.Zero(numpy.dtype(entry['dtype']))

@@ -386,6 +386,11 @@ def test_a_plan_that_does_not_fit_the_model_is_refused(sizes, lazy, message):
     ('plan', 'not a plan of compress_linears'),
     ({'format': 'chainer_sharedlinear.compress_linears/1', 'layers': [{'paths': ['/a']}]},
      'layer 0 of the plan lacks link, options'),
+    ({'format': 'chainer_sharedlinear.compress_linears/1', 'layers': [
+        {'paths': ['/a'], 'link': 'DistillationClassifier', 'options': {}, 'in_size': 1,
+         'out_size': 1, 'nobias': True, 'dtype': 'float32'}]},
+     r"layer \['/a'\] of the plan is a DistillationClassifier, which is not a layer of the "
+     'family'),
 ])
 def test_a_malformed_plan_is_refused(plan, message):
     with pytest.raises(ValueError, match=message):

@@ -107,8 +107,8 @@ def _full_entry(module_name, name, obj):
         if issubclass(obj, chainer.Link):
             # What a link of the family inherits from the family's base (to_linear,
             # in_size, add_hook) is part of its API; what it inherits from Chainer's
-            # Link is Chainer's, documented there.
-            lines += ['   :inherited-members: Link, DeviceResident, object',
+            # Link (or Chain, Classifier) is Chainer's, documented there.
+            lines += ['   :inherited-members: Classifier, Chain, Link, DeviceResident, object',
                       '   :exclude-members: printable_specs']
     return lines + ['']
 

@@ -265,7 +265,7 @@ class ClusteredLinear(VirtualLinear):
         if self.index is not None:
             self.index = visitor.visit_array(self.index)
 
-    def copyparams(self, link: chainer.Link, copy_persistent: bool = True) -> None:
+    def copyparams(self, link, copy_persistent=True):
         """Copies the parameters of ``link``, and its index with the persistent values."""
         super().copyparams(link, copy_persistent)
         if copy_persistent and link.index is not None:

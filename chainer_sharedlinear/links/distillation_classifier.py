@@ -35,14 +35,14 @@ class DistillationClassifier(L.Classifier):
 
     Args:
         student (~chainer.Link): The network trained (``predictor``).
-        teacher (~chainer.Link or callable): The network whose outputs are the
-            soft targets, of the student's shape.
+        teacher (~chainer.Link): The network whose outputs are the soft
+            targets, of the student's shape (any function of the inputs will do).
         temperature (float): ``T``, above 0; larger spreads the soft targets.
         alpha (float): The weight of the soft term, from 0 to 1.
         save_teacher (bool): If ``True``, the teacher is a child link, saved
             and loaded with the model.
-        lossfun (callable): The hard term, as ``L.Classifier`` takes it.
-        accfun (callable): The accuracy, as ``L.Classifier`` takes it.
+        lossfun: The hard term, a function as ``L.Classifier`` takes it.
+        accfun: The accuracy, a function as ``L.Classifier`` takes it.
         label_key (int or str): Where the labels are, as ``L.Classifier`` takes it.
 
     Attributes:

@@ -15,6 +15,18 @@ ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
 extra), imported only when asked for.
 """
 
+from chainer_sharedlinear.compress import (  # NOQA
+    CompressedLayer,
+    CompressionReport,
+    apply_plan,
+    compress_linears,
+    knobs_at_budget,
+    load_compressed,
+    pattern_names,
+    read_plan,
+    save_compressed,
+    stored_bytes,
+)
 from chainer_sharedlinear.convert import (  # NOQA
     ConversionReport,
     convert_linears,
@@ -42,8 +54,10 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
-    'ClusteredLinear', 'ConversionReport', 'DistillationClassifier', 'HashedLinear',
-    'KroneckerLinear', 'LowRankLinear', 'SharedLinear', 'convert_linears', 'hashed_linear',
-    'kronecker_linear', 'low_rank_linear', 'register', 'share_linears', 'shared_linear',
+    'ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
+    'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear', 'SharedLinear',
+    'apply_plan', 'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
+    'kronecker_linear', 'load_compressed', 'low_rank_linear', 'pattern_names', 'read_plan',
+    'register', 'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes',
     'tied_linear', 'unshare_linears',
 ]

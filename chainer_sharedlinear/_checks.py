@@ -6,6 +6,8 @@ shapes a function takes are stated once, in its node's ``check_type_forward``;
 off), since a wrong shape there would give a wrong answer silently.
 """
 
+import fractions
+import math
 import numbers
 import typing as tp
 
@@ -163,3 +165,23 @@ def fraction(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError('{} must be a number from 0 to 1, got {!r}'.format(name, value))
     return float(value)
+
+
+def budget(value) -> fractions.Fraction:
+    """``value`` as a :class:`~fractions.Fraction`; ``ValueError`` unless it is in ``(0, 1]``.
+
+    A float is read as it prints, so that ``0.1`` is one tenth.
+
+    >>> budget(1/8), budget(0.1)
+    (Fraction(1, 8), Fraction(1, 10))
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)):
+        raise ValueError('budget must be a fraction of the dense bytes in (0, 1], such as 1/8, '
+                         'got {!r}'.format(value))
+    fraction = (fractions.Fraction(value) if isinstance(value, numbers.Rational)
+                else fractions.Fraction(repr(float(value))))
+    if not 0 < fraction <= 1:
+        raise ValueError('budget must be a fraction of the dense bytes in (0, 1], such as 1/8, '
+                         'got {}'.format(value))
+    return fraction

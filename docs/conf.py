@@ -45,11 +45,11 @@ autodoc_member_order = 'bysource'
 autodoc_inherit_docstrings = False
 
 # Every cross-reference must resolve, but for the names of other projects (Chainer, NumPy,
-# CuPy, ONNX): their inventories would be fetched over the network, which the build must
-# not need. The family's base class is private; "Bases:" still names it.
+# CuPy, ONNX, the standard library): their inventories would be fetched over the network,
+# which the build must not need. The family's base class is private; "Bases:" still names it.
 nitpicky = True
 nitpick_ignore_regex = [
-    ('py:.*', r'(chainer|numpy|cupy|onnx|onnx_chainer)(\..*)?'),
+    ('py:.*', r'(chainer|numpy|cupy|onnx|onnx_chainer|fractions|json)(\..*)?'),
     ('py:class', r'chainer_sharedlinear\.links\.virtual_linear\.VirtualLinear'),
     ('py:class', 'file-like'),
 ]

@@ -1,0 +1,836 @@
+"""Compressing the ``L.Linear`` layers of a trained model to a budget of bytes, and rebuilding it.
+
+:func:`compress_linears` replaces each selected ``L.Linear`` by a layer of the
+family that stores at most a fraction ``budget`` of its bytes, with the knobs
+of its pattern chosen by :func:`knobs_at_budget` and the layer the closest to
+the trained weight (:meth:`from_linear`); ``pattern='auto'`` takes, per layer,
+the pattern whose layer is closest. Bytes are counted by :func:`stored_bytes`.
+The report's plan is plain data: :func:`apply_plan` builds the same layers on
+a fresh model, which ``chainer.serializers.load_npz`` then fills, and
+:func:`save_compressed` and :func:`load_compressed` keep the plan in the file.
+
+Every pattern is one entry of ``_PATTERNS``: its link, the settings that fit a
+budget, the bytes of a setting, and the link's options for a setting.
+"""
+
+import collections
+import dataclasses
+import fractions
+import json
+import math
+import typing as tp
+
+import chainer
+import chainer.links as L
+import numpy
+from chainer import backend, initializers
+
+from chainer_sharedlinear import _checks, links
+from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links
+from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+
+Knobs = tp.Dict[str, tp.Any]
+
+#: The name and version of the plans this module writes and reads.
+PLAN_FORMAT = 'chainer_sharedlinear.compress_linears/1'
+
+#: The key under which :func:`save_compressed` keeps the plan in a file: no
+#: child link has a ``.`` in its name, so no parameter is saved under it.
+PLAN_KEY = 'chainer_sharedlinear.plan'
+
+
+# --- the patterns ------------------------------------------------------------------------
+
+def _shared_settings(in_size, out_size, itemsize, weight_bytes):
+    settings = [{'n_shared': n_shared} for n_shared, k in factor_pairs(in_size)
+                if out_size * k * itemsize <= weight_bytes]
+    if not settings:
+        raise ValueError(
+            'n_shared must divide in_size={} ({}), and the largest, {}, still stores {} '
+            'bytes of weights'.format(in_size, ', '.join(str(a) for a, _ in factor_pairs(in_size)),
+                                      in_size, out_size * itemsize))
+    return settings[:1]  # the smallest n_shared that fits stores the most
+
+
+def _hashed_settings(in_size, out_size, itemsize, weight_bytes):
+    n_weights = min(weight_bytes // itemsize, in_size * out_size)
+    if n_weights < 1:
+        raise ValueError('one stored weight takes {} bytes'.format(itemsize))
+    return [{'n_weights': n_weights}]
+
+
+def _kronecker_pairs(in_size, out_size):
+    # A is the smaller factor on both sides (n1 <= n2, m1 <= m2), as in the
+    # layer's default factors: this keeps about a quarter of the pairs, and
+    # leaves out those in which A and B have the two orientations (the low-rank
+    # pair (1, in_size), (out_size, 1) is the lowrank pattern).
+    # The squarest first: among settings of equal bytes, the first is taken.
+    for n1, n2 in reversed(factor_pairs(in_size)):
+        for m1, m2 in reversed(factor_pairs(out_size)):
+            if n1 <= n2 and m1 <= m2:
+                yield (n1, n2), (m1, m2)
+
+
+def _kronecker_settings(in_size, out_size, itemsize, weight_bytes):
+    settings = []
+    for (n1, n2), (m1, m2) in _kronecker_pairs(in_size, out_size):
+        per_term = (m1 * n1 + m2 * n2) * itemsize
+        n_terms = min(weight_bytes // per_term, m1 * n1, m2 * n2)
+        if n_terms >= 1:
+            settings.append({'in_factors': (n1, n2), 'out_factors': (m1, m2),
+                             'n_terms': n_terms})
+    if not settings:
+        raise ValueError('one term of the smallest factors of in_size={} and out_size={} '
+                         'takes {} bytes'.format(in_size, out_size, min(
+                             (m1 * n1 + m2 * n2) * itemsize
+                             for (n1, n2), (m1, m2) in _kronecker_pairs(in_size, out_size))))
+    return settings
+
+
+def _kronecker_options(knobs):
+    return {'in_factors': tuple(knobs['in_factors']), 'out_factors': tuple(knobs['out_factors']),
+            'n_terms': knobs['n_terms']}
+
+
+def _kronecker_weight_bytes(in_size, out_size, itemsize, knobs):
+    (n1, n2), (m1, m2) = knobs['in_factors'], knobs['out_factors']
+    return knobs['n_terms'] * (m1 * n1 + m2 * n2) * itemsize
+
+
+def _phm_options(knobs):
+    n = knobs['n']
+    return {'in_factors': (n, knobs['in_size'] // n), 'out_factors': (n, knobs['out_size'] // n),
+            'n_terms': n}
+
+
+def _phm_settings(in_size, out_size, itemsize, weight_bytes):
+    common = [n for n, _ in factor_pairs(in_size) if out_size % n == 0]
+    settings = [{'n': n} for n in common
+                if n <= min(n * n, in_size * out_size // (n * n))  # at most full rank
+                and _phm_weight_bytes(in_size, out_size, itemsize, {'n': n}) <= weight_bytes]
+    if not settings:
+        raise ValueError('n must divide in_size={} and out_size={} ({}), and n terms of n x n '
+                         'factors take at least {} bytes'.format(
+                             in_size, out_size, ', '.join(map(str, common)),
+                             min(_phm_weight_bytes(in_size, out_size, itemsize, {'n': n})
+                                 for n in common)))
+    return settings
+
+
+def _phm_weight_bytes(in_size, out_size, itemsize, knobs):
+    n = knobs['n']
+    return (n ** 3 + in_size * out_size // n) * itemsize
+
+
+def _low_rank_settings(in_size, out_size, itemsize, weight_bytes):
+    rank = min(weight_bytes // ((in_size + out_size) * itemsize), in_size, out_size)
+    if rank < 1:
+        raise ValueError('rank 1 takes {} bytes'.format((in_size + out_size) * itemsize))
+    return [{'rank': rank}]
+
+
+def _low_rank_as_kronecker(knobs):
+    # (out_size, 1) ⊗ (1, in_size) is an outer product: its rearrangement is the weight.
+    return {'in_factors': (1, knobs['in_size']), 'out_factors': (knobs['out_size'], 1),
+            'n_terms': knobs['rank']}
+
+
+def _clustered_weight_bytes(in_size, out_size, itemsize, knobs):
+    from chainer_sharedlinear.links.clustered_linear import index_bits
+    n_clusters = knobs['n_clusters']
+    return n_clusters * itemsize + math.ceil(in_size * out_size * index_bits(n_clusters) / 8)
+
+
+def _clustered_settings(in_size, out_size, itemsize, weight_bytes):
+    from chainer_sharedlinear.links.clustered_linear import MAX_CLUSTERS, index_bits
+    most = 0
+    for bits in range(1, index_bits(MAX_CLUSTERS) + 1):
+        index_bytes = math.ceil(in_size * out_size * bits / 8)
+        most = max(most, min(2 ** bits, (weight_bytes - index_bytes) // itemsize,
+                             in_size * out_size))
+    if most < 1:
+        raise ValueError('the index alone takes {} bytes at 1 bit a weight'.format(
+            math.ceil(in_size * out_size / 8)))
+    return [{'n_clusters': most}]
+
+
+def _shared_weight_bytes(in_size, out_size, itemsize, knobs):
+    return out_size * (in_size // knobs['n_shared']) * itemsize
+
+
+def _from_knobs(knobs):
+    return {key: value for key, value in knobs.items() if key not in ('in_size', 'out_size')}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pattern:
+    """One pattern of :func:`compress_linears`: its link, its knobs, and their bytes."""
+
+    #: The class's name in :mod:`chainer_sharedlinear.links`.
+    link: str
+    #: ``(in_size, out_size, itemsize, weight_bytes)`` to the settings whose weights fit
+    #: in ``weight_bytes``, each the largest of its kind; ``ValueError`` saying why if none.
+    settings: tp.Callable[[int, int, int, int], tp.List[Knobs]]
+    #: ``(in_size, out_size, itemsize, knobs)`` to the bytes of the weights (not the bias).
+    weight_bytes: tp.Callable[[int, int, int, Knobs], int]
+    #: The knobs (with ``in_size`` and ``out_size`` added) as options of ``from_linear``.
+    options: tp.Callable[[Knobs], Knobs] = _from_knobs
+    #: ``(in_size, out_size, knobs)`` to the Kronecker setting of the same layer, for a
+    #: pattern whose nearest layer is a truncated decomposition: its error then comes
+    #: from singular values (:func:`_kronecker_errors`) without building it.
+    as_kronecker: tp.Optional[tp.Callable[[Knobs], Knobs]] = None
+
+
+def _one_knob(name, per_element):
+    # The bytes of a pattern that stores ``knob`` numbers of ``per_element`` elements each.
+    return lambda in_size, out_size, itemsize, knobs: (
+        knobs[name] * per_element(in_size, out_size) * itemsize)
+
+
+_PATTERNS: 'collections.OrderedDict[str, _Pattern]' = collections.OrderedDict([
+    ('shared', _Pattern('SharedLinear', _shared_settings, _shared_weight_bytes)),
+    ('hashed', _Pattern('HashedLinear', _hashed_settings, _one_knob('n_weights', lambda i, o: 1))),
+    ('kronecker', _Pattern('KroneckerLinear', _kronecker_settings, _kronecker_weight_bytes,
+                           _kronecker_options, as_kronecker=_kronecker_options)),
+    ('phm', _Pattern('KroneckerLinear', _phm_settings, _phm_weight_bytes, _phm_options,
+                     as_kronecker=_phm_options)),
+    ('lowrank', _Pattern('LowRankLinear', _low_rank_settings,
+                         _one_knob('rank', lambda i, o: i + o),
+                         as_kronecker=_low_rank_as_kronecker)),
+    ('clustered', _Pattern('ClusteredLinear', _clustered_settings, _clustered_weight_bytes)),
+])
+
+
+def pattern_names() -> tp.Tuple[str, ...]:
+    """The names of the patterns that :func:`compress_linears` takes, in its order.
+
+    A pattern whose link this version of the package lacks is left out.
+    """
+    return tuple(name for name, pattern in _PATTERNS.items() if _family_class(pattern.link))
+
+
+def _pattern(name) -> _Pattern:
+    if name not in pattern_names():
+        raise ValueError('unknown pattern {!r}: expected one of {}'.format(
+            name, ', '.join(pattern_names())))
+    return _PATTERNS[name]
+
+
+# --- bytes and knobs ---------------------------------------------------------------------
+
+def stored_bytes(link: chainer.Link) -> int:
+    """The bytes a layer stores: its parameters, the bias included, and an index at its bits.
+
+    What a saved file holds for the layer, and what its parameters take on a
+    device: each parameter's elements times their size (a float32 is 4
+    bytes), each parameter once; a ``ClusteredLinear``'s index at
+    ``⌈log2 n_clusters⌉`` bits a weight. The few integers a layer saves with
+    its parameters (``n_shared``, ``seed``, the sizes) are not counted, nor
+    ``HashedLinear``'s map, which is computed and never saved.
+
+    Args:
+        link (~chainer.Link): An initialised ``L.Linear`` or layer of the family.
+
+    .. admonition:: Example
+
+        >>> import chainer.links as L
+        >>> from chainer_sharedlinear import SharedLinear
+        >>> stored_bytes(L.Linear(1000, 10))  # 10,000 weights and 10 biases of 4 bytes
+        40040
+        >>> stored_bytes(SharedLinear(1000, 10, n_shared=8))
+        5040
+    """
+    counted = getattr(link, 'stored_bytes', None)
+    if callable(counted):  # a layer that stores more than its parameters
+        return int(counted())
+    unique = {id(param): param for param in link.params()}
+    for param in unique.values():
+        if param.array is None:
+            raise ValueError('cannot count the bytes of {}: it is {}'.format(
+                link, _checks.NOT_INITIALISED))
+    return sum(param.size * param.dtype.itemsize for param in unique.values())
+
+
+def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
+                    dtype='float32', nobias: bool = False, weight=None) -> Knobs:
+    """The knobs of ``pattern`` for a layer that stores at most ``budget`` of the dense bytes.
+
+    The dense layer ``L.Linear(in_size, out_size)`` stores
+    ``(in_size·out_size + out_size)·itemsize`` bytes (no ``out_size`` term
+    with ``nobias``); the layer of ``pattern`` keeps the same bias, and its
+    weights take what is left of ``⌊budget · dense bytes⌋``, as
+    :func:`stored_bytes` counts them. Of the settings that fit, this is the
+    one that stores the most, as close to the budget as the sizes allow
+    without going over:
+
+    - ``shared``: ``{'n_shared': n}``, the smallest ``n`` dividing ``in_size``
+      that fits. A prime ``in_size`` leaves ``n = in_size`` (a weight of one
+      column), far below the budget.
+    - ``hashed``: ``{'n_weights': n}``, as many as fit.
+    - ``kronecker``: ``{'in_factors': (n1, n2), 'out_factors': (m1, m2),
+      'n_terms': r}``, with ``n1 <= n2`` and ``m1 <= m2``, and for each pair
+      of factors the most terms that fit (at most ``min(m1·n1, m2·n2)``, the
+      rank at which the layer is exact).
+    - ``phm``: ``{'n': n}``, ``n`` dividing both sizes: ``n`` terms of
+      ``n × n`` factors ``A``.
+    - ``lowrank``: ``{'rank': r}``, as high as fits (at most ``min(in_size, out_size)``).
+    - ``clustered``: ``{'n_clusters': k}``, as many as fit with the index at
+      ``⌈log2 k⌉`` bits a weight.
+
+    ``weight`` (the trained ``(out_size, in_size)`` weight) chooses among
+    settings of the same kind: the Kronecker factors and PHM's ``n`` whose
+    layer is closest to it in the Frobenius norm, from the singular values
+    of its rearrangement for each pair of factors (which give the error of
+    every number of terms at once). The other patterns have one setting.
+
+    Args:
+        pattern (str): A name of :func:`pattern_names`.
+        in_size (int): The size of the inputs.
+        out_size (int): The size of the outputs.
+        budget (float): The fraction of the dense bytes, in ``(0, 1]``: ``1/8``,
+            ``0.25``, or a :class:`fractions.Fraction`.
+        dtype: The dtype of the weights (its size counts).
+        nobias (bool): Whether the layer has no bias.
+        weight (:ref:`ndarray`): The trained weight, or ``None``.
+
+    Returns:
+        dict: The knobs, as in the list above.
+
+    Raises:
+        ValueError: No setting of ``pattern`` fits: the message says why. At
+            1/8, ``shared`` does not fit ``in_size=7`` (``n_shared=7`` stores
+            1/7 of the weights), nor ``kronecker`` a layer of two prime sizes.
+
+    .. admonition:: Example
+
+        >>> knobs_at_budget('shared', 784, 1000, 1/8, nobias=True)
+        {'n_shared': 8}
+        >>> knobs_at_budget('hashed', 784, 1000, 1/8)  # the bias takes 1000 of 98,125 numbers
+        {'n_weights': 97125}
+        >>> knobs_at_budget('phm', 1000, 1000, 1/8)
+        {'n': 10}
+        >>> knobs_at_budget('shared', 7, 10, 1/8)
+        Traceback (most recent call last):
+        ...
+        ValueError: shared cannot store a 7 -> 10 layer in 1/8 of its 320 bytes (40 bytes, \
+0 for the weights after the bias): n_shared must divide in_size=7 (1, 7), and the largest, 7, \
+still stores 40 bytes of weights
+    """
+    settings, _ = _settings(pattern, in_size, out_size, budget, dtype, nobias, weight)
+    return _from_knobs(settings[0])
+
+
+def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight
+              ) -> tp.Tuple[tp.List[Knobs], tp.Optional[tp.List[float]]]:
+    """The settings of ``pattern`` that fit, the best first (see :func:`knobs_at_budget`).
+
+    With ``weight``, also the error of each setting's nearest layer where the
+    pattern's singular values tell it (else ``None``).
+    """
+    entry = _pattern(pattern)
+    in_size = _checks.positive_int('in_size', in_size)
+    out_size = _checks.positive_int('out_size', out_size)
+    fraction = _checks.budget(budget)
+    itemsize = numpy.dtype(dtype).itemsize
+    bias_bytes = 0 if nobias else out_size * itemsize
+    dense = in_size * out_size * itemsize + bias_bytes
+    allowed = math.floor(fraction * dense)
+    try:
+        settings = entry.settings(in_size, out_size, itemsize, allowed - bias_bytes)
+    except ValueError as e:
+        raise ValueError('{} cannot store a {} -> {} layer in {} of its {} bytes ({} bytes, {} '
+                         'for the weights after the bias): {}'.format(
+                             pattern, in_size, out_size, fraction, dense, allowed,
+                             max(0, allowed - bias_bytes), e)) from None
+    settings = [dict(knobs, in_size=in_size, out_size=out_size) for knobs in settings]
+    # Most bytes first; among equals, the first the pattern gave (the squarest factors).
+    settings.sort(key=lambda knobs: -entry.weight_bytes(in_size, out_size, itemsize, knobs))
+    if weight is None or entry.as_kronecker is None:
+        return settings, None
+    weight = backend.CpuDevice().send(getattr(weight, 'array', weight))
+    if weight.shape != (out_size, in_size):
+        raise ValueError('weight has shape {}, but the layer is {} -> {}: expected {}'.format(
+            weight.shape, in_size, out_size, (out_size, in_size)))
+    errors = _kronecker_errors(weight, [entry.as_kronecker(knobs) for knobs in settings])
+    order = sorted(range(len(settings)), key=lambda i: errors[i])
+    return [settings[i] for i in order], [errors[i] for i in order]
+
+
+def _kronecker_errors(weight, options: tp.Sequence[Knobs]) -> tp.List[float]:
+    """The relative Frobenius error of the nearest layer of each Kronecker setting.
+
+    Van Loan and Pitsianis' rearrangement (see ``KroneckerLinear.from_linear``):
+    the error of ``r`` terms is the norm of the singular values after the
+    ``r``-th. Their squares are the eigenvalues of the rearrangement's Gram
+    matrix, the smaller of its two: one symmetric eigenvalue problem per pair
+    of factors, which is several times faster than its singular values and as
+    accurate for the sum of their squares.
+    """
+    weight = numpy.asarray(weight, numpy.float64)
+    total = float(numpy.sum(weight * weight))
+    eigenvalues = {}
+    errors = []
+    for knobs in options:
+        (n1, n2), (m1, m2) = knobs['in_factors'], knobs['out_factors']
+        if ((n1, n2), (m1, m2)) not in eigenvalues:
+            rearranged = weight.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(
+                m1 * n1, m2 * n2)
+            gram = (rearranged @ rearranged.T if m1 * n1 <= m2 * n2
+                    else rearranged.T @ rearranged)
+            eigenvalues[(n1, n2), (m1, m2)] = numpy.linalg.eigvalsh(gram)  # ascending
+        values = eigenvalues[(n1, n2), (m1, m2)]
+        tail = max(0.0, float(values[:len(values) - knobs['n_terms']].sum()))
+        errors.append(math.sqrt(tail / total) if total else 0.0)
+    return errors
+
+
+# --- the report --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CompressedLayer:
+    """One layer that :func:`compress_linears` compressed: a row of its report.
+
+    Attributes:
+        path (str): The layer's path in the model (its first, for a tied layer).
+        pattern (str): The pattern's name, or the name of the function given.
+        knobs (dict): The pattern's knobs (for a function, the new layer's options).
+        stored_bytes (int): What the new layer stores (:func:`stored_bytes`).
+        dense_bytes (int): What the ``L.Linear`` stored.
+        error (float): The relative Frobenius error of the new layer's
+            ``dense_weight()`` against the trained weight, ``‖V - W‖ / ‖W‖``.
+        errors (dict): With ``pattern='auto'``, the error of each pattern tried.
+        refused (dict): With ``pattern='auto'``, each pattern that did not fit, and why.
+    """
+
+    path: str
+    pattern: str
+    knobs: Knobs
+    stored_bytes: int
+    dense_bytes: int
+    error: float
+    errors: tp.Dict[str, float] = dataclasses.field(default_factory=dict)
+    refused: tp.Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """float: ``stored_bytes / dense_bytes``."""
+        return self.stored_bytes / self.dense_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressionReport:
+    """What :func:`compress_linears` did.
+
+    Attributes:
+        budget (fractions.Fraction): The fraction of the dense bytes asked for.
+        layers (tuple of CompressedLayer): The layers compressed, in the model's order.
+        skipped (dict): The ``L.Linear`` links left as they were, by path, each
+            with the reason (those ``include`` left out among them).
+        plan (dict): What :func:`apply_plan` needs to build the same layers on a
+            fresh model: plain data, which :func:`json.dumps` takes.
+        conversion (ConversionReport): The conversion's own report: tied
+            links, hooks, parameter counts.
+    """
+
+    budget: fractions.Fraction
+    layers: tp.Tuple[CompressedLayer, ...]
+    skipped: tp.Dict[str, str]
+    plan: tp.Dict[str, tp.Any]
+    conversion: ConversionReport
+
+    @property
+    def stored_bytes(self) -> int:
+        """int: The bytes the compressed layers store, all together."""
+        return sum(layer.stored_bytes for layer in self.layers)
+
+    @property
+    def dense_bytes(self) -> int:
+        """int: The bytes the same layers stored as ``L.Linear``."""
+        return sum(layer.dense_bytes for layer in self.layers)
+
+    @property
+    def ratio(self) -> float:
+        """float: ``stored_bytes / dense_bytes`` (0 if nothing was compressed)."""
+        return self.stored_bytes / self.dense_bytes if self.layers else 0.0
+
+    def __str__(self) -> str:
+        lines = ['{} compressed, {} skipped, at a budget of {} of the dense bytes'.format(
+            len(self.layers), len(self.skipped), self.budget)]
+        for layer in self.layers:
+            lines.append('  {}: {} {}, {:,} of {:,} bytes ({:.4f}), error {:.4f}'.format(
+                layer.path, layer.pattern,
+                ', '.join('{}={}'.format(key, value) for key, value in layer.knobs.items()),
+                layer.stored_bytes, layer.dense_bytes, layer.ratio, layer.error))
+        if self.layers:
+            lines.append('  total: {:,} of {:,} bytes ({:.4f})'.format(
+                self.stored_bytes, self.dense_bytes, self.ratio))
+        lines += ['  skipped {}: {}'.format(path, why) for path, why in self.skipped.items()]
+        return '\n'.join(lines)
+
+
+# --- compressing -------------------------------------------------------------------------
+
+Convert = tp.Callable[[L.Linear, fractions.Fraction, str], chainer.Link]
+
+
+def compress_linears(model: chainer.Link, budget, *,
+                     pattern: tp.Union[str, Convert] = 'auto', include: Include = None,
+                     patterns: tp.Optional[tp.Iterable[str]] = None) -> CompressionReport:
+    """Compresses the ``L.Linear`` links of a trained model to ``budget`` of their bytes, in place.
+
+    Each selected ``L.Linear`` becomes the layer of ``pattern`` that stores at
+    most ``budget`` of its bytes (:func:`stored_bytes`, the bias included),
+    with the knobs of :func:`knobs_at_budget` and the weights closest to the
+    trained ones (the pattern's ``from_linear``). A layer that no setting of
+    the pattern fits is skipped, and the report says why. The walk, the
+    atomic replacement, ``include``, tied links and hooks are
+    :func:`~chainer_sharedlinear.convert_linears`'.
+
+    Args:
+        model (~chainer.Link): A model whose ``L.Linear`` links are
+            initialised; changed in place.
+        budget (float): The fraction of each layer's dense bytes it may store,
+            in ``(0, 1]``: ``1/8`` keeps an eighth.
+        pattern: A name of :func:`pattern_names` (``'shared'``,
+            ``'hashed'``, ``'kronecker'``, ``'phm'``, ``'lowrank'``,
+            ``'clustered'``); ``'auto'``, which takes for each layer the
+            pattern of ``patterns`` whose layer is closest to the trained weight
+            (the least relative Frobenius error of its ``dense_weight()``;
+            ties go to the earlier pattern); or a function ``convert(linear,
+            budget, path)`` returning a layer of the family (a
+            ``ValueError`` from it skips the layer, with its message).
+        include: Which ``L.Linear`` links to compress, as in
+            :func:`~chainer_sharedlinear.convert_linears`.
+        patterns (list of str): The patterns ``'auto'`` chooses from; all
+            of :func:`pattern_names` by default.
+
+    Returns:
+        CompressionReport: Per layer its pattern, knobs, bytes and error; the
+        totals; what was skipped and why; and the plan.
+
+    Raises:
+        ValueError: A selected ``L.Linear`` is not initialised yet (a lazy
+            ``L.Linear(None, n)``): run one forward pass first. Nothing is
+            changed.
+        TypeError: ``convert`` returned a link that is not of the family.
+
+    .. admonition:: Example
+
+        >>> import chainer
+        >>> import chainer.links as L
+        >>> import numpy as np
+        >>> tiled = np.tile(np.arange(12.).reshape(4, 3), 8)  # 8 copies of one (4, 3) block
+        >>> model = chainer.Sequential(L.Linear(24, 4, nobias=True, initialW=tiled),
+        ...                            L.Linear(7, 3))
+        >>> report = compress_linears(model, 1/8)
+        >>> print(report)  # doctest: +ELLIPSIS
+        1 compressed, 1 skipped, at a budget of 1/8 of the dense bytes
+          /0: shared n_shared=8, 48 of 384 bytes (0.1250), error 0.0000
+          total: 48 of 384 bytes (0.1250)
+          skipped /1: no pattern fits: shared cannot store a 7 -> 3 layer in 1/8 of its 96 bytes...
+        >>> model[0]
+        SharedLinear(in_size=24, out_size=4, n_shared=8, nobias=True)
+        >>> report.layers[0].errors['hashed'] > 0
+        True
+    """
+    fraction = _checks.budget(budget)
+    if pattern == 'auto':
+        names = pattern_names() if patterns is None else tuple(patterns)
+        if not names:
+            raise ValueError("patterns is empty: pattern='auto' needs at least one pattern")
+        for name in names:
+            _pattern(name)
+    elif patterns is not None:
+        raise ValueError("patterns is for pattern='auto'; pattern={!r} is one already".format(
+            pattern))
+    elif not callable(pattern):
+        _pattern(pattern)
+
+    first_paths = {}
+    for path, link in model.namedlinks() if isinstance(model, chainer.Link) else ():
+        first_paths.setdefault(id(link), path)
+    rows: tp.Dict[int, CompressedLayer] = {}
+
+    def why_not(linear):
+        if type(linear) is not L.Linear:
+            return 'a subclass of L.Linear ({}), whose forward may differ'.format(
+                type(linear).__name__)
+        if linear.W.array is None:
+            raise ValueError(
+                'compress_linears: {} is {} ({}); run one forward pass of the model first'.format(
+                    first_paths[id(linear)], 'a lazy L.Linear(None, {})'.format(linear.out_size),
+                    'its in_size is only known after it'))
+        return None
+
+    def convert(linear):
+        path = first_paths[id(linear)]
+        if callable(pattern):
+            layer = pattern(linear, fraction, path)
+            _check_family(layer, path)
+            name = getattr(pattern, '__name__', type(pattern).__name__)
+            row = _row(path, name, dict(layer._options()), layer, linear)
+        elif pattern == 'auto':
+            row, layer = _auto(linear, fraction, names, path)
+        else:
+            knobs = knobs_at_budget(pattern, linear.W.shape[1], linear.out_size, fraction,
+                                    dtype=linear.W.dtype, nobias=linear.b is None,
+                                    weight=linear.W.array)
+            layer = _from_linear(pattern, linear, knobs)
+            row = _row(path, pattern, knobs, layer, linear)
+        rows[id(layer)] = row
+        return layer
+
+    conversion = _replace_links(model, include, 'compress_linears', L.Linear, why_not, convert)
+    new_links = dict(model.namedlinks())
+    layers, entries = [], []
+    for path in conversion.changed:
+        layer = new_links[path]
+        row = rows[id(layer)]
+        if row.path == path:
+            layers.append(row)
+            tied = next((paths for paths in conversion.tied if path in paths), (path,))
+            entries.append(_plan_entry(layer, row.pattern, tied, row.knobs))
+    plan = {'format': PLAN_FORMAT, 'budget': str(fraction), 'layers': entries}
+    return CompressionReport(budget=fraction, layers=tuple(layers),
+                             skipped=dict(conversion.skipped), plan=plan, conversion=conversion)
+
+
+def _from_linear(pattern: str, linear: L.Linear, knobs: Knobs) -> chainer.Link:
+    entry = _PATTERNS[pattern]
+    # L.Linear's in_size stays None after a lazy initialisation; W knows it.
+    out_size, in_size = linear.W.shape
+    options = entry.options(dict(knobs, in_size=in_size, out_size=out_size))
+    return _family_class(entry.link).from_linear(linear, **options)
+
+
+def _relative_error(layer, weight) -> float:
+    dense = numpy.asarray(backend.CpuDevice().send(layer.dense_weight()), numpy.float64)
+    weight = numpy.asarray(backend.CpuDevice().send(weight), numpy.float64)
+    norm = numpy.linalg.norm(weight)
+    difference = numpy.linalg.norm(dense - weight)
+    return float(difference / norm) if norm else (0.0 if difference == 0 else math.inf)
+
+
+def _row(path, pattern, knobs, layer, linear, **auto) -> CompressedLayer:
+    return CompressedLayer(path=path, pattern=pattern, knobs=knobs,
+                           stored_bytes=stored_bytes(layer), dense_bytes=stored_bytes(linear),
+                           error=_relative_error(layer, linear.W.array), **auto)
+
+
+def _auto(linear, fraction, names, path):
+    # A pattern whose error its singular values tell is built only if it is taken.
+    out_size, in_size = linear.W.shape
+    errors, refused, built = {}, {}, {}
+    for name in names:
+        try:
+            settings, predicted = _settings(name, in_size, out_size, fraction, linear.W.dtype,
+                                            linear.b is None, linear.W.array)
+        except ValueError as e:
+            refused[name] = str(e)
+            continue
+        knobs = _from_knobs(settings[0])
+        if predicted is None:
+            built[name] = knobs, _from_linear(name, linear, knobs)
+            errors[name] = _relative_error(built[name][1], linear.W.array)
+        else:
+            built[name] = knobs, None
+            errors[name] = predicted[0]
+    if not errors:
+        raise ValueError('no pattern fits: ' + '; '.join(refused.values()))
+    name = min(errors, key=errors.get)  # the first of equals
+    knobs, layer = built[name]
+    if layer is None:
+        layer = _from_linear(name, linear, knobs)
+    row = _row(path, name, knobs, layer, linear, refused=refused)
+    errors[name] = row.error  # measured on the layer taken, as for every row
+    return dataclasses.replace(row, errors=errors), layer
+
+
+# --- the plan ----------------------------------------------------------------------------
+
+def _family_class(name) -> tp.Optional[type]:
+    """The layer of the family called ``name``, or ``None``."""
+    cls = getattr(links, name, None) if name in links.__all__ else None
+    return cls if isinstance(cls, type) and issubclass(cls, VirtualLinear) else None
+
+
+def _family_names() -> str:
+    return ', '.join(name for name in links.__all__ if _family_class(name))
+
+
+def _check_family(layer, path) -> None:
+    if _family_class(type(layer).__name__) is not type(layer):
+        raise TypeError('compress_linears: the conversion of {} returned {!r}, not a layer of '
+                        'the family ({}), which a plan could not rebuild'.format(
+                            path, layer, _family_names()))
+
+
+def _plan_entry(layer, pattern, paths, knobs) -> tp.Dict[str, tp.Any]:
+    return {
+        'paths': list(paths), 'link': type(layer).__name__, 'pattern': pattern,
+        'knobs': _plain(knobs), 'options': _plain(dict(layer._options())),
+        'in_size': layer.in_size, 'out_size': layer.out_size, 'nobias': layer.b is None,
+        'dtype': getattr(layer, layer.weight_names[0]).dtype.name,
+        'bias_dtype': None if layer.b is None else layer.b.dtype.name,
+    }
+
+
+def _plain(value):
+    """``value`` as JSON takes it: tuples as lists, NumPy integers as ``int``."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, numpy.generic):
+        return value.item()
+    return value
+
+
+_ENTRY_KEYS = ('paths', 'link', 'options', 'in_size', 'out_size', 'nobias', 'dtype')
+
+
+def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
+    if not isinstance(plan, dict) or plan.get('format') != PLAN_FORMAT:
+        raise ValueError('not a plan of compress_linears: expected a dict with '
+                         "'format': {!r} (a CompressionReport's plan), got {!r}".format(
+                             PLAN_FORMAT, plan if not isinstance(plan, dict)
+                             else plan.get('format')))
+    entries = plan.get('layers')
+    if not isinstance(entries, list):
+        raise ValueError("the plan's 'layers' must be a list, got {!r}".format(entries))
+    for i, entry in enumerate(entries):
+        missing = [key for key in _ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise ValueError('layer {} of the plan lacks {}'.format(i, ', '.join(missing)))
+        if _family_class(entry['link']) is None:
+            raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
+                             '({})'.format(entry['paths'], entry['link'], _family_names()))
+    return entries
+
+
+def _planned_layer(entry) -> chainer.Link:
+    cls = _family_class(entry['link'])
+    options = {key: tuple(value) if isinstance(value, list) else value
+               for key, value in entry['options'].items()}
+    zero = initializers.Zero(numpy.dtype(entry['dtype']))
+    options.update({'initial' + name: zero for name in cls.weight_names})
+    bias = None if entry['nobias'] else initializers.Zero(numpy.dtype(entry['bias_dtype']))
+    return cls(entry['in_size'], entry['out_size'], nobias=entry['nobias'], initial_bias=bias,
+               **options)
+
+
+def _is_planned(link, entry) -> bool:
+    return (type(link).__name__ == entry['link'] and link.in_size == entry['in_size']
+            and link.out_size == entry['out_size'] and (link.b is None) == entry['nobias']
+            and _plain(dict(link._options())) == entry['options'])
+
+
+def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> ConversionReport:
+    """Builds the layers of a plan on a model, in place, so that ``load_npz`` then fills them.
+
+    ``model`` is a fresh copy of the model that was compressed: built by the
+    same code, trained or not, lazy (``L.Linear(None, n)``) or not, since the
+    plan knows the sizes. Each ``L.Linear`` named by the plan becomes the layer
+    it describes, of the same dtype and device, with zero weights; a layer
+    that already is the planned one is left as it is. Then
+    ``chainer.serializers.load_npz(file, model)`` loads the compressed file.
+
+    Args:
+        model (~chainer.Link): The model; changed in place.
+        plan (dict): A :class:`CompressionReport`'s ``plan``, or the same read
+            back from JSON.
+
+    Returns:
+        ConversionReport: What changed.
+
+    Raises:
+        ValueError: The plan does not fit the model: a path it names is not
+            there, or holds a link of other sizes, another bias, or another
+            layer than the plan's. Nothing is changed.
+    """
+    entries = _check_plan(plan)
+    if not isinstance(model, chainer.Link):
+        raise TypeError('apply_plan expects a chainer.Link (a Chain, ChainList or Sequential), '
+                        'got {}'.format(type(model).__name__))
+    found = dict(model.namedlinks())
+    paths_of = collections.defaultdict(list)
+    for path, link in found.items():
+        paths_of[id(link)].append(path)
+    planned, include = {}, []
+    for entry in entries:
+        for path in entry['paths']:
+            link = found.get(path)
+            if link is None:
+                raise ValueError('the plan compresses {}, but the model has no link there; its '
+                                 'links are: {}'.format(path, ', '.join(found) or 'none'))
+            what = 'the plan has a {}(in_size={}, out_size={}, nobias={}) at {}'.format(
+                entry['link'], entry['in_size'], entry['out_size'], entry['nobias'], path)
+            if _is_planned(link, entry):
+                continue
+            if type(link) is not L.Linear:
+                raise ValueError('{}, but the model has {} there, which is neither that nor an '
+                                 'L.Linear'.format(what, link))
+            in_size = None if link.W.array is None else link.W.shape[1]
+            if (link.out_size != entry['out_size'] or in_size not in (None, entry['in_size'])
+                    or (link.b is None) != entry['nobias']):
+                raise ValueError('{}, but the model has L.Linear(in_size={}, out_size={}, '
+                                 'nobias={}) there'.format(what, in_size, link.out_size,
+                                                           link.b is None))
+            if sorted(paths_of[id(link)]) != sorted(entry['paths']):
+                raise ValueError('the plan has one layer at {}, but the model has that link at '
+                                 '{}'.format(', '.join(entry['paths']),
+                                             ', '.join(paths_of[id(link)])))
+            planned[id(link)] = entry
+            include.append(path)
+    return _replace_links(model, include, 'apply_plan', L.Linear, lambda link: None,
+                          lambda link: _planned_layer(planned[id(link)]).to_device(link.device))
+
+
+def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> None:
+    """Saves a compressed model as ``chainer.serializers.save_npz`` does, with its plan.
+
+    The plan is kept in the file as JSON under ``'chainer_sharedlinear.plan'``, which
+    ``load_npz`` ignores: the file loads as any other into a model the plan
+    was applied to, and :func:`load_compressed` rebuilds the layers from it.
+
+    Args:
+        file (str or file-like): Where to save.
+        model (~chainer.Link): The compressed model.
+        plan (dict): Its :class:`CompressionReport`'s ``plan``.
+    """
+    _check_plan(plan)
+    serializer = chainer.serializers.DictionarySerializer()
+    serializer.save(model)
+    serializer.target[PLAN_KEY] = numpy.array(json.dumps(plan))
+    numpy.savez_compressed(file, **serializer.target)
+
+
+def read_plan(file) -> tp.Dict[str, tp.Any]:
+    """The plan that :func:`save_compressed` kept in a file."""
+    with numpy.load(file) as saved:
+        if PLAN_KEY not in saved.files:
+            raise ValueError('{} holds no plan: it was not saved by save_compressed. Apply the '
+                             "plan of the compression to the model, then load it with "
+                             'chainer.serializers.load_npz'.format(file))
+        return json.loads(str(saved[PLAN_KEY]))
+
+
+def load_compressed(file, model: chainer.Link) -> ConversionReport:
+    """Loads a file of :func:`save_compressed` into a fresh model: the plan, then the parameters.
+
+    :func:`apply_plan` with the plan kept in the file, then
+    ``chainer.serializers.load_npz``. A model the plan does not fit is a
+    ``ValueError`` before anything is changed.
+
+    Args:
+        file (str): The file.
+        model (~chainer.Link): A fresh copy of the model that was compressed,
+            lazy or not, or one the plan was applied to already.
+
+    Returns:
+        ConversionReport: What :func:`apply_plan` changed.
+    """
+    report = apply_plan(model, read_plan(file))
+    chainer.serializers.load_npz(file, model)
+    return report

@@ -144,10 +144,14 @@ def rank(value: int, in_size: int, out_size: int) -> int:
     return value
 
 
+#: The most clusters a clustered layer takes: its index is then 16 bits a weight.
+MAX_CLUSTERS = 2 ** 16
+
+
 def n_clusters(value) -> int:
-    """``value`` as an ``int``; ``ValueError`` unless it is from 1 to 2**16."""
+    """``value`` as an ``int``; ``ValueError`` unless it is from 1 to :data:`MAX_CLUSTERS`."""
     value = positive_int('n_clusters', value)
-    if value > 2 ** 16:
+    if value > MAX_CLUSTERS:
         raise ValueError('n_clusters must be at most 2**16 = 65536 (an index of 16 bits a '
                          'weight), got {}'.format(value))
     return value

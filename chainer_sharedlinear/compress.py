@@ -27,6 +27,7 @@ from chainer import backend, initializers
 
 from chainer_sharedlinear import _checks, links
 from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links
+from chainer_sharedlinear.functions.clustered_linear import index_bits
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
@@ -137,15 +138,13 @@ def _low_rank_as_kronecker(knobs):
 
 
 def _clustered_weight_bytes(in_size, out_size, itemsize, knobs):
-    from chainer_sharedlinear.links.clustered_linear import index_bits
     n_clusters = knobs['n_clusters']
     return n_clusters * itemsize + math.ceil(in_size * out_size * index_bits(n_clusters) / 8)
 
 
 def _clustered_settings(in_size, out_size, itemsize, weight_bytes):
-    from chainer_sharedlinear.links.clustered_linear import MAX_CLUSTERS, index_bits
     most = 0
-    for bits in range(1, index_bits(MAX_CLUSTERS) + 1):
+    for bits in range(1, index_bits(_checks.MAX_CLUSTERS) + 1):
         index_bytes = math.ceil(in_size * out_size * bits / 8)
         most = max(most, min(2 ** bits, (weight_bytes - index_bytes) // itemsize,
                              in_size * out_size))

@@ -708,15 +708,18 @@ def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
     return entries
 
 
-def _planned_layer(entry) -> chainer.Link:
+def _planned_layer(entry, initialize: bool) -> chainer.Link:
     cls = _family_class(entry['link'])
     options = {key: tuple(value) if isinstance(value, list) else value
                for key, value in entry['options'].items()}
-    zero = initializers.Zero(numpy.dtype(entry['dtype']))
-    options.update({'initial' + name: zero for name in cls.weight_names})
-    bias = None if entry['nobias'] else initializers.Zero(numpy.dtype(entry['bias_dtype']))
-    return cls(entry['in_size'], entry['out_size'], nobias=entry['nobias'], initial_bias=bias,
-               **options)
+    with chainer.using_config('dtype', numpy.dtype(entry['dtype'])):
+        if initialize:  # as the constructor draws them
+            return cls(entry['in_size'], entry['out_size'], nobias=entry['nobias'], **options)
+        zero = initializers.Zero(numpy.dtype(entry['dtype']))
+        options.update({'initial' + name: zero for name in cls.weight_names})
+        bias = None if entry['nobias'] else initializers.Zero(numpy.dtype(entry['bias_dtype']))
+        return cls(entry['in_size'], entry['out_size'], nobias=entry['nobias'],
+                   initial_bias=bias, **options)
 
 
 def _is_planned(link, entry) -> bool:
@@ -725,7 +728,8 @@ def _is_planned(link, entry) -> bool:
             and _plain(dict(link._options())) == entry['options'])
 
 
-def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> ConversionReport:
+def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
+               initialize: bool = False) -> ConversionReport:
     """Builds the layers of a plan on a model, in place, so that ``load_npz`` then fills them.
 
     ``model`` is a fresh copy of the model that was compressed: built by the
@@ -739,6 +743,9 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> ConversionRep
         model (~chainer.Link): The model; changed in place.
         plan (dict): A :class:`CompressionReport`'s ``plan``, or the same read
             back from JSON.
+        initialize (bool): If ``True``, the new layers' weights are drawn as
+            their constructors draw them, to train the planned layers from
+            scratch, instead of zero.
 
     Returns:
         ConversionReport: What changed.
@@ -783,7 +790,8 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> ConversionRep
             planned[id(link)] = entry
             include.append(path)
     return _replace_links(model, include, 'apply_plan', L.Linear, lambda link: None,
-                          lambda link: _planned_layer(planned[id(link)]).to_device(link.device))
+                          lambda link: _planned_layer(planned[id(link)], initialize).to_device(
+                              link.device))
 
 
 def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> None:

@@ -70,8 +70,9 @@ def train(model, train_set, val_set, args, epochs, seed, lr):
 
 def evaluate(model, val_set, args):
     val_iter = chainer.iterators.SerialIterator(val_set, 1000, repeat=False, shuffle=False)
-    return extensions.Evaluator(val_iter, model, device=args.device).evaluate()[
-        'main/accuracy']
+    evaluator = extensions.Evaluator(val_iter, model, device=args.device)
+    evaluator.name = 'validation'
+    return evaluator()['validation/main/accuracy']
 
 
 def dense_model(train_set, val_set, args, seed, records):
@@ -121,7 +122,7 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     if args.scratch and not records.has(**key('scratch')):
         numpy.random.seed(seed)
         scratch = L.Classifier(MLP())
-        apply_plan(scratch.predictor, report.plan)
+        apply_plan(scratch.predictor, report.plan, initialize=True)
         scratch.to_device(args.device)
         started = time.process_time()
         accuracies = train(scratch, train_set, val_set, args,

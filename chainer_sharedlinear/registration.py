@@ -14,9 +14,11 @@ _REGISTRY = (
     (chainer.links, 'SharedLinear', links.SharedLinear),
     (chainer.links, 'HashedLinear', links.HashedLinear),
     (chainer.links, 'KroneckerLinear', links.KroneckerLinear),
+    (chainer.links, 'MonarchLinear', links.MonarchLinear),
     (chainer.functions, 'shared_linear', functions.shared_linear),
     (chainer.functions, 'hashed_linear', functions.hashed_linear),
     (chainer.functions, 'kronecker_linear', functions.kronecker_linear),
+    (chainer.functions, 'monarch_linear', functions.monarch_linear),
     (chainer.functions, 'tied_linear', functions.tied_linear),
 )
 
@@ -27,10 +29,10 @@ def register() -> None:
     """Adds the family's links and functions to ``chainer.links`` and ``chainer.functions``.
 
     The names are ``L.SharedLinear``, ``L.HashedLinear``, ``L.KroneckerLinear``,
-    ``F.shared_linear``, ``F.hashed_linear``, ``F.kronecker_linear`` and
-    ``F.tied_linear``. Calling it again does nothing. It never replaces another object that
-    already has one of the names: that raises ``RuntimeError``, and then
-    no name is added.
+    ``L.MonarchLinear``, ``F.shared_linear``, ``F.hashed_linear``,
+    ``F.kronecker_linear``, ``F.monarch_linear`` and ``F.tied_linear``. Calling
+    it again does nothing. It never replaces another object that already has
+    one of the names: that raises ``RuntimeError``, and then no name is added.
 
     .. admonition:: Example
 

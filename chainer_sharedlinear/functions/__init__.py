@@ -6,6 +6,10 @@ from chainer_sharedlinear.functions.kronecker_linear import (  # NOQA
     KroneckerLinearFunction,
     kronecker_linear,
 )
+from chainer_sharedlinear.functions.monarch_linear import (  # NOQA
+    MonarchLinearFunction,
+    monarch_linear,
+)
 from chainer_sharedlinear.functions.shared_linear import (  # NOQA
     SharedLinearFunction,
     SharedLinearGradData,
@@ -21,9 +25,8 @@ from chainer_sharedlinear.functions.tied_linear import (  # NOQA
 from chainer_sharedlinear.functions.tiled_linear import TiledLinearFunction  # NOQA
 
 __all__ = [
-    'KroneckerLinearFunction', 'SharedLinearFunction', 'SharedLinearGradData',
-    'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad',
-    'TiledLinearFunction', 'fold',
-    'hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear',
-    'tied_linear', 'unfold',
+    'KroneckerLinearFunction', 'MonarchLinearFunction', 'SharedLinearFunction',
+    'SharedLinearGradData', 'SharedLinearGradWeight', 'TiedLinearFunction', 'TiedWeight',
+    'TiedWeightGrad', 'TiledLinearFunction', 'fold', 'hashed_index', 'hashed_linear',
+    'kronecker_linear', 'monarch_linear', 'shared_linear', 'tied_linear', 'unfold',
 ]

@@ -64,8 +64,8 @@ def test_register_adds_the_links_and_the_functions(unregistered):
     for module, name in _NAMES:
         assert getattr(module, name) is getattr(chainer_sharedlinear, name)
     assert {name for _, name in _NAMES} == {
-        'SharedLinear', 'HashedLinear', 'KroneckerLinear', 'shared_linear', 'hashed_linear',
-        'kronecker_linear', 'tied_linear'}
+        'SharedLinear', 'HashedLinear', 'KroneckerLinear', 'MonarchLinear', 'shared_linear',
+        'hashed_linear', 'kronecker_linear', 'monarch_linear', 'tied_linear'}
     assert chainer_sharedlinear.register is register
 
     # Code written in the L./F. style.

@@ -3,10 +3,9 @@
 :func:`convert_linears` is the one entry point: it takes any conversion of an
 ``L.Linear`` (``SharedLinear.from_linear``, ``HashedLinear.from_linear``,
 ``KroneckerLinear.from_linear``, ``MonarchLinear.from_linear`` or a function
-of your own) and applies it
-throughout a model. :func:`share_linears` is its shorthand for
-``SharedLinear``, and :func:`unshare_linears` converts every layer of the
-family back to ``L.Linear``.
+of your own) and applies it throughout a model. :func:`share_linears` is its
+shorthand for ``SharedLinear``, and :func:`unshare_linears` converts every
+layer of the family back to ``L.Linear``.
 """
 
 import collections

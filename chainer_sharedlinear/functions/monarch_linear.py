@@ -244,8 +244,8 @@ def monarch_linear(x, R, L, b=None, n_batch_axes: int = 1, *, out_size: tp.Optio
     .. math:: y = x \\cdot (P L P^\\top R)^\\top + b
 
     with ``R`` and ``L`` block-diagonal (``n_blocks`` blocks each) and ``P``
-    the interleaving permutation; see :mod:`chainer_sharedlinear.functions.monarch_linear`
-    for how sizes that ``n_blocks`` does not divide are met. It is two
+    the interleaving permutation; :doc:`/monarch-linear` says how sizes that
+    ``n_blocks`` does not divide are met. It is two
     batched matrix products: ``N·n_blocks·q·(p + s)`` multiply-adds where a
     dense layer takes ``N·in_size·out_size``, and no ``(out_size, in_size)``
     array is ever made.

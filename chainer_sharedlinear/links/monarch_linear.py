@@ -39,11 +39,11 @@ class MonarchLinear(VirtualLinear):
     ``s = ⌈out_size / n_blocks⌉`` and ``q = min(p, s)``; ``P`` interleaves the
     middle features between the blocks. It stores and computes
     ``n_blocks·q·(p + s)`` numbers and multiply-adds per example instead of
-    ``in_size·out_size``: ``2·d²/b`` for ``d = b·q`` features both ways. See
-    :mod:`chainer_sharedlinear.functions.monarch_linear` for sizes that
-    ``n_blocks`` does not divide: the shorter blocks hold one feature fewer,
-    and the entries of ``R`` that meet the padding and the rows of ``L``
-    whose outputs are cut do not change the output (they start at zero).
+    ``in_size·out_size``: ``2·d²/b`` for ``d = b·q`` features both ways.
+    Where ``n_blocks`` does not divide the sizes (:doc:`/monarch-linear`),
+    the shorter blocks hold one feature fewer, and the entries of ``R`` that
+    meet the padding and the rows of ``L`` whose outputs are cut do not
+    change the output (they start at zero).
 
     Args:
         in_size (int or None): The size of the inputs; ``None`` defers it to

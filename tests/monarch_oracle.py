@@ -10,11 +10,14 @@ def block_lengths(size, n_blocks):
     return [longest] * (n_blocks - n_short) + [longest - 1] * n_short
 
 
-def factors(in_size, out_size, n_blocks):
-    """The 0/1 matrices and shapes of ``M = cut · P_out · L · P_mid · R · blocks``."""
+def factors(in_size, out_size, n_blocks, middle=None):
+    """The 0/1 matrices and shapes of ``M = cut · P_out · L · P_mid · R · blocks``.
+
+    ``middle`` is the middle block size ``q``; ``min(p, s)`` by default.
+    """
     b = n_blocks
     p, s = -(-in_size // b), -(-out_size // b)
-    q = min(p, s)
+    q = min(p, s) if middle is None else middle
     blocks = np.zeros((b * p, in_size))       # each input block padded to p
     start = 0
     for k, length in enumerate(block_lengths(in_size, b)):
@@ -45,7 +48,7 @@ def block_diagonal(blocks):
 
 def monarch_weight(R, L, in_size, out_size):
     """The ``(out_size, in_size)`` Monarch matrix of ``R`` and ``L``, in float64."""
-    blocks, middle, outputs, _ = factors(in_size, out_size, R.shape[0])
+    blocks, middle, outputs, _ = factors(in_size, out_size, R.shape[0], R.shape[1])
     R, L = np.asarray(R, np.float64), np.asarray(L, np.float64)
     return outputs @ block_diagonal(L) @ middle @ block_diagonal(R) @ blocks
 

@@ -45,6 +45,15 @@ class ArrayOps:
         """
         return self.xp.matmul(self._even_rows(a), self._even_rows(b))
 
+    def batch_matmul_batch_first(self, a, b):
+        """``batch_matmul(a, b)``, ``(n, N, q)`` for ``a`` of ``(n, N, p)``, as a view of an
+        array laid out ``(N, n, q)``: the ``n`` products of each row of ``N`` side by side,
+        where a reshape to ``(N, n·q)`` is one more view, not a copy.
+        """
+        xp = self.xp
+        out = xp.empty((a.shape[1], a.shape[0], b.shape[2]), xp.result_type(a, b))
+        return xp.matmul(self._even_rows(a), self._even_rows(b), out=out.transpose(1, 0, 2))
+
     def _even_rows(self, a):
         # BLAS takes a matrix whose elements are adjacent along one of its axes.
         if a.itemsize in (abs(a.strides[-1]), abs(a.strides[-2])):
@@ -75,6 +84,7 @@ class VariableOps:
 
     matmul = staticmethod(F.matmul)
     batch_matmul = staticmethod(F.matmul)
+    batch_matmul_batch_first = staticmethod(F.matmul)
     reshape = staticmethod(F.reshape)
     transpose = staticmethod(F.transpose)
     sum = staticmethod(F.sum)

@@ -133,7 +133,8 @@ class _Layout:
     def z(self):
         """``Pᵀ R x``, by output block: ``(n_blocks, N, q)``."""
         ops = self.ops
-        return self._interleave(ops.batch_matmul(self.X, ops.transpose(self.R, (0, 2, 1))))
+        return self._interleave(
+            ops.batch_matmul_batch_first(self.X, ops.transpose(self.R, (0, 2, 1))))
 
     def y(self, Z):
         """``P L Z``: ``(N, out_size)``, output ``t`` of block ``l`` at ``t · n_blocks + l``."""
@@ -160,7 +161,7 @@ class _Layout:
             # By input block: (n_blocks, N, q).
             gZ = self._deinterleave(ops.batch_matmul(gY, self.L))
         if 0 in indexes:
-            gx = self._input_features(ops.batch_matmul(gZ, self.R))
+            gx = self._input_features(ops.batch_matmul_batch_first(gZ, self.R))
             grads.append(ops.cast(gx, dtypes[0]))
         if 1 in indexes:
             gR = ops.batch_matmul(ops.transpose(gZ, (0, 2, 1)), self.X)

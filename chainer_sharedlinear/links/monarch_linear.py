@@ -175,8 +175,11 @@ class MonarchLinear(VirtualLinear):
         # The dense weight by block pair, zero where the blocks are padded: [l, k, t, i].
         padded = xp.zeros((b * s, n + 1))
         padded[:m, :n] = linear.W.array.astype('d')
-        positions = xp.asarray(numpy.where(input_positions(n, b) < 0, n, input_positions(n, b)))
-        blocks = padded[:, positions].reshape(s, b, b, p).transpose(1, 2, 0, 3)
+        positions = input_positions(n, b)
+        real = positions >= 0
+        # Padding reads the zero column n.
+        blocks = padded[:, xp.asarray(numpy.where(real, positions, n))]
+        blocks = blocks.reshape(s, b, b, p).transpose(1, 2, 0, 3)
         u, sigma, vt = xp.linalg.svd(blocks, full_matrices=False)
         # Middle feature f joins row j of input block k to column r of output block l:
         # it is the order-th term of the pair (l, k), whose features have consecutive r.
@@ -191,7 +194,7 @@ class MonarchLinear(VirtualLinear):
         L[out_block, :, r] = u[out_block, k, :, order] * root[:, None]
         # The entries that meet padding or cut outputs come out of the SVD as zero up to
         # rounding; they are set to zero, as they start.
-        R *= xp.asarray(input_positions(n, b) >= 0)[:, None, :]
+        R *= xp.asarray(real)[:, None, :]
         L *= xp.asarray(layer._live_outputs(n))[:, :, None]
         layer.R.array[...] = R
         layer.L.array[...] = L

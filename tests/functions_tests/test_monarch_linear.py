@@ -16,11 +16,12 @@ from tests.monarch_oracle import factors, monarch_oracle, monarch_weight
 FLOATS = [np.float16, np.float32, np.float64]
 
 
-def _problem(x_dtype, w_dtype, sizes, nobias, batch_shape=(4,), seed=0, feature_shape=None):
+def _problem(x_dtype, w_dtype, sizes, nobias, batch_shape=(4,), seed=0, middle=None):
+    """x, R, L and b of a layer of ``sizes``; ``middle`` is ``q`` if not ``min(p, s)``."""
     in_size, out_size, n_blocks = sizes
-    _, _, _, (p, q, s) = factors(in_size, out_size, n_blocks)
+    _, _, _, (p, q, s) = factors(in_size, out_size, n_blocks, middle)
     rng = np.random.default_rng(seed)
-    x = rng.uniform(-1, 1, batch_shape + (feature_shape or (in_size,))).astype(x_dtype)
+    x = rng.uniform(-1, 1, batch_shape + (in_size,)).astype(x_dtype)
     R = rng.uniform(-1, 1, (n_blocks, q, p)).astype(w_dtype)
     L = rng.uniform(-1, 1, (n_blocks, s, q)).astype(w_dtype)
     b = None if nobias else rng.uniform(-1, 1, out_size).astype(x_dtype)
@@ -33,8 +34,10 @@ def monarch_problems(draw):
     in_size, out_size = draw(st.integers(1, 20)), draw(st.integers(1, 20))
     n_blocks = draw(st.integers(1, min(in_size, out_size)))
     batch_shape = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=2)))
+    # The function takes any middle size q; the link's is min(p, s).
+    middle = draw(st.one_of(st.none(), st.integers(1, 5)))
     x, R, L, b = _problem(x_dtype, w_dtype, (in_size, out_size, n_blocks), draw(st.booleans()),
-                          batch_shape, draw(st.integers(0, 2 ** 32 - 1)))
+                          batch_shape, draw(st.integers(0, 2 ** 32 - 1)), middle)
     return x, R, L, b, len(batch_shape), out_size
 
 

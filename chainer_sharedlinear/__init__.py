@@ -4,11 +4,12 @@ Drop-ins for ``chainer.links.Linear`` whose ``(out_size, in_size)`` weight is
 made of fewer stored numbers: :class:`SharedLinear` reuses one weight across
 the blocks of the input, :class:`HashedLinear` draws every weight from buckets
 by a hash (HashedNets), :class:`KroneckerLinear` is a sum of Kronecker
-products (PHM layers included), :class:`LowRankLinear` a product of two thin
-matrices, :class:`ClusteredLinear` a codebook of values learned by k-means
-(Deep Compression), and :func:`tied_linear` takes any map of your own.
-Importing this package changes nothing in Chainer itself: :func:`register`
-adds the links to ``chainer.links`` and the functions to
+products (PHM layers included), :class:`MonarchLinear` a product of two
+block-diagonal matrices and permutations (Monarch), :class:`LowRankLinear` a
+product of two thin matrices, :class:`ClusteredLinear` a codebook of values
+learned by k-means (Deep Compression), and :func:`tied_linear` takes any map
+of your own. Importing this package changes nothing in Chainer itself:
+:func:`register` adds the links to ``chainer.links`` and the functions to
 ``chainer.functions``, and :func:`convert_linears` (or its shorthand
 :func:`share_linears`) converts the ``L.Linear`` links of an existing model.
 ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
@@ -37,6 +38,7 @@ from chainer_sharedlinear.functions import (  # NOQA
     hashed_linear,
     kronecker_linear,
     low_rank_linear,
+    monarch_linear,
     shared_linear,
     tied_linear,
 )
@@ -46,6 +48,7 @@ from chainer_sharedlinear.links import (  # NOQA
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
+    MonarchLinear,
     SharedLinear,
 )
 from chainer_sharedlinear.registration import register  # NOQA
@@ -55,9 +58,10 @@ __version__ = '0.1.0'
 
 __all__ = [
     'ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
-    'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear', 'SharedLinear',
-    'apply_plan', 'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
-    'kronecker_linear', 'load_compressed', 'low_rank_linear', 'pattern_names', 'read_plan',
-    'register', 'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes',
-    'tied_linear', 'unshare_linears',
+    'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
+    'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears', 'convert_linears',
+    'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
+    'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
+    'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',
+    'unshare_linears',
 ]

@@ -189,3 +189,28 @@ def budget(value) -> fractions.Fraction:
         raise ValueError('budget must be a fraction of the dense bytes in (0, 1], such as 1/8, '
                          'got {}'.format(value))
     return fraction
+
+
+def n_blocks(value, in_size: tp.Optional[int], out_size: int) -> int:
+    """``value`` as an ``int``; ``ValueError`` unless every block of the sizes can be non-empty.
+
+    A Monarch layer of ``n_blocks`` blocks gives each block at least one input
+    and one output, so ``n_blocks`` is at most ``in_size`` (once known) and
+    ``out_size``.
+
+    >>> n_blocks(16, 1000, 900)
+    16
+    >>> n_blocks(16, 1000, 10)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_blocks=16 is more than out_size=10: each block needs at least one output \
+(n_blocks <= min(in_size, out_size))
+    """
+    value = positive_int('n_blocks', value)
+    for name, size in (('in_size', in_size), ('out_size', out_size)):
+        if size is not None and value > size:
+            word = 'input' if name == 'in_size' else 'output'
+            raise ValueError(
+                'n_blocks={} is more than {}={}: each block needs at least one {} '
+                '(n_blocks <= min(in_size, out_size))'.format(value, name, size, word))
+    return value

@@ -2,10 +2,10 @@
 
 :func:`convert_linears` is the one entry point: it takes any conversion of an
 ``L.Linear`` (``SharedLinear.from_linear``, ``HashedLinear.from_linear``,
-``KroneckerLinear.from_linear`` or a function of your own) and applies it
-throughout a model. :func:`share_linears` is its shorthand for
-``SharedLinear``, and :func:`unshare_linears` converts every layer of the
-family back to ``L.Linear``.
+``KroneckerLinear.from_linear``, ``MonarchLinear.from_linear`` or a function
+of your own) and applies it throughout a model. :func:`share_linears` is its
+shorthand for ``SharedLinear``, and :func:`unshare_linears` converts every
+layer of the family back to ``L.Linear``.
 """
 
 import collections
@@ -181,7 +181,7 @@ def unshare_linears(model: chainer.Link, *, include: Include = None) -> Conversi
     """Replaces the family's links in a model by ``L.Linear``, in place.
 
     The model-level ``to_linear()``: each selected ``SharedLinear``,
-    ``HashedLinear`` or ``KroneckerLinear`` becomes the ``L.Linear`` with its
+    ``HashedLinear``, ``KroneckerLinear`` or ``MonarchLinear`` becomes the ``L.Linear`` with its
     dense weight, which computes the same outputs, so that the model runs
     where this package is not installed. ``include``, tied links, hooks and
     the report are as in :func:`convert_linears`; a layer not initialised yet
@@ -313,8 +313,8 @@ def _named_links(include, links, candidates, kind) -> tp.Set[int]:
         names = list(include)
     else:
         raise TypeError('{}, got {!r}'.format(_INCLUDE_TYPES, include))
-    kind_name = 'L.Linear' if kind is L.Linear else 'SharedLinear, HashedLinear or ' \
-        'KroneckerLinear'
+    kind_name = 'L.Linear' if kind is L.Linear else '{} or {}'.format(
+        ', '.join(links.__all__[:-1]), links.__all__[-1])
     known = ', '.join(path for c in candidates.values() for path in c.paths) or 'none'
     named = set()
     for name in names:

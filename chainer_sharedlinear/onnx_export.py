@@ -441,6 +441,62 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
 
 
+def convert_monarch_linear(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of a ``MonarchLinearFunction`` node.
+
+    ``P L Pᵀ R`` as in Chainer: the input cut into blocks (a ``Gather`` and a
+    ``Mul`` by a mask where the shorter blocks are padded), one batched
+    ``MatMul`` with ``R``, the interleaving as ``Transpose`` and ``Reshape``,
+    one batched ``MatMul`` with ``L``, and a ``Gather`` of the first
+    ``out_size`` outputs where the last blocks are cut. ``R`` and ``L`` are
+    stored as they are.
+    """
+    from chainer_sharedlinear.functions.monarch_linear import input_positions
+
+    onnx, onnx_helper = _import_onnx()
+    func, context = params.func, params.context
+    _check_opset('MonarchLinearFunction', params.opset_version)
+    x, R, L = func.inputs[:3]
+    x_name, r_name, l_name = params.input_names[:3]
+    bias_name = params.input_names[3] if len(params.input_names) == 4 else None
+    n_blocks, q, p = R.shape
+    s = L.shape[1]
+    in_size, out_size = x.shape[1], func.out_size
+    x_dtype = numpy.dtype(x.dtype)
+    dtype = _dtypes.accumulation_dtype(x.dtype, R.dtype, L.dtype)
+    gb = onnx_helper.GraphBuilder()
+    cast = _caster(onnx, gb)
+    constants = []
+
+    def constant(array):
+        # Each constant needs a name of its own within the node.
+        constants.append(context.add_const(array, 'monarch{}'.format(len(constants))))
+        return constants[-1]
+
+    def shape(*dims):
+        return constant(numpy.array(dims, numpy.int64))
+
+    def as_dtype(name, of):
+        return name if numpy.dtype(of) == dtype else cast(name, dtype)
+
+    features = as_dtype(x_name, x.dtype)
+    if n_blocks * p != in_size:
+        positions = input_positions(in_size, n_blocks).ravel()
+        features = gb.op('Gather', [features, constant(numpy.maximum(positions, 0))], axis=1)
+        features = gb.op('Mul', [features, constant((positions >= 0).astype(dtype))])
+    X = gb.op('Transpose', [gb.op('Reshape', [features, shape(-1, n_blocks, p)])],
+              perm=[1, 0, 2])
+    R_t = gb.op('Transpose', [as_dtype(r_name, R.dtype)], perm=[0, 2, 1])
+    Z = gb.op('Transpose', [gb.op('MatMul', [X, R_t])], perm=[1, 0, 2])
+    Z = gb.op('Transpose', [gb.op('Reshape', [Z, shape(-1, q, n_blocks)])], perm=[2, 0, 1])
+    L_t = gb.op('Transpose', [as_dtype(l_name, L.dtype)], perm=[0, 2, 1])
+    Y = gb.op('Transpose', [gb.op('MatMul', [Z, L_t])], perm=[1, 2, 0])
+    y = gb.op('Reshape', [Y, shape(-1, n_blocks * s)])
+    if out_size < n_blocks * s:
+        y = gb.op('Gather', [y, constant(numpy.arange(out_size, dtype=numpy.int64))], axis=1)
+    return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
+
+
 def _output(gb, cast, y, dtype, x_dtype, bias_name, output_names) -> tp.Tuple:
     """The nodes' output: ``y`` computed in ``dtype``, rounded to ``x``'s, plus the bias.
 
@@ -470,6 +526,7 @@ converters = {
     'HashedLinearFunction': convert_hashed_linear,
     'ClusteredLinearFunction': convert_clustered_linear,
     'KroneckerLinearFunction': convert_kronecker_linear,
+    'MonarchLinearFunction': convert_monarch_linear,
 }
 
 

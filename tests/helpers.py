@@ -242,9 +242,9 @@ def assert_bias_copied(layer, dense):
 
 #: What ``register()`` adds to ``chainer.links`` and ``chainer.functions``, as documented.
 REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-                    'ClusteredLinear')
+                    'ClusteredLinear', 'MonarchLinear')
 REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
-                        'tied_linear')
+                        'monarch_linear', 'tied_linear')
 
 
 @contextlib.contextmanager

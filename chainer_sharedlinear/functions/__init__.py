@@ -13,8 +13,9 @@ from ``chainer_sharedlinear.functions.shared_linear``; ``TiedLinearFunction``,
 from chainer_sharedlinear.functions.hashed_linear import hashed_index, hashed_linear  # NOQA
 from chainer_sharedlinear.functions.kronecker_linear import kronecker_linear  # NOQA
 from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear  # NOQA
+from chainer_sharedlinear.functions.monarch_linear import monarch_linear  # NOQA
 from chainer_sharedlinear.functions.shared_linear import shared_linear  # NOQA
 from chainer_sharedlinear.functions.tied_linear import tied_linear  # NOQA
 
-__all__ = ['hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear', 'shared_linear',
-           'tied_linear']
+__all__ = ['hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
+           'monarch_linear', 'shared_linear', 'tied_linear']

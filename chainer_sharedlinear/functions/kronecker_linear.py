@@ -13,12 +13,15 @@ matrices ``A[r]``; tiling, ``[W … W] = 1ᵀ ⊗ W``, the case ``A = ones((1, 1
 import typing as tp
 
 import chainer
-import chainer.functions as F
-from chainer import backend, function_node
+from chainer import function_node
 from chainer.utils import type_check
 
 from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions import shapes
+
+# Under the names the benchmark module imports them by.
+from chainer_sharedlinear.functions._ops import ArrayOps as _ArrayOps
+from chainer_sharedlinear.functions._ops import VariableOps as _VariableOps
 
 
 def divisors(n: int) -> tp.List[int]:
@@ -62,37 +65,6 @@ def most_square_factors(n: int) -> tp.Tuple[int, int]:
     ((25, 40), (64, 64), (1, 7))
     """
     return max((a, b) for a, b in factor_pairs(n) if a <= b)
-
-
-class _ArrayOps:
-    """The operations of the Kronecker products on arrays: first-order backprop and forward."""
-
-    def __init__(self, xp) -> None:
-        self.matmul = xp.matmul
-
-    @staticmethod
-    def reshape(a, shape):
-        return a.reshape(shape)
-
-    @staticmethod
-    def transpose(a, axes=None):
-        return a.transpose(axes)
-
-    @staticmethod
-    def sum(a, axis):
-        return a.sum(axis=axis)
-
-    cast = staticmethod(_dtypes.as_dtype)
-
-
-class _VariableOps:
-    """The same operations as Chainer functions, differentiable: double backprop."""
-
-    matmul = staticmethod(F.matmul)
-    reshape = staticmethod(F.reshape)
-    transpose = staticmethod(F.transpose)
-    sum = staticmethod(F.sum)
-    cast = staticmethod(_dtypes.cast)
 
 
 class _Products:
@@ -199,7 +171,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         _checks.type_check_always(self, inputs)
         x, A, B = inputs[:3]
         self.retain_inputs((0, 1, 2))
-        products = _Products(_ArrayOps(backend.get_array_module(x)), x, A, B)
+        products = _Products(_ArrayOps.of(x), x, A, B)
         # Kept for the gradient of A.
         self._T = products.t()
         y = _dtypes.as_dtype(products.y(self._T), x.dtype)
@@ -214,8 +186,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         if chainer.config.enable_backprop:
             return _Products(_VariableOps, x, A, B).gradients(indexes, gy, dtypes=dtypes)
         # First-order backprop records no graph: the same products on the arrays.
-        products = _Products(_ArrayOps(backend.get_array_module(x.array)), x.array, A.array,
-                             B.array)
+        products = _Products(_ArrayOps.of(x.array), x.array, A.array, B.array)
         grads = products.gradients(indexes, gy.array, self._T, dtypes)
         return [chainer.Variable(g, requires_grad=False) for g in grads]
 

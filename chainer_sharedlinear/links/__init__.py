@@ -5,7 +5,8 @@ from chainer_sharedlinear.links.distillation_classifier import DistillationClass
 from chainer_sharedlinear.links.hashed_linear import HashedLinear  # NOQA
 from chainer_sharedlinear.links.kronecker_linear import KroneckerLinear  # NOQA
 from chainer_sharedlinear.links.low_rank_linear import LowRankLinear  # NOQA
+from chainer_sharedlinear.links.monarch_linear import MonarchLinear  # NOQA
 from chainer_sharedlinear.links.shared_linear import SharedLinear  # NOQA
 
 __all__ = ['ClusteredLinear', 'DistillationClassifier', 'HashedLinear', 'KroneckerLinear',
-           'LowRankLinear', 'SharedLinear']
+           'LowRankLinear', 'MonarchLinear', 'SharedLinear']

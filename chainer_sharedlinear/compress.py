@@ -29,6 +29,7 @@ from chainer_sharedlinear import _checks, links
 from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links
 from chainer_sharedlinear.functions.clustered_linear import index_bits
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
+from chainer_sharedlinear.functions.monarch_linear import block_sizes
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 Knobs = tp.Dict[str, tp.Any]
@@ -154,6 +155,22 @@ def _clustered_settings(in_size, out_size, itemsize, weight_bytes):
     return [{'n_clusters': most}]
 
 
+def _monarch_weight_bytes(in_size, out_size, itemsize, knobs):
+    p, q, s = block_sizes(in_size, out_size, knobs['n_blocks'])
+    return knobs['n_blocks'] * q * (p + s) * itemsize
+
+
+def _monarch_settings(in_size, out_size, itemsize, weight_bytes):
+    for n_blocks in range(1, min(in_size, out_size) + 1):
+        knobs = {'n_blocks': n_blocks}
+        if _monarch_weight_bytes(in_size, out_size, itemsize, knobs) <= weight_bytes:
+            return [knobs]  # the fewest blocks that fit store the most
+    most = min(in_size, out_size)
+    raise ValueError('n_blocks is at most min(in_size, out_size) = {}, which still stores {} '
+                     'bytes of weights'.format(most, _monarch_weight_bytes(
+                         in_size, out_size, itemsize, {'n_blocks': most})))
+
+
 def _shared_weight_bytes(in_size, out_size, itemsize, knobs):
     return out_size * (in_size // knobs['n_shared']) * itemsize
 
@@ -198,6 +215,7 @@ _PATTERNS: 'collections.OrderedDict[str, _Pattern]' = collections.OrderedDict([
                          _one_knob('rank', lambda i, o: i + o),
                          as_kronecker=_low_rank_as_kronecker)),
     ('clustered', _Pattern('ClusteredLinear', _clustered_settings, _clustered_weight_bytes)),
+    ('monarch', _Pattern('MonarchLinear', _monarch_settings, _monarch_weight_bytes)),
 ])
 
 
@@ -493,7 +511,7 @@ def compress_linears(model: chainer.Link, budget, *,
             in ``(0, 1]``: ``1/8`` keeps an eighth.
         pattern: A name of :func:`pattern_names` (``'shared'``,
             ``'hashed'``, ``'kronecker'``, ``'phm'``, ``'lowrank'``,
-            ``'clustered'``); ``'auto'``, which takes for each layer the
+            ``'clustered'``, ``'monarch'``); ``'auto'``, which takes for each layer the
             pattern of ``patterns`` whose layer is closest to the trained weight
             (the least relative Frobenius error of its ``dense_weight()``;
             ties go to the earlier pattern); or a function ``convert(linear,

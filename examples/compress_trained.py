@@ -17,6 +17,7 @@ has. ``--table`` prints the table of the records in ``OUT``. See docs/compress.m
 
 import argparse
 import copy
+import fcntl
 import fractions
 import json
 import os
@@ -158,11 +159,19 @@ class Records:
                    for record in self.records)
 
     def add(self, **record):
+        """Adds ``record``, under a lock: several processes may share the folder."""
         record.update(self.settings)
-        self.records.append(record)
-        with open(self.path + '.tmp', 'w') as f:
-            json.dump(self.records, f, indent=1)
-        os.replace(self.path + '.tmp', self.path)
+        with open(self.path + '.lock', 'w') as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = []
+            if os.path.exists(self.path):
+                with open(self.path) as f:
+                    records = json.load(f)
+            records.append(record)
+            with open(self.path + '.tmp', 'w') as f:
+                json.dump(records, f, indent=1)
+            os.replace(self.path + '.tmp', self.path)
+        self.records = records
 
 
 def table(records):
@@ -222,7 +231,7 @@ def parse_args(argv=None):
                         help='Fractions of the dense bytes (default: 1/4 1/8 1/32)')
     parser.add_argument('--patterns', nargs='+',
                         default=['auto', 'hashed', 'kronecker', 'lowrank', 'clustered',
-                                 'shared', 'phm'],
+                                 'monarch', 'shared', 'phm'],
                         help='Patterns of compress_linears, or auto (default: all and auto)')
     parser.add_argument('--seeds', type=utils.seed, nargs='+', default=[0])
     parser.add_argument('--batchsize', '-b', type=utils.positive_int, default=100)

@@ -28,11 +28,13 @@ from chainer_sharedlinear import (
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
+    MonarchLinear,
     SharedLinear,
     convert_linears,
     hashed_linear,
     kronecker_linear,
     low_rank_linear,
+    monarch_linear,
     register,
     shared_linear,
     tied_linear,
@@ -57,6 +59,7 @@ from tests.helpers import (
     tiled,
     warm_up,
 )
+from tests.monarch_oracle import monarch_weight
 
 IN_SIZE, OUT_SIZE = 8, 3
 
@@ -248,6 +251,31 @@ FAMILY = [
         weights_tell_in_size=False,  # W is (n_clusters,) for any in_size; the index tells
         copy_tells_in_size=True,
         refused_in_size=None,
+    ),
+    Entry(
+        cls=MonarchLinear,
+        options={'n_blocks': 2},
+        lazy_options={'n_blocks': 2},
+        dense_weight=lambda layer: monarch_weight(layer.R.array.astype(np.float64),
+                                                  layer.L.array.astype(np.float64),
+                                                  layer.in_size, layer.out_size),
+        dense_weight_exact=False,  # two products
+        function=lambda x, layer, n: monarch_linear(x, layer.R, layer.L, layer.b, n,
+                                                    out_size=layer.out_size),
+        from_linear_options={'n_blocks': 2},
+        from_linear_exact=(),  # an SVD of each block, and the cut rows of L set to zero
+        saved_integers=('n_blocks', 'in_size', 'out_size'),
+        incompatible=(
+            (lambda: MonarchLinear(IN_SIZE, OUT_SIZE, n_blocks=3),
+             r'cannot load a MonarchLinear saved with n_blocks=2 into MonarchLinear\(in_size=8'),
+            (lambda: MonarchLinear(7, OUT_SIZE, n_blocks=2), r'saved with in_size=8 into'),
+            (lambda: MonarchLinear(OUT_SIZE, n_blocks=3),  # lazy
+             r'saved with n_blocks=2 into MonarchLinear\(in_size=None'),
+        ),
+        wrong_width=r'R.shape\[2\] == \(x.shape\[1\] \+ R.shape\[0\] - 1\) // R.shape\[0\]',
+        refused_in_size=(1, r'n_blocks=2 is more than in_size=1: each block needs at least '
+                            r'one input'),
+        weights_tell_in_size=False,  # R's blocks of p = ceil(in_size / n_blocks) inputs
     ),
 ]
 

@@ -13,6 +13,7 @@ import typing as tp
 
 import chainer
 from chainer import utils
+from chainer.utils import type_check
 
 #: Why a lazy layer has no weights yet, in every message that needs them.
 NOT_INITIALISED = ('not initialised yet: in_size is only known after the first forward pass; '
@@ -80,6 +81,19 @@ def _no_feature_axis(shape, n_batch_axes_) -> ValueError:
         'x has shape {}, which leaves no feature axis after n_batch_axes={} batch axes: the '
         'axes after the batch axes are the features (a single example is a batch of one, '
         '(1, in_size))'.format(tuple(shape), n_batch_axes_))
+
+
+def expect_bias(in_types, n_weights: int, out_size) -> None:
+    """The type check of the optional bias that follows ``x`` and ``n_weights`` weights.
+
+    It must have ``x``'s dtype and the shape ``(out_size,)`` (``out_size`` an
+    expression of the type check): a bias of another size would broadcast.
+    """
+    if type_check.eval(in_types.size()) == n_weights + 2:
+        x_type, b_type = in_types[0], in_types[n_weights + 1]
+        type_check._argname((b_type,), ('b',))
+        type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
+        type_check.expect(b_type.shape[0] == out_size)
 
 
 def type_check_always(node: chainer.FunctionNode, inputs: tp.Tuple) -> None:

@@ -259,8 +259,8 @@ def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:
     bias_name = params.input_names[2] if len(params.input_names) == 3 else None
     out_size = func.index.shape[0]
     x_dtype = numpy.dtype(x.dtype)
-    # F.linear's arithmetic: the product in the wider dtype, the output in x's.
-    dtype = numpy.promote_types(x_dtype, W.dtype)
+    # The node's arithmetic: the product in the accumulation dtype, the output in x's.
+    dtype = _dtypes.accumulation_dtype(x_dtype, W.dtype)
     cast = _caster(onnx, gb)
     V = gb.op('Gather', [table, index], axis=0)
     if numpy.dtype(W.dtype) != dtype:

@@ -161,11 +161,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         type_check.expect(
             a_type.shape[0] == b_type.shape[0],
             x_type.shape[1] == a_type.shape[2] * b_type.shape[2])
-        if type_check.eval(n_in) == 4:
-            bias_type = in_types[3]
-            type_check._argname((bias_type,), ('b',))
-            type_check.expect(bias_type.dtype == x_type.dtype, bias_type.ndim == 1)
-            type_check.expect(bias_type.shape[0] == a_type.shape[1] * b_type.shape[1])
+        _checks.expect_bias(in_types, 2, a_type.shape[1] * b_type.shape[1])
 
     def forward(self, inputs):
         _checks.type_check_always(self, inputs)

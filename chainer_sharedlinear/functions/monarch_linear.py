@@ -208,11 +208,7 @@ class MonarchLinearFunction(function_node.FunctionNode):
             r_type.shape[2] == (x_type.shape[1] + n_blocks - 1) // n_blocks,
             out_size >= n_blocks,
             l_type.shape[1] == (out_size + n_blocks - 1) // n_blocks)
-        if type_check.eval(n_in) == 4:
-            bias_type = in_types[3]
-            type_check._argname((bias_type,), ('b',))
-            type_check.expect(bias_type.dtype == x_type.dtype, bias_type.ndim == 1)
-            type_check.expect(bias_type.shape[0] == out_size)
+        _checks.expect_bias(in_types, 2, out_size)
 
     def forward(self, inputs):
         _checks.type_check_always(self, inputs)

@@ -1,5 +1,4 @@
-"""Shapes shared by the family's functions: the batch axes of the input, the bias, and
-the error that a shape the forward pass checks itself raises.
+"""The batch axes of the family's functions.
 
 Each function computes on a matrix, ``(batch, in_size)``: the batch axes of
 its input are flattened into one first and restored in the output after. The
@@ -10,7 +9,6 @@ import typing as tp
 
 import chainer.functions as F
 from chainer import utils
-from chainer.utils import type_check
 
 from chainer_sharedlinear import _checks
 
@@ -34,24 +32,3 @@ def with_batch_axes(y, batch_shape: tp.Tuple[int, ...]):
     if len(batch_shape) > 1:
         y = F.reshape(y, batch_shape + (y.shape[1],))
     return y
-
-
-def check_bias(bias_shape, out_size: int) -> None:
-    """Raises ``InvalidType`` unless the bias has shape ``(out_size,)``, type checking or not.
-
-    With type checking off, a bias of another size would be broadcast silently.
-    """
-    if tuple(bias_shape) != (out_size,):
-        refuse('b has shape {}, but the layer has out_size={} outputs'.format(
-                   tuple(bias_shape), out_size),
-               'b.shape == (out_size,)', '{} != {}'.format(tuple(bias_shape), (out_size,)))
-
-
-def refuse(what: str, expect: str, actual: str) -> tp.NoReturn:
-    """Raises ``InvalidType``: ``what`` is wrong, then the ``Expect`` and ``Actual`` lines.
-
-    For the checks a forward pass makes whatever ``chainer.config.type_check``
-    says; the last two lines read as those of Chainer's own type check.
-    """
-    raise type_check.InvalidType(expect, actual, '{}\nExpect: {}\nActual: {}'.format(
-        what, expect, actual))

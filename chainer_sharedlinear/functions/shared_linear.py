@@ -66,11 +66,7 @@ def check_input_types(in_types, n_shared=None):
         type_check.expect(x_type.shape[1] > 0, x_type.shape[1] % w_type.shape[1] == 0)
     else:
         type_check.expect(x_type.shape[1] == n_shared * w_type.shape[1])
-    if type_check.eval(n_in) == 3:
-        b_type = in_types[2]
-        type_check._argname((b_type,), ('b',))
-        type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
-        type_check.expect(b_type.shape[0] == w_type.shape[0])
+    _checks.expect_bias(in_types, 1, w_type.shape[0])
 
 
 class SharedLinearFunction(function_node.FunctionNode):

@@ -19,7 +19,7 @@ import numpy
 from chainer import backend, function_node, utils
 from chainer.utils import type_check
 
-from chainer_sharedlinear import _dtypes
+from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions import shapes
 
 
@@ -94,25 +94,17 @@ class TiedLinearFunction(function_node.FunctionNode):
         out_size, in_size = (type_check.make_variable(n, 'index.shape[{}]'.format(axis))
                              for axis, n in enumerate(self.index.shape))
         type_check.expect(x_type.shape[1] == in_size)
-        if type_check.eval(n_in) == 3:
-            b_type = in_types[2]
-            type_check._argname((b_type,), ('b',))
-            type_check.expect(b_type.dtype == x_type.dtype, b_type.ndim == 1)
-            type_check.expect(b_type.shape[0] == out_size)
+        _checks.expect_bias(in_types, 1, out_size)
 
     def forward(self, inputs):
+        _checks.type_check_always(self, inputs)
         x, W = inputs[:2]
-        out_size, in_size = self.index.shape
-        if x.ndim != 2 or x.shape[1] != in_size:
-            shapes.refuse('x has shape {}, but the index map takes {} features'.format(
-                              x.shape, in_size),
-                          'x.shape[1] == index.shape[1]', '{} != {}'.format(x.shape[1:], in_size))
         self.retain_inputs((0, 1))
         self._V = gather(W, self.index, self.sign)
-        # As F.linear: products in the wider dtype, the output in x's.
-        y = x.dot(self._V.T).astype(x.dtype, copy=False)
+        dtype = _dtypes.accumulation_dtype(x.dtype, W.dtype)
+        y = _dtypes.as_dtype(
+            _dtypes.as_dtype(x, dtype).dot(_dtypes.as_dtype(self._V, dtype).T), x.dtype)
         if len(inputs) == 3:
-            shapes.check_bias(inputs[2].shape, out_size)
             y += inputs[2]
         return y,
 
@@ -125,15 +117,15 @@ class TiedLinearFunction(function_node.FunctionNode):
         if chainer.config.enable_backprop:
             return self._backward_differentiable(indexes, x, W, gy)
         # First-order backprop records no graph: the arrays are computed directly,
-        # in the wider dtype of x and W (as the differentiable nodes do), and the
+        # in the accumulation dtype (as the differentiable nodes do), and the
         # signs are applied to this node's own gV in place.
-        dtype = numpy.promote_types(x.dtype, W.dtype)
+        dtype = _dtypes.accumulation_dtype(x.dtype, W.dtype)
         gy = gy.array.astype(dtype, copy=False)
         grads = []
         if 0 in indexes:
             if V is None:
                 V = gather(W.array, self.index, self.sign)
-            grads.append(gy.dot(V).astype(x.dtype, copy=False))
+            grads.append(_dtypes.as_dtype(gy.dot(_dtypes.as_dtype(V, dtype)), x.dtype))
         del V
         if 1 in indexes:
             gV = gy.T.dot(x.array.astype(dtype, copy=False))
@@ -146,17 +138,16 @@ class TiedLinearFunction(function_node.FunctionNode):
         return [chainer.Variable(g, requires_grad=False) for g in grads]
 
     def _backward_differentiable(self, indexes, x, W, gy):
-        dtype = numpy.promote_types(x.dtype, W.dtype)
-        gy_ = gy if gy.dtype == dtype else F.cast(gy, dtype)
+        dtype = _dtypes.accumulation_dtype(x.dtype, W.dtype)
+        gy_ = _dtypes.cast(gy, dtype)
         grads = []
         if 0 in indexes:
             V, = TiedWeight(self.index, self.sign).apply((W,))
-            gx = F.matmul(gy_, V if V.dtype == dtype else F.cast(V, dtype))
-            grads.append(gx if gx.dtype == x.dtype else F.cast(gx, x.dtype))
+            grads.append(_dtypes.cast(F.matmul(gy_, _dtypes.cast(V, dtype)), x.dtype))
         if 1 in indexes:
-            gV = F.matmul(gy_, x if x.dtype == dtype else F.cast(x, dtype), transa=True)
+            gV = F.matmul(gy_, _dtypes.cast(x, dtype), transa=True)
             gW, = TiedWeightGrad(self.index, self.sign, W.shape).apply((gV,))
-            grads.append(gW if gW.dtype == W.dtype else F.cast(gW, W.dtype))
+            grads.append(_dtypes.cast(gW, W.dtype))
         if 2 in indexes:
             grads.append(F.sum(gy, axis=0))
         return grads

@@ -303,10 +303,9 @@ def test_an_empty_batch_gives_an_empty_output(batch_shape, n_batch_axes):
     np.testing.assert_array_equal(W.grad, np.zeros(5, np.float32))
 
 
-@pytest.mark.parametrize('type_check, pattern', [
-    (True, r'b.shape\[0\] == index.shape\[0\]'),
-    (False, r'b has shape \(1,\), but the layer has out_size=3 outputs')])
-def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check, pattern):
+@pytest.mark.parametrize('type_check', [True, False])
+def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check):
+    pattern = r'Expect: b.shape\[0\] == index.shape\[0\]\nActual: 1 != 3'
     # A bias of one element would broadcast to every output.
     x, W = np.ones((2, 6), np.float32), np.ones(4, np.float32)
     assert_refused(lambda: hashed_linear(x, W, np.ones(1, np.float32), out_size=3, seed=0),

@@ -272,10 +272,9 @@ def test_an_index_of_another_width_than_x_is_an_error(type_check):
             tied_linear(_X, _W, index)
 
 
-@pytest.mark.parametrize('type_check, pattern', [
-    (True, r'b.shape\[0\] == index.shape\[0\]'),
-    (False, r'b has shape \(1,\), but the layer has out_size=3 outputs')])
-def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check, pattern):
+@pytest.mark.parametrize('type_check', [True, False])
+def test_a_bias_of_another_size_is_refused_with_type_checking_on_and_off(type_check):
+    pattern = r'Expect: b.shape\[0\] == index.shape\[0\]\nActual: 1 != 3'
     # A bias of one element would broadcast to every output.
     assert_refused(lambda: tied_linear(_X, _W, _INDEX, b=np.ones(1, np.float32)), type_check,
                    pattern)

@@ -24,12 +24,9 @@ import chainer.links as L
 import numpy
 
 from benchmarks.tiled_linear import TiledLinearFunction
+from chainer_sharedlinear.functions._ops import ArrayOps
 from chainer_sharedlinear.functions.fold import fold, unfold
-from chainer_sharedlinear.functions.kronecker_linear import (
-    KroneckerLinearFunction,
-    _ArrayOps,
-    _Products,
-)
+from chainer_sharedlinear.functions.kronecker_linear import KroneckerLinearFunction, _Products
 from chainer_sharedlinear.functions.tied_linear import TiedWeight, TiedWeightGrad
 from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear
 
@@ -199,7 +196,7 @@ def kronecker_floor_forward_backward(x, A, B, b, gy):
     """
     node = KroneckerLinearFunction()
     y, = node.forward((x, A, B) if b is None else (x, A, B, b))
-    products = _Products(_ArrayOps(chainer.backend.get_array_module(x)), x, A, B)
+    products = _Products(ArrayOps.of(x), x, A, B)
     gx, gA, gB = products.gradients((0, 1, 2), gy, node._T, (x.dtype, A.dtype, B.dtype))
     gb = None if b is None else gy.sum(axis=0)
     return y, gx, gA, gB, gb

@@ -18,10 +18,7 @@ from chainer.utils import type_check
 
 from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions import shapes
-
-# Under the names the benchmark module imports them by.
-from chainer_sharedlinear.functions._ops import ArrayOps as _ArrayOps
-from chainer_sharedlinear.functions._ops import VariableOps as _VariableOps
+from chainer_sharedlinear.functions._ops import ArrayOps, VariableOps
 
 
 def divisors(n: int) -> tp.List[int]:
@@ -167,7 +164,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         _checks.type_check_always(self, inputs)
         x, A, B = inputs[:3]
         self.retain_inputs((0, 1, 2))
-        products = _Products(_ArrayOps.of(x), x, A, B)
+        products = _Products(ArrayOps.of(x), x, A, B)
         # Kept for the gradient of A.
         self._T = products.t()
         y = _dtypes.as_dtype(products.y(self._T), x.dtype)
@@ -180,9 +177,9 @@ class KroneckerLinearFunction(function_node.FunctionNode):
         gy, = grad_outputs
         dtypes = (x.dtype, A.dtype, B.dtype)
         if chainer.config.enable_backprop:
-            return _Products(_VariableOps, x, A, B).gradients(indexes, gy, dtypes=dtypes)
+            return _Products(VariableOps, x, A, B).gradients(indexes, gy, dtypes=dtypes)
         # First-order backprop records no graph: the same products on the arrays.
-        products = _Products(_ArrayOps.of(x.array), x.array, A.array, B.array)
+        products = _Products(ArrayOps.of(x.array), x.array, A.array, B.array)
         grads = products.gradients(indexes, gy.array, self._T, dtypes)
         return [chainer.Variable(g, requires_grad=False) for g in grads]
 

@@ -86,21 +86,27 @@ def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
         new_cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
         counts = numpy.diff(numpy.concatenate([[0], new_cuts, [flat.size]]))
         empty = counts == 0
-        if empty.any() and flat.size >= n_clusters:
+        if empty.any():
             # An empty cluster would waste its value: it moves to the numbers
-            # farthest from their centroids, as scikit-learn's k-means does.
+            # farthest from their centroids, as scikit-learn's k-means does, while
+            # there are numbers that are not their centroid.
             distance = numpy.abs(ordered - numpy.repeat(centroids, counts))
-            farthest = numpy.sort(numpy.argsort(-distance, kind='stable')[:int(empty.sum())])
-            centroids = numpy.sort(numpy.concatenate([centroids[~empty], ordered[farthest]]))
-            cuts = None
-            continue
+            n_moved = min(int(empty.sum()), int(numpy.count_nonzero(distance)))
+            if n_moved:
+                farthest = numpy.sort(numpy.argsort(-distance, kind='stable')[:n_moved])
+                centroids = numpy.sort(numpy.concatenate(
+                    [centroids[~empty], ordered[farthest], centroids[empty][n_moved:]]))
+                cuts = None
+                continue
         if cuts is not None and numpy.array_equal(new_cuts, cuts):
             break
         cuts = new_cuts
         starts = numpy.concatenate([[0], cuts])
         ends = numpy.concatenate([cuts, [flat.size]])
         sums = prefix[ends] - prefix[starts]
-        centroids = numpy.where(counts > 0, sums / numpy.maximum(counts, 1), centroids)
+        # Means of consecutive intervals ascend; an empty cluster's kept centroid may not.
+        centroids = numpy.sort(numpy.where(counts > 0, sums / numpy.maximum(counts, 1),
+                                           centroids))
     cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
     counts = numpy.diff(numpy.concatenate([[0], cuts, [flat.size]]))
     labels = numpy.empty(flat.size, index_dtype(n_clusters))

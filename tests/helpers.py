@@ -289,3 +289,18 @@ def warm_up(link, x, steps=3):
     """Calls ``link`` in train mode: power iterations move SpectralNormalization's vector u."""
     for _ in range(steps):
         outputs(link, x, train=True)
+
+
+class FamilyFunction:
+    """What the ``FunctionTestCase`` of a function of the family has in common (a mixin).
+
+    The parameters ``dtypes`` (those of the inputs and of the weights) set the
+    tolerances, and ``n_batch_axes`` (1 by default) the :attr:`batch_shape`.
+    """
+
+    def setUp(self):
+        vars(self).update(function_tolerances(self.dtypes))
+
+    @property
+    def batch_shape(self):
+        return (4,) if getattr(self, 'n_batch_axes', 1) == 1 else (2, 3)

@@ -13,9 +13,9 @@ from chainer_sharedlinear.functions.hashed_linear import hashed_index, signed_ha
 from tests.helpers import (
     BACKENDS,
     FLOATS,
+    FamilyFunction,
     assert_refused,
     bucket_sums,
-    function_tolerances,
     hashed_oracle,
     spec_index,
 )
@@ -214,12 +214,9 @@ def test_forward_matches_dense_oracle(problem):
     'n_batch_axes': [1, 2],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestHashedLinearFunction(testing.FunctionTestCase):
+class TestHashedLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     out_size, in_size, n_weights, seed = 3, 4, 5, 7
-
-    def setUp(self):
-        vars(self).update(function_tolerances(self.dtypes))
 
     def generate_inputs(self):
         x_dtype, w_dtype = self.dtypes

@@ -13,10 +13,10 @@ from chainer_sharedlinear import kronecker_linear, shared_linear
 from tests.helpers import (
     BACKENDS,
     FLOATS,
+    FamilyFunction,
     assert_refused,
     dense_oracle,
     first_and_second_order_grads,
-    function_tolerances,
     grads_of,
     kron_oracle,
 )
@@ -80,14 +80,10 @@ def _problem(x_dtype, w_dtype, n_terms, nobias, batch_shape=(4,), factors=(2, 3,
     'n_batch_axes': [1, 2],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestKroneckerLinearFunction(testing.FunctionTestCase):
-
-    def setUp(self):
-        vars(self).update(function_tolerances(self.dtypes))
+class TestKroneckerLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     def generate_inputs(self):
-        batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
-        x, A, B, b = _problem(*self.dtypes, self.n_terms, self.nobias, batch_shape)
+        x, A, B, b = _problem(*self.dtypes, self.n_terms, self.nobias, self.batch_shape)
         return (x, A, B) if b is None else (x, A, B, b)
 
     def forward(self, inputs, device):

@@ -2,7 +2,7 @@ import numpy as np
 from chainer import testing
 
 from chainer_sharedlinear import low_rank_linear
-from tests.helpers import BACKENDS, function_tolerances
+from tests.helpers import BACKENDS, FamilyFunction
 
 
 @testing.parameterize(*testing.product({
@@ -11,15 +11,12 @@ from tests.helpers import BACKENDS, function_tolerances
     'n_batch_axes': [1, 2],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestLowRankLinearFunction(testing.FunctionTestCase):
-
-    def setUp(self):
-        vars(self).update(function_tolerances(self.dtypes))
+class TestLowRankLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     def generate_inputs(self):
         x_dtype, w_dtype = self.dtypes
         rng = np.random.default_rng(0)
-        x = rng.uniform(-1, 1, (4, 6) if self.n_batch_axes == 1 else (2, 2, 6)).astype(x_dtype)
+        x = rng.uniform(-1, 1, self.batch_shape + (6,)).astype(x_dtype)
         U = rng.uniform(-1, 1, (5, 2)).astype(w_dtype)
         V = rng.uniform(-1, 1, (2, 6)).astype(w_dtype)
         b = rng.uniform(-1, 1, 5).astype(x_dtype)

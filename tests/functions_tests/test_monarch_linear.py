@@ -10,7 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import monarch_linear
-from tests.helpers import BACKENDS, first_and_second_order_grads, function_tolerances
+from tests.helpers import (
+    BACKENDS,
+    FamilyFunction,
+    first_and_second_order_grads,
+)
 from tests.monarch_oracle import factors, monarch_oracle, monarch_weight
 
 FLOATS = [np.float16, np.float32, np.float64]
@@ -96,14 +100,10 @@ def test_the_shorter_input_blocks_come_last():
     'n_batch_axes': [1, 2],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestMonarchLinearFunction(testing.FunctionTestCase):
-
-    def setUp(self):
-        vars(self).update(function_tolerances(self.dtypes))
+class TestMonarchLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     def generate_inputs(self):
-        batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
-        x, R, L, b = _problem(*self.dtypes, self.sizes, self.nobias, batch_shape)
+        x, R, L, b = _problem(*self.dtypes, self.sizes, self.nobias, self.batch_shape)
         return (x, R, L) if b is None else (x, R, L, b)
 
     def forward(self, inputs, device):

@@ -13,10 +13,10 @@ from chainer_sharedlinear import SharedLinear, shared_linear
 from tests.helpers import (
     BACKENDS,
     FLOATS,
+    FamilyFunction,
     assert_refused,
     dense_oracle,
     first_and_second_order_grads,
-    function_tolerances,
     grads_of,
     tiled,
     tiled_linear_grads,
@@ -73,15 +73,10 @@ def _problem(x_dtype, W_dtype, n_shared, nobias, batch_shape=(4,), k=3, out_size
     'contiguous': [None, 'C'],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestSharedLinearFunction(testing.FunctionTestCase):
-
-    def setUp(self):
-        x_dtype, W_dtype = self.dtypes
-        vars(self).update(function_tolerances(self.dtypes))
+class TestSharedLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     def generate_inputs(self):
-        batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
-        x, W, b = _problem(*self.dtypes, self.n_shared, self.nobias, batch_shape)
+        x, W, b = _problem(*self.dtypes, self.n_shared, self.nobias, self.batch_shape)
         return (x, W) if b is None else (x, W, b)
 
     def forward(self, inputs, device):

@@ -14,10 +14,10 @@ from chainer_sharedlinear.functions.tied_linear import TiedWeight
 from tests.helpers import (
     BACKENDS,
     FLOATS,
+    FamilyFunction,
     assert_refused,
     bucket_sums,
     first_and_second_order_grads,
-    function_tolerances,
     tied_oracle,
     virtual_weight,
 )
@@ -81,12 +81,11 @@ def _problem(x_dtype, W_dtype, with_sign, nobias, batch_shape=(4,), out_size=3, 
     'n_batch_axes': [1, 2],
 }))
 @testing.inject_backend_tests(None, BACKENDS)
-class TestTiedLinearFunction(testing.FunctionTestCase):
+class TestTiedLinearFunction(FamilyFunction, testing.FunctionTestCase):
 
     def setUp(self):
-        vars(self).update(function_tolerances(self.dtypes))
-        batch_shape = (4,) if self.n_batch_axes == 1 else (2, 3)
-        self.problem = _problem(*self.dtypes, self.with_sign, self.nobias, batch_shape)
+        super().setUp()
+        self.problem = _problem(*self.dtypes, self.with_sign, self.nobias, self.batch_shape)
 
     def generate_inputs(self):
         x, W, _, _, b = self.problem

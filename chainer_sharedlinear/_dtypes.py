@@ -17,7 +17,13 @@ def accumulation_dtype(*dtypes) -> numpy.dtype:
     >>> accumulation_dtype(numpy.float16), accumulation_dtype(numpy.float16, numpy.float64)
     (dtype('float32'), dtype('float64'))
     """
-    return numpy.result_type(numpy.float32, *dtypes)
+    result = _FLOAT32
+    for dtype in dtypes:  # promote_types is several times faster than result_type
+        result = numpy.promote_types(result, dtype)
+    return result
+
+
+_FLOAT32 = numpy.dtype(numpy.float32)
 
 
 def as_dtype(array, dtype):

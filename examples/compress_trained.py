@@ -174,8 +174,19 @@ class Records:
         self.records = records
 
 
+def model_ratio(record, dense_bytes):
+    """The bytes of the whole model over the dense model's: a layer left dense counts whole."""
+    kept = sum(dense_bytes[path] for path in record.get('skipped', {}))
+    return (record.get('stored_bytes', 0) + kept) / sum(dense_bytes.values())
+
+
 def table(records):
-    """The mean accuracy of each budget, pattern and variant over the seeds, as text."""
+    """The mean accuracy of each budget, pattern and variant over the seeds, as text.
+
+    ``ratio`` is the bytes of the whole model over the dense model's.
+    """
+    dense_bytes = {layer['path']: layer['dense_bytes'] for record in records
+                   for layer in record.get('layers', ())}
     rows = {}
     for record in records:
         rows.setdefault((record['budget'], record['pattern'], record['variant']), []).append(
@@ -186,10 +197,45 @@ def table(records):
             rows.items(), key=lambda item: (-float(fractions.Fraction(item[0][0])), item[0])):
         first = numpy.mean([record['accuracy'][0] for record in group])
         last = numpy.mean([record['accuracy'][-1] for record in group])
-        ratio = group[0].get('stored_bytes', 1) / group[0].get('dense_bytes', 1)
+        ratio = 1.0 if variant == 'dense' else model_ratio(group[0], dense_bytes)
         lines.append('{:>6} {:>10} {:>10} {:>6} {:>8.4f} {:>8.4f} {:>8.4f}'.format(
             budget, pattern, variant, len(group), ratio, first, last))
     return '\n'.join(lines)
+
+
+def plot(records, path):
+    """Accuracy by budget: each pattern's variants as markers, the dense model as a line."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({r['budget'] for r in records if r['variant'] != 'dense'},
+                     key=lambda b: -float(fractions.Fraction(b)))
+    patterns = sorted({r['pattern'] for r in records if r['variant'] != 'dense'})
+    variants = ('compressed', 'finetune', 'distill', 'scratch')
+    markers = dict(zip(variants, 'xos^'))
+    figure, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 4), sharey=True,
+                                squeeze=False)
+    dense = [r['accuracy'][-1] for r in records if r['variant'] == 'dense']
+    for ax, budget in zip(axes[0], budgets):
+        for i, pattern in enumerate(patterns):
+            for variant in variants:
+                found = [r['accuracy'][-1] for r in records if r['budget'] == budget
+                         and r['pattern'] == pattern and r['variant'] == variant]
+                if found:
+                    ax.scatter([i], [numpy.mean(found)], marker=markers[variant],
+                               color='C{}'.format(variants.index(variant)),
+                               label=variant if i == 0 else None)
+        if dense:
+            ax.axhline(numpy.mean(dense), color='gray', linestyle='--', label='dense')
+        ax.set_xticks(range(len(patterns)))
+        ax.set_xticklabels(patterns, rotation=45)
+        ax.set_title('budget {}'.format(budget))
+        ax.set_ylim(0.7, max(dense + [0.9]) + 0.01)
+    axes[0][0].set_ylabel('validation accuracy')
+    axes[0][0].legend(fontsize='small')
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 def run(args):
@@ -197,6 +243,8 @@ def run(args):
     records = Records(args)
     if args.table:
         print(table(records.records))
+        if args.plot:
+            plot(records.records, args.plot)
         return
     train_set, val_set = utils.load_datasets(args)
     print('{}: {} training and {} validation images; budgets {}; patterns {}; seeds {}'.format(
@@ -247,6 +295,8 @@ def parse_args(argv=None):
                         help='Do not train the compressed layers from scratch')
     parser.add_argument('--table', action='store_true',
                         help='Print the table of the records in --out and stop')
+    parser.add_argument('--plot', metavar='PATH',
+                        help='With --table, draw the accuracies into this PNG file too')
     parser.add_argument('--device', '-d', type=utils.device, default='@numpy')
     utils.add_data_arguments(parser)
     args = parser.parse_args(argv)

@@ -217,6 +217,7 @@ def plot(records, path):
     figure, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 4), sharey=True,
                                 squeeze=False)
     dense = [r['accuracy'][-1] for r in records if r['variant'] == 'dense']
+    labelled = set()
     for ax, budget in zip(axes[0], budgets):
         for i, pattern in enumerate(patterns):
             for variant in variants:
@@ -225,16 +226,20 @@ def plot(records, path):
                 if found:
                     ax.scatter([i], [numpy.mean(found)], marker=markers[variant],
                                color='C{}'.format(variants.index(variant)),
-                               label=variant if i == 0 else None)
+                               label=None if variant in labelled else variant)
+                    labelled.add(variant)
         if dense:
-            ax.axhline(numpy.mean(dense), color='gray', linestyle='--', label='dense')
+            ax.axhline(numpy.mean(dense), color='gray', linestyle='--',
+                       label=None if 'dense' in labelled else 'dense')
+            labelled.add('dense')
         ax.set_xticks(range(len(patterns)))
         ax.set_xticklabels(patterns, rotation=45)
         ax.set_title('budget {}'.format(budget))
         ax.set_ylim(0.7, max(dense + [0.9]) + 0.01)
-    axes[0][0].set_ylabel('validation accuracy')
-    axes[0][0].legend(fontsize='small')
-    figure.tight_layout()
+    axes[0][0].set_ylabel('validation accuracy (below 0.7: not drawn)')
+    handles = [handle for ax in axes[0] for handle in ax.get_legend_handles_labels()[0]]
+    figure.tight_layout(rect=(0, 0, 1, 0.9))
+    figure.legend(handles=handles, loc='upper center', ncol=len(handles), fontsize='small')
     figure.savefig(path)
 
 

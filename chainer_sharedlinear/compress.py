@@ -25,12 +25,11 @@ import chainer.links as L
 import numpy
 from chainer import backend, initializers
 
-from chainer_sharedlinear import _checks, links
-from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links
+from chainer_sharedlinear import _checks
+from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links, family
 from chainer_sharedlinear.functions.clustered_linear import index_bits
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 from chainer_sharedlinear.functions.monarch_linear import block_sizes
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 Knobs = tp.Dict[str, tp.Any]
 
@@ -668,12 +667,11 @@ def _auto(linear, fraction, names, path):
 
 def _family_class(name) -> tp.Optional[type]:
     """The layer of the family called ``name``, or ``None``."""
-    cls = getattr(links, name, None) if name in links.__all__ else None
-    return cls if isinstance(cls, type) and issubclass(cls, VirtualLinear) else None
+    return next((cls for cls in family() if cls.__name__ == name), None)
 
 
 def _family_names() -> str:
-    return ', '.join(name for name in links.__all__ if _family_class(name))
+    return ', '.join(cls.__name__ for cls in family())
 
 
 def _check_family(layer, path) -> None:

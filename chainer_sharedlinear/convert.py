@@ -198,9 +198,9 @@ def unshare_linears(model: chainer.Link, *, include: Include = None) -> Conversi
         Linear(in_size=8, out_size=2, nobias=False)
     """
     def why_not(link):
-        if type(link) not in _family():
+        if type(link) not in family():
             return 'a subclass of {} ({}), whose forward may differ'.format(
-                next(base.__name__ for base in type(link).__mro__ if base in _family()),
+                next(base.__name__ for base in type(link).__mro__ if base in family()),
                 type(link).__name__)
         if not link._is_initialized:
             return _checks.NOT_INITIALISED
@@ -220,9 +220,11 @@ def _why_not_linear(link) -> tp.Optional[str]:
     return None
 
 
-def _family() -> tp.Tuple[type, ...]:
-    # The links whose to_linear() is exact.
-    return tuple(getattr(links, name) for name in links.__all__)
+def family() -> tp.Tuple[type, ...]:
+    """The layers of the family: the links of :mod:`chainer_sharedlinear.links` with a
+    virtual weight, whose ``to_linear()`` is exact (``DistillationClassifier`` is no layer)."""
+    return tuple(cls for cls in (getattr(links, name) for name in links.__all__)
+                 if isinstance(cls, type) and issubclass(cls, VirtualLinear))
 
 
 class _Candidate:
@@ -313,8 +315,9 @@ def _named_links(include, links, candidates, kind) -> tp.Set[int]:
         names = list(include)
     else:
         raise TypeError('{}, got {!r}'.format(_INCLUDE_TYPES, include))
+    names_of_family = [cls.__name__ for cls in family()]
     kind_name = 'L.Linear' if kind is L.Linear else '{} or {}'.format(
-        ', '.join(links.__all__[:-1]), links.__all__[-1])
+        ', '.join(names_of_family[:-1]), names_of_family[-1])
     known = ', '.join(path for c in candidates.values() for path in c.paths) or 'none'
     named = set()
     for name in names:

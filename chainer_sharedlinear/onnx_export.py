@@ -39,6 +39,7 @@ from chainer import utils
 from chainer_sharedlinear import _dtypes
 from chainer_sharedlinear.functions.clustered_linear import index_bits, pack_index
 from chainer_sharedlinear.functions.hashed_linear import _MIX_MULTIPLIERS, _SIGN_KEY, seed_key
+from chainer_sharedlinear.functions.monarch_linear import input_positions
 
 _MISSING_ONNX = (
     'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
@@ -410,7 +411,7 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     n_terms, m1, n1 = A.shape
     _, m2, n2 = B.shape
     x_dtype = numpy.dtype(x.dtype)
-    dtype = numpy.result_type(numpy.float32, x.dtype, A.dtype, B.dtype)
+    dtype = _dtypes.accumulation_dtype(x.dtype, A.dtype, B.dtype)
     gb = onnx_helper.GraphBuilder()
     cast = _caster(onnx, gb)
 
@@ -451,8 +452,6 @@ def convert_monarch_linear(params) -> tp.Tuple:
     ``out_size`` outputs where the last blocks are cut. ``R`` and ``L`` are
     stored as they are.
     """
-    from chainer_sharedlinear.functions.monarch_linear import input_positions
-
     onnx, onnx_helper = _import_onnx()
     func, context = params.func, params.context
     _check_opset('MonarchLinearFunction', params.opset_version)

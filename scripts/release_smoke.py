@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import pkgutil
 import sys
+import tempfile
 
 import chainer
 import chainer.functions as F
@@ -24,11 +25,16 @@ import numpy as np
 import chainer_sharedlinear as csl
 
 DISTRIBUTION = 'chainer-sharedlinear'
-# What the package exports: the links, the functions, and converting and registering.
-EXPORTS = ('ConversionReport', 'HashedLinear', 'KroneckerLinear', 'SharedLinear',
-           'convert_linears', 'hashed_linear', 'kronecker_linear', 'register', 'share_linears',
-           'shared_linear', 'tied_linear', 'unshare_linears')
-FUNCTIONS = ('hashed_index', 'hashed_linear', 'kronecker_linear', 'shared_linear', 'tied_linear')
+# What the package exports: the links, the functions, converting, compressing and registering.
+EXPORTS = ('ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
+           'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
+           'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears', 'convert_linears',
+           'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
+           'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
+           'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',
+           'unshare_linears')
+FUNCTIONS = ('hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
+             'monarch_linear', 'shared_linear', 'tied_linear')
 # The nodes stay in their modules, as chainer.functions.connection.linear.LinearFunction does.
 NODES = (
     ('chainer_sharedlinear.functions.shared_linear',
@@ -36,6 +42,9 @@ NODES = (
     ('chainer_sharedlinear.functions.tied_linear',
      ('TiedLinearFunction', 'TiedWeight', 'TiedWeightGrad')),
     ('chainer_sharedlinear.functions.kronecker_linear', ('KroneckerLinearFunction',)),
+    ('chainer_sharedlinear.functions.hashed_linear', ('HashedLinearFunction',)),
+    ('chainer_sharedlinear.functions.clustered_linear', ('ClusteredLinearFunction',)),
+    ('chainer_sharedlinear.functions.monarch_linear', ('MonarchLinearFunction',)),
     ('chainer_sharedlinear.functions.fold', ('fold', 'unfold')),
 )
 # Links of the family with the arguments of a small layer, 12 -> 6, for each.
@@ -43,10 +52,15 @@ FAMILY = (
     ('SharedLinear', dict(n_shared=3)),
     ('HashedLinear', dict(n_weights=20, seed=1)),
     ('KroneckerLinear', dict()),
+    ('LowRankLinear', dict(rank=2)),
+    ('ClusteredLinear', dict(n_clusters=5)),
+    ('MonarchLinear', dict(n_blocks=3)),
 )
 # What register() adds to chainer.links and chainer.functions.
-REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear')
-REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'tied_linear')
+REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
+                    'ClusteredLinear', 'MonarchLinear')
+REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
+                        'monarch_linear', 'tied_linear')
 
 
 def check_installation():
@@ -134,6 +148,19 @@ def check_conversion():
     print('share_linears, convert_linears and unshare_linears: converted, same outputs back')
 
 
+def check_compression(tmp):
+    model = chainer.Sequential(L.Linear(48, 24), F.relu, L.Linear(24, 8))
+    x = np.random.RandomState(2).standard_normal((3, 48)).astype(np.float32)
+    report = csl.compress_linears(model, 1 / 4)
+    assert report.stored_bytes <= report.dense_bytes / 4, report
+    path = os.path.join(tmp, 'compressed.npz')
+    csl.save_compressed(path, model, report.plan)
+    fresh = chainer.Sequential(L.Linear(None, 24), F.relu, L.Linear(None, 8))
+    csl.load_compressed(path, fresh)
+    np.testing.assert_array_equal(fresh(x).array, model(x).array)
+    print('compress_linears at 1/4, save_compressed and load_compressed: the same outputs')
+
+
 def main():
     check_installation()
     check_library()
@@ -141,6 +168,8 @@ def main():
         check_training_step(getattr(csl, name)(12, 6, **kwargs))
     check_register()
     check_conversion()
+    with tempfile.TemporaryDirectory() as tmp:
+        check_compression(tmp)
     print('smoke run: every check held')
 
 

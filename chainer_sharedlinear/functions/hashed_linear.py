@@ -31,8 +31,7 @@ import numpy
 from chainer import backend
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.functions import shapes
-from chainer_sharedlinear.functions.tied_linear import TiedLinearFunction
+from chainer_sharedlinear.functions.tied_linear import TiedLinearFunction, apply_tied_linear
 
 _MIX_MULTIPLIERS = (0x7feb352d, 0x846ca68b)
 _SEED_KEY = 0x68e31da4
@@ -207,11 +206,8 @@ def apply_hashed_linear(x, W, index, seed: int, b=None, n_batch_axes: int = 1):
     concatenation of ``2 * n_weights`` values, so that the map needs no signs.
     """
     W = chainer.as_variable(W)
-    x, batch_shape = shapes.as_matrix(x, n_batch_axes)
-    table = F.concat((W, -W), axis=0)
-    args = (x, table) if b is None else (x, table, b)
-    y, = HashedLinearFunction(index, W.shape[0], seed).apply(args)
-    return shapes.with_batch_axes(y, batch_shape)
+    return apply_tied_linear(x, F.concat((W, -W), axis=0), index, None, b, n_batch_axes,
+                             node=HashedLinearFunction(index, W.shape[0], seed))
 
 
 class HashedLinearFunction(TiedLinearFunction):

@@ -144,8 +144,8 @@ def _parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='python benchmarks/benchmark.py',
         description='Times forward + backward of the family (SharedLinear, HashedLinear, '
-                    'KroneckerLinear) against L.Linear, the 2016 tiled algorithm and plain '
-                    'NumPy/CuPy.')
+                    'KroneckerLinear, MonarchLinear) against L.Linear, the 2016 tiled '
+                    'algorithm and plain NumPy/CuPy.')
     parser.add_argument('--device', default='@numpy', type=_argument_type(get_device),
                         help="Chainer device: '@numpy' (default) or '@cupy:0' for a GPU")
     parser.add_argument('--dtype', default='float32', type=_argument_type(get_dtype),

@@ -4,8 +4,8 @@ For each layer shape (a :class:`Case`), the same step, forward and backward
 with a fixed output gradient, in several implementations (:data:`IMPLEMENTATIONS`):
 
 ``layer``
-    The case's layer of this package: ``SharedLinear``, ``HashedLinear`` or
-    ``KroneckerLinear``.
+    The case's layer of this package: ``SharedLinear``, ``HashedLinear``,
+    ``KroneckerLinear`` or ``MonarchLinear``.
 ``dense``
     :class:`chainer.links.Linear` with the same ``in_size`` and ``out_size``.
 ``tiled2016``
@@ -27,12 +27,13 @@ from benchmarks.tiled_linear import TiledLinearFunction
 from chainer_sharedlinear.functions._ops import ArrayOps
 from chainer_sharedlinear.functions.fold import fold, unfold
 from chainer_sharedlinear.functions.kronecker_linear import KroneckerLinearFunction, _Products
+from chainer_sharedlinear.functions.monarch_linear import MonarchLinearFunction, _Layout
 from chainer_sharedlinear.functions.tied_linear import TiedWeight, TiedWeightGrad
-from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, SharedLinear
+from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
 
 IMPLEMENTATIONS = ('layer', 'dense', 'tiled2016', 'floor')
 LAYERS = {'SharedLinear': SharedLinear, 'HashedLinear': HashedLinear,
-          'KroneckerLinear': KroneckerLinear}
+          'KroneckerLinear': KroneckerLinear, 'MonarchLinear': MonarchLinear}
 
 
 class Case(tp.NamedTuple):
@@ -97,6 +98,10 @@ def kronecker(batch, in_size, out_size, in_factors, out_factors, n_terms=1,
                  ('n_terms', n_terms)), nobias)
 
 
+def monarch(batch, in_size, out_size, n_blocks, nobias=False) -> Case:
+    return Case(batch, in_size, out_size, 'MonarchLinear', (('n_blocks', n_blocks),), nobias)
+
+
 def _large(batch=256, n_shared=8):
     return shared(batch, 4096, 4096, n_shared)
 
@@ -112,6 +117,9 @@ CASE_GROUPS = collections.OrderedDict([
     ('kronecker', (kronecker(100, 1000, 900, (25, 40), (30, 30), nobias=True),
                    kronecker(100, 1000, 900, (4, 250), (4, 225), n_terms=4, nobias=True),
                    kronecker(256, 4096, 4096, (64, 64), (64, 64)))),
+    # 16 blocks: the fewest that store at most 1/8 of l2 (knobs_at_budget); 64 blocks of
+    # 4096 -> 4096 store 1/32.
+    ('monarch', (monarch(100, 1000, 900, 16, nobias=True), monarch(256, 4096, 4096, 64))),
 ])
 
 
@@ -202,6 +210,19 @@ def kronecker_floor_forward_backward(x, A, B, b, gy):
     return y, gx, gA, gB, gb
 
 
+def monarch_floor_forward_backward(x, R, L, b, gy, out_size):
+    """Forward and backward of a Monarch layer in plain arrays, its node's own code.
+
+    Returns ``y``, ``gx``, ``gR``, ``gL`` and ``gb`` (``None`` without a bias).
+    """
+    node = MonarchLinearFunction(out_size)
+    y, = node.forward((x, R, L) if b is None else (x, R, L, b))
+    layout = _Layout(ArrayOps.of(x), x, R, L, out_size)
+    gx, gR, gL = layout.gradients((0, 1, 2), gy, node._Z, (x.dtype, R.dtype, L.dtype))
+    gb = None if b is None else gy.sum(axis=0)
+    return y, gx, gR, gL, gb
+
+
 def _floor_step(case, layer, x, gy):
     """The zero-argument floor of ``layer`` on ``x`` and ``gy``."""
     b = None if layer.b is None else layer.b.array
@@ -212,6 +233,9 @@ def _floor_step(case, layer, x, gy):
         W = layer.W.array
         bucket, sign = layer.index_map()
         return lambda: hashed_floor_forward_backward(x, W, b, gy, bucket, sign)
+    if case.layer == 'MonarchLinear':
+        R, L_ = layer.R.array, layer.L.array
+        return lambda: monarch_floor_forward_backward(x, R, L_, b, gy, case.out_size)
     A, B = layer.A.array, layer.B.array
     return lambda: kronecker_floor_forward_backward(x, A, B, b, gy)
 

@@ -182,6 +182,8 @@ def _short_label(case) -> str:
         pattern = 'n_shared={}'.format(options['n_shared'])
     elif case['layer'] == 'HashedLinear':
         pattern = '1/{:g} of W'.format(case['in_size'] * case['out_size'] / options['n_weights'])
+    elif case['layer'] == 'MonarchLinear':
+        pattern = 'n_blocks={}'.format(options['n_blocks'])
     else:  # the shapes of A and B
         (m1, m2), (n1, n2) = options['out_factors'], options['in_factors']
         pattern = 'A {0}x{1}x{3}\nB {0}x{2}x{4}'.format(options['n_terms'], m1, m2, n1, n2)

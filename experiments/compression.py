@@ -13,29 +13,27 @@ import chainer
 import chainer.functions as F
 import chainer.links as L
 
-from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
+from chainer_sharedlinear import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
+from chainer_sharedlinear.compress import knobs_at_budget
+from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 
 #: The patterns compared: the dense reference, the family, and two baselines at
 #: equal storage: a low-rank pair of layers, and a narrower dense network.
-PATTERNS = ('dense', 'shared', 'hashed', 'kronecker', 'phm', 'lowrank', 'narrow')
+PATTERNS = ('dense', 'shared', 'hashed', 'kronecker', 'phm', 'monarch', 'lowrank', 'narrow')
 
 #: The networks: layer sizes, the indices of the layers that are compressed, and
-#: whether those layers have a bias.
+#: whether those layers have a bias. ``width`` networks are grown, not shrunk:
+#: see :func:`build_network`.
 SETTINGS = {
     # examples/train_mnist3.py, the 2016 experiment: l2 is compressed.
     '2016': {'sizes': (784, 1000, 900, 10), 'compressed': (1,), 'nobias': True},
     # HashedNets' 784-1000-10 network: both layers are compressed.
     'hashednets': {'sizes': (784, 1000, 10), 'compressed': (0, 1), 'nobias': False},
+    # The expansion experiment: 784-100-100-10 made `width` times wider, every layer
+    # of the family, storing what the narrow dense network stores.
+    'expansion': {'sizes': (784, 100, 100, 10), 'compressed': (0, 1, 2), 'nobias': False,
+                  'width': True},
 }
-
-
-def factor_pairs(n: int) -> tp.List[tp.Tuple[int, int]]:
-    """Every ``(a, b)`` with ``a · b = n``, ``a`` ascending.
-
-    >>> factor_pairs(12)
-    [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
-    """
-    return [(a, n // a) for a in range(1, n + 1) if n % a == 0]
 
 
 def _log_distance(a: float, b: float) -> float:
@@ -66,7 +64,11 @@ def compressed_linear(pattern: str, in_size: int, out_size: int, compression: fl
       and ``out_size`` whose ``m1·n1 + m2·n2`` is nearest the budget.
     - ``phm``: ``KroneckerLinear`` with ``n`` terms of ``n × n`` matrices ``A``, the ``n``
       dividing both sizes whose ``n³ + in_size·out_size / n`` is nearest the budget.
-    - ``lowrank``: two ``L.Linear``, ``in_size -> r -> out_size``, ``r`` of the budget.
+    - ``monarch``: ``MonarchLinear`` with the fewest ``n_blocks`` whose weights fit the
+      budget (the library's rule, :func:`~chainer_sharedlinear.compress.knobs_at_budget`),
+      or ``min(in_size, out_size)`` blocks, the fewest weights, if none fits.
+    - ``lowrank``: two ``L.Linear``, ``in_size -> r -> out_size`` (the first without
+      a bias), ``r`` of the budget: the factorisation of ``LowRankLinear``.
 
     ``narrow`` changes the network, not a layer: see :func:`build_network`.
     """
@@ -91,7 +93,20 @@ def compressed_linear(pattern: str, in_size: int, out_size: int, compression: fl
         n = closest(common, budget, lambda n: n ** 3 + in_size * out_size // n)
         return KroneckerLinear(in_size, out_size, in_factors=(n, in_size // n),
                                out_factors=(n, out_size // n), n_terms=n, nobias=nobias)
+    if pattern == 'monarch':
+        # knobs_at_budget counts the bias in the budget: this fraction leaves the weights
+        # `budget`, as every other pattern here.
+        bias = 0 if nobias else out_size
+        fraction = min(1.0, (budget + bias) / (in_size * out_size + bias))
+        try:
+            n_blocks = knobs_at_budget('monarch', in_size, out_size, fraction,
+                                       nobias=nobias)['n_blocks']
+        except ValueError:  # none fits: the most blocks store the least
+            n_blocks = min(in_size, out_size)
+        return MonarchLinear(in_size, out_size, n_blocks=n_blocks, nobias=nobias)
     if pattern == 'lowrank':
+        # LowRankLinear's factorisation and storage; the records of docs/frontier-fashion.json
+        # were trained with this pair, which stays so that they are what this code builds.
         rank = max(1, round(budget / (in_size + out_size)))
         return chainer.Sequential(L.Linear(in_size, rank, nobias=True),
                                   L.Linear(rank, out_size, nobias=nobias))
@@ -119,18 +134,32 @@ class MLP(chainer.Chain):
         return self.layers[-1](x)
 
 
-def build_network(setting: str, pattern: str, compression: float,
-                  seed: int = 0) -> tp.Tuple[MLP, tp.List[chainer.Link]]:
+def build_network(setting: str, pattern: str, compression: float, seed: int = 0,
+                  width: int = 1) -> tp.Tuple[MLP, tp.List[chainer.Link]]:
     """The network of ``setting`` with its compressed layers in ``pattern``.
 
     ``narrow`` keeps every layer dense and divides the hidden layer that the
     compressed layers feed (the paper's "NN" baseline) by ``compression``.
+
+    In a ``width`` setting (``expansion``) the hidden layers have ``width``
+    times their units and every layer is of ``pattern``, its weights given
+    what the dense layer of the narrow network stores (weight and bias) less
+    the wide layer's bias, over ``compression``: at ``compression=1`` the
+    wide network stores as much as the narrow dense one. ``shared`` tiles
+    the layers between hidden layers only, and hashes the input and output
+    layers (tiling them folds pixels, or units before the output: see
+    docs/frontier.md). ``dense`` is the wide dense network.
 
     Returns:
         ``(network, compressed)``: the network, and its compressed layers (for
         ``narrow``, the dense layers that take the place of those).
     """
     spec = SETTINGS[setting]
+    if spec.get('width'):
+        return _wide_network(spec, pattern, compression, seed, width)
+    if width != 1:
+        raise ValueError('setting {!r} has no width: expected width=1, got {}'.format(
+            setting, width))
     sizes = list(spec['sizes'])
     compressed = spec['compressed']
     if pattern == 'narrow':
@@ -146,6 +175,34 @@ def build_network(setting: str, pattern: str, compression: float,
         else:
             layers.append(L.Linear(in_size, out_size, nobias=nobias))
     return MLP(layers), [layers[i] for i in compressed]
+
+
+#: The patterns a ``width`` setting grows its network with.
+WIDE_PATTERNS = ('dense', 'shared', 'hashed', 'kronecker', 'monarch', 'lowrank')
+
+
+def _wide_network(spec, pattern, compression, seed, width):
+    if pattern not in WIDE_PATTERNS:
+        raise ValueError('a network of growing width is made of {}, not {!r}'.format(
+            ', '.join(WIDE_PATTERNS), pattern))
+    narrow = spec['sizes']
+    sizes = [narrow[0]] + [n * width for n in narrow[1:-1]] + [narrow[-1]]
+    layers = []
+    for i in range(len(sizes) - 1):
+        in_size, out_size = sizes[i], sizes[i + 1]
+        if pattern == 'dense':
+            layers.append(L.Linear(in_size, out_size))
+            continue
+        weights = (narrow[i] * narrow[i + 1] + narrow[i + 1]) / compression - out_size
+        if weights < 1:
+            raise ValueError('at width {} and compression {}, the bias of layer {} ({} -> {}) '
+                             'takes all that the layer may store'.format(
+                                 width, compression, i, in_size, out_size))
+        between_hidden = 0 < i < len(sizes) - 2
+        layer_pattern = 'hashed' if pattern == 'shared' and not between_hidden else pattern
+        layers.append(compressed_linear(layer_pattern, in_size, out_size,
+                                        in_size * out_size / weights, seed=seed))
+    return MLP(layers), layers
 
 
 def describe(link: chainer.Link) -> str:

@@ -11,6 +11,9 @@ Trains one network per setting, pattern, compression and seed, and writes
   ``narrow`` (fewer hidden units).
 - ``--compressions``: each compressed layer stores about ``1/c`` of its dense
   parameters, as closely as its pattern's sizes allow (compression.py).
+- ``--setting expansion`` grows instead: 784-100-100-10 with hidden layers ``w`` times
+  wider for each of ``--widths``, every layer of the pattern, storing what the dense
+  784-100-100-10 stores (``shared`` tiles the hidden-to-hidden layer, hashes the others).
 
 A rerun with the same ``--out`` skips the networks that have finished. See
 docs/frontier.md for the figures measured on Fashion-MNIST.
@@ -72,20 +75,21 @@ def run_grid(args, device, train_set, val_set):
         return records
 
     finished_records()
-    grid = [(setting, pattern, c, seed) for setting in args.setting
+    grid = [(setting, pattern, c, width, seed) for setting in args.setting
             for pattern in args.patterns
-            for c in ([1] if pattern == 'dense' else args.compressions)
+            for c, width in grid_axis(setting, pattern, args)
             for seed in range(args.seeds)]
     dense_params = {setting: sum(compression.stored_parameters(layer)
                                  for layer in compression.build_network(setting, 'dense', 1)[1])
                     for setting in args.setting}
-    for number, (setting, pattern, c, seed) in enumerate(grid, 1):
-        record = dict(this_training, setting=setting, pattern=pattern, compression=c, seed=seed)
+    for number, (setting, pattern, c, width, seed) in enumerate(grid, 1):
+        record = dict(this_training, setting=setting, pattern=pattern, compression=c,
+                      width=width, seed=seed)
         finished = finished_records()
         if results.key_of(record) in {results.key_of(r) for r in finished}:
             continue
         numpy.random.seed(seed)
-        network, layers = compression.build_network(setting, pattern, c, seed=seed)
+        network, layers = compression.build_network(setting, pattern, c, seed=seed, width=width)
         record.update(
             layers=[compression.describe(layer) for layer in layers],
             params=sum(compression.stored_parameters(layer) for layer in layers),
@@ -94,15 +98,16 @@ def run_grid(args, device, train_set, val_set):
         # Another compression may have given this very network: it is not trained twice.
         same = next((r for r in finished if 'same_as' not in r and all(
             r[k] == record[k] for k in ('setting', 'pattern', 'seed', 'layers'))), None)
-        print('[{}/{}] {} {} c={} seed {}: {}'.format(
-            number, len(grid), setting, pattern, c, seed, '; '.join(record['layers'])),
+        print('[{}/{}] {} {} c={} width={} seed {}: {}'.format(
+            number, len(grid), setting, pattern, c, width, seed, '; '.join(record['layers'])),
             file=sys.stderr, flush=True)
         if same is not None:
             record.update({k: same[k] for k in ('accuracy', 'best_accuracy', 'loss', 'curve',
                                                 'seconds_per_epoch', 'cpu_seconds_per_epoch')
                            if k in same}, same_as=same['compression'])
         else:
-            run_folder = '{setting}-{pattern}-c{compression}-seed{seed}'.format(**record)
+            run_folder = ('{setting}-{pattern}-c{compression}-seed{seed}' if width == 1 else
+                          '{setting}-{pattern}-w{width}-seed{seed}').format(**record)
             log, cpu_seconds = train(network, train_set, val_set, args, device, seed,
                                      os.path.join(args.out, RUNS_FOLDER, run_folder))
             curve = [entry['validation/main/accuracy'] for entry in log]
@@ -115,6 +120,21 @@ def run_grid(args, device, train_set, val_set):
                           cpu_seconds_per_epoch=cpu_seconds / log[-1]['epoch'])
         results.add_record(args.out, record)
     return results.load_records(args.out)
+
+
+def grid_axis(setting, pattern, args):
+    """The ``(compression, width)`` of each network of ``setting`` and ``pattern``.
+
+    The frontier's settings shrink what a layer stores by each of ``--compressions``;
+    a ``width`` setting grows the network by each of ``--widths`` at the storage of
+    its narrow dense network (``compression`` 1). The dense reference is trained once,
+    at ``(1, 1)``; a pattern a setting does not define gives nothing.
+    """
+    if compression.SETTINGS[setting].get('width'):
+        if pattern not in compression.WIDE_PATTERNS:
+            return []
+        return [(1, 1)] if pattern == 'dense' else [(1, width) for width in args.widths]
+    return [(1, 1)] if pattern == 'dense' else [(c, 1) for c in args.compressions]
 
 
 def comma_separated(kind):
@@ -151,6 +171,10 @@ def parse_args(argv=None):
                         default=[4, 16, 64],
                         help='comma-separated integers c: each compressed layer stores about '
                         '1/c of its dense parameters (default: 4,16,64)')
+    parser.add_argument('--widths', type=comma_separated(utils.positive_int),
+                        default=[2, 4, 8, 16],
+                        help='comma-separated integers w: the expansion setting makes its '
+                        'hidden layers w times wider (default: 2,4,8,16)')
     parser.add_argument('--seeds', type=utils.positive_int, default=1,
                         help='Seeds 0 to N-1 for each point (default: 1)')
     parser.add_argument('--epoch', '-e', type=utils.positive_int, default=20,
@@ -180,13 +204,17 @@ def run(args):
         args.dataset, args.epoch, len(train_set), len(val_set))
     print(title)
     print(results.format_short_table(records))
+    print(results.format_expansion_table(records))
     with open(os.path.join(args.out, results.TABLE_FILE), 'w') as f:
         f.write('{}\n\n{}\n'.format(title, results.format_table(records)))
     print('Records in {}, every figure in {}'.format(
         os.path.join(args.out, results.RESULTS_FILE), os.path.join(args.out, results.TABLE_FILE)))
     if utils.plots_available():
-        results.plot(records, os.path.join(args.out, results.PLOT_FILE), title)
-        print('Plot in {}'.format(os.path.join(args.out, results.PLOT_FILE)))
+        for draw, name, wide in ((results.plot, results.PLOT_FILE, False),
+                                 (results.plot_expansion, results.EXPANSION_PLOT_FILE, True)):
+            if any(results.is_wide(r) == wide for r in records):
+                draw(records, os.path.join(args.out, name), title)
+                print('Plot in {}'.format(os.path.join(args.out, name)))
 
 
 def main(argv=None):

@@ -25,6 +25,7 @@ from mnist3_utils import UsageError
 
 RESULTS_FILE = 'frontier.json'
 PLOT_FILE = 'frontier.png'
+EXPANSION_PLOT_FILE = 'expansion.png'
 TABLE_FILE = 'frontier.md'
 #: Where the logit axis draws an accuracy of exactly 0 or 1, which lie at infinity on it: this
 #: far inside. Less than one image in the 10,000 that MNIST and Fashion-MNIST validate on, so
@@ -38,8 +39,9 @@ ACCURACY_TICKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94,
 #: place; the sizes are the numbers of images trained and validated on.
 TRAINING_FIELDS = ('dataset', 'data_dir', 'train_size', 'val_size', 'batchsize', 'epochs')
 
-#: What identifies a run: a rerun with a record of the same key skips it.
-KEY_FIELDS = TRAINING_FIELDS + ('setting', 'pattern', 'compression', 'seed')
+#: What identifies a run: a rerun with a record of the same key skips it. A record
+#: without a ``width`` (written before the expansion setting) has width 1.
+KEY_FIELDS = TRAINING_FIELDS + ('setting', 'pattern', 'compression', 'width', 'seed')
 
 #: What every record holds, also one written before ``TRAINING_FIELDS`` were all recorded
 #: (as those of docs/frontier-*.json).
@@ -51,7 +53,8 @@ class FrontierError(UsageError):
 
 
 def key_of(record: dict) -> tuple:
-    return tuple(record[field] for field in KEY_FIELDS)
+    return tuple(record.get(field, 1) if field == 'width' else record[field]
+                 for field in KEY_FIELDS)
 
 
 def load_records(folder: str) -> tp.List[dict]:
@@ -142,17 +145,29 @@ def add_record(folder: str, record: dict) -> None:
 SHORT_OF_BUDGET = "† more than 1.25 × the budget: the pattern's sizes allow nothing nearer."
 
 
+def width_of(record: dict) -> int:
+    """How many times wider than its setting's network: 1 for a record without a width."""
+    return record.get('width', 1)
+
+
+def is_wide(row: dict) -> bool:
+    """Whether a record or row is of a setting that grows its width (the expansion)."""
+    return row['setting'] == 'expansion'
+
+
 def summarize(records: tp.List[dict]) -> tp.List[dict]:
-    """One row per setting, pattern and compression: the mean and spread over seeds."""
+    """One row per setting, pattern, compression and width: the mean and spread over seeds."""
     groups = collections.OrderedDict()
-    for record in sorted(records, key=lambda r: (r['setting'], r['pattern'], -r['params'])):
-        groups.setdefault((record['setting'], record['pattern'], record['compression']),
-                          []).append(record)
+    for record in sorted(records, key=lambda r: (r['setting'], r['pattern'], width_of(r),
+                                                 -r['params'])):
+        groups.setdefault((record['setting'], record['pattern'], record['compression'],
+                           width_of(record)), []).append(record)
     rows = []
-    for (setting, pattern, compression), group in groups.items():
+    for (setting, pattern, compression, width), group in groups.items():
         accuracies = [r['accuracy'] for r in group]
         rows.append({
             'setting': setting, 'pattern': pattern, 'compression': compression,
+            'width': width,
             'params': group[0]['params'], 'dense_params': group[0]['dense_params'],
             'seeds': len(group), 'accuracy': statistics.mean(accuracies),
             'std': statistics.stdev(accuracies) if len(group) > 1 else 0.0,
@@ -166,13 +181,14 @@ def summarize(records: tp.List[dict]) -> tp.List[dict]:
 
 def format_table(records: tp.List[dict]) -> str:
     """A Markdown table of :func:`summarize`'s rows."""
-    lines = ['| setting | pattern | compression | stored params | actual compression | '
+    lines = ['| setting | pattern | compression | width | stored params | actual compression | '
              'seeds | accuracy (mean ± std) | min–max | s/epoch | CPU s/epoch |',
-             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for row in summarize(records):
-        lines.append('| {} | {} | {:g} | {:,} | {:.1f}x | {} | {:.4f} ± {:.4f} | {:.4f}–{:.4f} '
-                     '| {:.2f} | {:.2f} |'.format(
-                         row['setting'], row['pattern'], row['compression'], row['params'],
+        lines.append('| {} | {} | {:g} | {} | {:,} | {:.1f}x | {} | {:.4f} ± {:.4f} | '
+                     '{:.4f}–{:.4f} | {:.2f} | {:.2f} |'.format(
+                         row['setting'], row['pattern'], row['compression'], row['width'],
+                         row['params'],
                          row['dense_params'] / row['params'], row['seeds'], row['accuracy'],
                          row['std'], row['low'], row['high'], row['seconds_per_epoch'],
                          row['cpu_seconds_per_epoch']))
@@ -182,9 +198,10 @@ def format_table(records: tp.List[dict]) -> str:
 def format_short_table(records: tp.List[dict]) -> str:
     """Per setting, accuracy by pattern and compression: the mean over seeds, and what is stored.
 
-    The short table a run ends with; :func:`format_table` has every figure.
+    The short table a run ends with; :func:`format_table` has every figure. The
+    expansion is in :func:`format_expansion_table`.
     """
-    rows = summarize(records)
+    rows = [row for row in summarize(records) if not is_wide(row)]
     lines = []
     for setting in collections.OrderedDict.fromkeys(row['setting'] for row in rows):
         here = [row for row in rows if row['setting'] == setting]
@@ -213,6 +230,26 @@ def format_short_table(records: tp.List[dict]) -> str:
             lines.append(SHORT_OF_BUDGET)
         lines.append('')
     return '\n'.join(lines).rstrip()
+
+
+def format_expansion_table(records: tp.List[dict]) -> str:
+    """The expansion by pattern and width: accuracy (mean ± std), stored parameters, CPU s.
+
+    Width 1 is the narrow dense network, the reference of every pattern.
+    """
+    rows = [row for row in summarize(records) if is_wide(row)]
+    if not rows:
+        return ''
+    widths = sorted({row['width'] for row in rows})
+    lines = ['| pattern | ' + ' | '.join('×{}'.format(w) for w in widths) + ' |',
+             '|---|' + '---:|' * len(widths)]
+    for pattern in collections.OrderedDict.fromkeys(row['pattern'] for row in rows):
+        cells = {row['width']: '{:.4f} ± {:.4f} ({:,}; {:.1f} s)'.format(
+                     row['accuracy'], row['std'], row['params'], row['cpu_seconds_per_epoch'])
+                 for row in rows if row['pattern'] == pattern}
+        lines.append('| {} | {} |'.format(pattern, ' | '.join(
+            cells.get(w, '') for w in widths)))
+    return '\n'.join(lines)
 
 
 def _short_of_budget(row: dict) -> bool:
@@ -251,7 +288,7 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
     from matplotlib import ticker
     from matplotlib.figure import Figure
 
-    rows = summarize(records)
+    rows = [row for row in summarize(records) if not is_wide(row)]
     settings = list(collections.OrderedDict.fromkeys(row['setting'] for row in rows))
     figure = Figure(figsize=(6.5 * len(settings), 5), layout='constrained')
     axes = figure.subplots(1, len(settings), squeeze=False)[0]
@@ -282,6 +319,51 @@ def plot(records: tp.List[dict], path: str, title: str) -> None:
         ax.set_title(setting)
         ax.grid(True, which='both', linewidth=0.3)
         ax.legend(fontsize=8)
+    figure.suptitle(title, fontsize=9)
+    figure.savefig(path, dpi=120)
+
+
+def plot_expansion(records: tp.List[dict], path: str, title: str) -> None:
+    """The expansion: accuracy and CPU seconds per epoch against the width, a line per pattern.
+
+    Every line starts from the narrow dense network at width 1; each point is
+    the mean over seeds, with a bar from the lowest to the highest. The dense
+    network's spread is the grey band.
+    """
+    from matplotlib import ticker
+    from matplotlib.figure import Figure
+
+    rows = [row for row in summarize(records) if is_wide(row)]
+    dense = next(row for row in rows if row['pattern'] == 'dense' and row['width'] == 1)
+    figure = Figure(figsize=(12, 4.8), layout='constrained')
+    accuracy_ax, seconds_ax = figure.subplots(1, 2)
+    accuracy_ax.axhspan(dense['low'], dense['high'], color='0.85')
+    accuracy_ax.axhline(dense['accuracy'], color='black', linewidth=0.8, linestyle='--',
+                        label='dense 784-100-100-10 ({:,} params)'.format(dense['params']))
+    seconds_ax.axhline(dense['cpu_seconds_per_epoch'], color='black', linewidth=0.8,
+                       linestyle='--', label='dense')
+    for pattern in collections.OrderedDict.fromkeys(row['pattern'] for row in rows):
+        points = [dense] + sorted((row for row in rows if row['pattern'] == pattern
+                                   and row['width'] > 1), key=lambda row: row['width'])
+        if len(points) == 1:
+            continue
+        x = [row['width'] for row in points]
+        y = [row['accuracy'] for row in points]
+        accuracy_ax.errorbar(x, y, yerr=[[a - row['low'] for a, row in zip(y, points)],
+                                         [row['high'] - a for a, row in zip(y, points)]],
+                             marker='o', markersize=4, capsize=2, label=pattern)
+        seconds_ax.plot(x, [row['cpu_seconds_per_epoch'] for row in points], marker='o',
+                        markersize=4, label=pattern)
+    for ax in (accuracy_ax, seconds_ax):
+        ax.set_xscale('log', base=2)
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter('×%g'))
+        ax.set_xlabel('width of the hidden layers, times 100, at the same stored parameters')
+        ax.grid(True, which='both', linewidth=0.3)
+        ax.legend(fontsize=8)
+    accuracy_ax.set_ylabel('validation accuracy')
+    seconds_ax.set_yscale('log')
+    seconds_ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+    seconds_ax.set_ylabel('CPU seconds per training epoch (one thread)')
     figure.suptitle(title, fontsize=9)
     figure.savefig(path, dpi=120)
 

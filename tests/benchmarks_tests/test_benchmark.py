@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from benchmarks import benchmark, cases, measure, tiled_linear
-from benchmarks.cases import Case, hashed, kronecker, shared
+from benchmarks.cases import Case, hashed, kronecker, monarch, shared
 from benchmarks.report import format_table, noisy_cases, plot
-from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
+from chainer_sharedlinear import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -28,6 +28,7 @@ TINY_CASES = collections.OrderedDict([
     (shared(3, 8, 5, 4), ['sweep', 'batch']),
     (hashed(3, 8, 5, 4, nobias=True), ['hashed']),
     (kronecker(3, 8, 6, (2, 4), (3, 2), n_terms=2), ['kronecker']),
+    (monarch(3, 8, 6, 2), ['monarch']),
 ])
 
 
@@ -106,6 +107,23 @@ def test_kronecker_floor_computes_what_kronecker_linear_does(n_terms):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize('in_size, out_size, n_blocks', [(12, 6, 3), (13, 7, 3)])
+@pytest.mark.parametrize('nobias', [True, False])
+def test_monarch_floor_computes_what_monarch_linear_does(in_size, out_size, n_blocks, nobias):
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((4, in_size)), rng.standard_normal((4, out_size))
+    with chainer.using_config('dtype', np.float64):
+        link = MonarchLinear(in_size, out_size, n_blocks=n_blocks, nobias=nobias,
+                             initial_bias=1.0)
+    y, gx = _link_grads(link, x, gy)
+    b = None if nobias else link.b.array
+    y_floor, gx_floor, gR, gL, gb = cases.monarch_floor_forward_backward(
+        x, link.R.array, link.L.array, b, gy, out_size)
+    for mine, theirs in ((y_floor, y), (gx_floor, gx), (gR, link.R.grad), (gL, link.L.grad)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-14)
+    assert gb is None if nobias else np.allclose(gb, link.b.grad, rtol=1e-12)
+
+
 def test_floor_takes_a_float32_layer():
     x = np.ones((2, 6), np.float32)
     W = np.ones((4, 3), np.float32)
@@ -117,19 +135,24 @@ def test_floor_takes_a_float32_layer():
 
 def test_all_times_each_shape_once_and_keeps_its_groups():
     selected = cases.select_cases(['all'])
-    assert len(selected) == len(set(selected)) == 13
+    assert len(selected) == len(set(selected)) == 15
     assert selected[shared(256, 4096, 4096, 8)] == ['large', 'sweep', 'batch']
     assert selected[shared(100, 1000, 900, 10, nobias=True)] == ['example']
     assert selected[hashed(256, 4096, 4096, 8)] == ['hashed']
     assert selected[kronecker(256, 4096, 4096, (64, 64), (64, 64))] == ['kronecker']
+    assert selected[monarch(256, 4096, 4096, 64)] == ['monarch']
 
 
 def test_a_case_makes_its_layer_and_survives_json():
-    for case in cases.select_cases(['example', 'hashed', 'kronecker']):
+    for case in cases.select_cases(['example', 'hashed', 'kronecker', 'monarch']):
         assert Case.from_json(json.loads(json.dumps(case.to_json()))) == case
     layer = kronecker(100, 1000, 900, (4, 250), (4, 225), n_terms=4).make_layer()
     assert (layer.A.shape, layer.B.shape) == ((4, 4, 4), (4, 225, 250))
     assert hashed(100, 1000, 900, 8).make_layer().W.shape == (112500,)
+    layer = monarch(100, 1000, 900, 16, nobias=True).make_layer()
+    assert layer.R.size + layer.L.size <= 1000 * 900 // 8 < (
+        monarch(100, 1000, 900, 15).make_layer().R.size
+        + monarch(100, 1000, 900, 15).make_layer().L.size)
 
 
 def test_an_unknown_group_is_refused():

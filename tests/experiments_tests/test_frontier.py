@@ -10,7 +10,7 @@ import chainer.links as L
 import numpy as np
 import pytest
 
-from chainer_sharedlinear import HashedLinear, KroneckerLinear, SharedLinear
+from chainer_sharedlinear import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
 from tests.examples_tests import ROOT, import_script
 
 utils = import_script('examples', 'mnist3_utils')
@@ -21,12 +21,7 @@ pytestmark = pytest.mark.usefixtures('dataset_root')
 DOCS = os.path.join(ROOT, 'docs')
 
 
-def test_factor_pairs():
-    assert compression.factor_pairs(12) == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2), (12, 1)]
-    assert compression.factor_pairs(7) == [(1, 7), (7, 1)]
-
-
-@pytest.mark.parametrize('pattern', ['shared', 'hashed', 'kronecker', 'lowrank'])
+@pytest.mark.parametrize('pattern', ['shared', 'hashed', 'kronecker', 'monarch', 'lowrank'])
 @pytest.mark.parametrize('c', [2, 8, 64])
 def test_each_pattern_stores_about_its_budget(pattern, c):
     layer = compression.compressed_linear(pattern, 1000, 900, c, nobias=True)
@@ -41,6 +36,9 @@ def test_the_layers_each_pattern_makes():
     def make(pattern, c):
         return compression.compressed_linear(pattern, 1000, 900, c)
 
+    def make_layer(pattern, in_size, out_size, c):
+        return compression.compressed_linear(pattern, in_size, out_size, c)
+
     assert make('shared', 8).n_shared == 8
     assert make('shared', 64).n_shared == 50  # the divisor of 1000 nearest 64 on a log scale
     assert make('hashed', 8).W.shape == (112500,)
@@ -50,6 +48,12 @@ def test_the_layers_each_pattern_makes():
     phm = make('phm', 10)  # n = 10: 10 terms of 10 x 10 matrices
     assert (phm.n_terms, phm.A.shape[1:], phm.in_factors) == (10, (10, 10), (10, 100))
     assert type(make('dense', 8)) is L.Linear
+    # Monarch: the fewest blocks whose weights fit, as compress_linears chooses them.
+    monarch = make('monarch', 8)
+    assert monarch.n_blocks == 16 and monarch.R.size + monarch.L.size <= 112500
+    assert compression.stored_parameters(MonarchLinear(1000, 900, n_blocks=15)) > 112500 + 900
+    # 1000 -> 10 cannot store 100 weights: the most blocks, the fewest weights.
+    assert make_layer('monarch', 1000, 10, 100).n_blocks == 10
     with pytest.raises(ValueError, match="unknown pattern 'tiled'"):
         make('tiled', 8)
 
@@ -68,6 +72,69 @@ def test_the_networks_compress_the_layers_the_setting_names():
     network, _ = compression.build_network('2016', 'shared', 10)
     assert isinstance(network.layers[1], SharedLinear)
     assert network(np.ones((3, 784), np.float32)).shape == (3, 10)
+
+
+@pytest.mark.parametrize('width', [2, 16])
+@pytest.mark.parametrize('pattern', ['hashed', 'kronecker', 'monarch', 'shared', 'lowrank'])
+def test_a_wider_network_stores_what_the_narrow_dense_one_stores(pattern, width):
+    dense, _ = compression.build_network('expansion', 'dense', 1)
+    network, layers = compression.build_network('expansion', pattern, 1, width=width)
+    assert list(network.layers) == layers
+    for layer, (in_size, out_size) in zip(layers, [(784, 100 * width),
+                                                   (100 * width, 100 * width), (100 * width, 10)]):
+        assert layer(np.ones((1, in_size), np.float32)).shape == (1, out_size)
+    narrow = compression.stored_parameters(dense)
+    assert narrow == 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10
+    # As near as the pattern's sizes allow: Monarch's blocks least of all.
+    assert compression.stored_parameters(network) == pytest.approx(narrow, rel=0.15)
+    assert network(np.ones((2, 784), np.float32)).shape == (2, 10)
+
+
+def test_the_wide_shared_network_tiles_only_the_layer_between_hidden_layers():
+    network, _ = compression.build_network('expansion', 'shared', 1, width=4)
+    assert [type(layer) for layer in network.layers] == [HashedLinear, SharedLinear,
+                                                         HashedLinear]
+    assert network.layers[1].n_shared == 16  # 400 x 400 in the 100 x 100 layer's 10,100
+    wide_dense, _ = compression.build_network('expansion', 'dense', 1, width=4)
+    assert [layer.W.shape for layer in wide_dense.layers] == [(400, 784), (400, 400), (10, 400)]
+
+
+def test_a_width_is_refused_where_the_setting_has_none_and_a_pattern_it_lacks():
+    with pytest.raises(ValueError, match="setting '2016' has no width: expected width=1"):
+        compression.build_network('2016', 'hashed', 8, width=2)
+    with pytest.raises(ValueError, match="made of dense, shared, .*, not 'narrow'"):
+        compression.build_network('expansion', 'narrow', 1, width=2)
+    # 784 x 100 stores 78,500: at 1/64, less than the 1,600 biases of width 16.
+    with pytest.raises(ValueError, match=r'the bias of layer 0 \(784 -> 1600\) takes all'):
+        compression.build_network('expansion', 'hashed', 64, width=16)
+
+
+def test_the_grid_of_each_setting():
+    args = frontier.parse_args(['--compressions', '4,16', '--widths', '2,8'])
+    assert frontier.grid_axis('2016', 'hashed', args) == [(4, 1), (16, 1)]
+    assert frontier.grid_axis('expansion', 'hashed', args) == [(1, 2), (1, 8)]
+    assert frontier.grid_axis('expansion', 'dense', args) == [(1, 1)]
+    assert frontier.grid_axis('expansion', 'phm', args) == []
+
+
+def test_an_expansion_for_one_epoch(tmp_path, capsys):
+    out = tmp_path / 'expansion'
+    argv = ['--setting', 'expansion', '--patterns', 'dense,hashed', '--widths', '2',
+            '--epoch', '1', '--train-size', '200', '--val-size', '100', '--out', str(out)]
+    assert frontier.main(argv) == 0
+    stdout = capsys.readouterr().out
+    records = read_records(out)
+    assert [(r['pattern'], r['compression'], r['width']) for r in records] == [
+        ('dense', 1, 1), ('hashed', 1, 2)]
+    assert records[1]['params'] == records[0]['params'] == records[1]['dense_params'] == 89610
+    hashed = records[1]
+    assert '| hashed |  | {:.4f} ± 0.0000 (89,610; '.format(hashed['accuracy']) in stdout
+    assert '| expansion | hashed | 1 | 2 | 89,610 | 1.0x | 1 |' in (
+        out / 'frontier.md').read_text()
+    assert (out / 'expansion.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert not (out / 'frontier.png').exists()  # no point of the frontier's settings
+    assert sorted(os.listdir(out / 'runs')) == ['expansion-dense-c1-seed0',
+                                                'expansion-hashed-w2-seed0']
 
 
 def read_records(folder):
@@ -98,7 +165,7 @@ def test_a_two_point_grid_for_one_epoch(tmp_path, capsys):
         'SharedLinear(in_size=1000, out_size=900, n_shared=8, nobias=True)']
     hashed = records[1]['accuracy']
     assert '| hashed | {:.4f} (112,500) |'.format(hashed) in stdout  # the short table
-    assert '| 2016 | hashed | 8 | 112,500 | 8.0x | 1 |' in (out / 'frontier.md').read_text()
+    assert '| 2016 | hashed | 8 | 1 | 112,500 | 8.0x | 1 |' in (out / 'frontier.md').read_text()
     assert (out / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     assert sorted(os.listdir(out / 'runs')) == ['2016-hashed-c8-seed0', '2016-shared-c8-seed0']
 

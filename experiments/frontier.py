@@ -204,16 +204,24 @@ def run(args):
         args.dataset, args.epoch, len(train_set), len(val_set))
     print(title)
     print(results.format_short_table(records))
-    print(results.format_expansion_table(records))
+    expansion = results.format_expansion_table(records)
+    if expansion:
+        print('expansion (validation accuracy, final; stored parameters; CPU s per epoch):')
+        print(expansion)
+        print("the same, each network's mean over its last {} epochs:".format(
+            results.EXPANSION_LAST_EPOCHS))
+        print(results.format_expansion_table(records, results.EXPANSION_LAST_EPOCHS))
     with open(os.path.join(args.out, results.TABLE_FILE), 'w') as f:
         f.write('{}\n\n{}\n'.format(title, results.format_table(records)))
     print('Records in {}, every figure in {}'.format(
         os.path.join(args.out, results.RESULTS_FILE), os.path.join(args.out, results.TABLE_FILE)))
     if utils.plots_available():
-        for draw, name, wide in ((results.plot, results.PLOT_FILE, False),
-                                 (results.plot_expansion, results.EXPANSION_PLOT_FILE, True)):
+        plots = ((results.PLOT_FILE, False, lambda path: results.plot(records, path, title)),
+                 (results.EXPANSION_PLOT_FILE, True, lambda path: results.plot_expansion(
+                     records, path, title, results.EXPANSION_LAST_EPOCHS)))
+        for name, wide, draw in plots:
             if any(results.is_wide(r) == wide for r in records):
-                draw(records, os.path.join(args.out, name), title)
+                draw(os.path.join(args.out, name))
                 print('Plot in {}'.format(os.path.join(args.out, name)))
 
 

@@ -137,6 +137,22 @@ def test_an_expansion_for_one_epoch(tmp_path, capsys):
                                                 'expansion-hashed-w2-seed0']
 
 
+def test_the_expansion_table_can_smooth_over_the_last_epochs():
+    def record(pattern, width, seed, curve):
+        return {'setting': 'expansion', 'pattern': pattern, 'width': width, 'seed': seed,
+                'compression': 1, 'curve': curve, 'accuracy': curve[-1], 'params': 89610,
+                'cpu_seconds_per_epoch': 2.0}
+
+    records = [record('dense', 1, 0, [0.5, 0.8, 0.9]), record('dense', 1, 1, [0.5, 0.9, 0.7]),
+               record('hashed', 4, 0, [0.1, 0.6, 0.6])]
+    final = frontier_results.format_expansion_table(records)
+    assert '| dense | 0.8000 ± 0.1414 (89,610; 2.0 s) |  |' in final
+    smooth = frontier_results.format_expansion_table(records, last=2)
+    assert '| dense | 0.8250 ± 0.0354 (89,610; 2.0 s) |  |' in smooth
+    assert '| hashed |  | 0.6000 ± 0.0000 (89,610; 2.0 s) |' in smooth
+    assert frontier_results.format_expansion_table(records[:0]) == ''
+
+
 def read_records(folder):
     with open(os.path.join(str(folder), 'frontier.json')) as f:
         return json.load(f)
@@ -430,3 +446,29 @@ def test_the_records_in_the_docs_are_read_and_drawn(tmp_path, name):
     pytest.importorskip('matplotlib')
     frontier_results.plot(records, str(tmp_path / 'frontier.png'), name)
     assert (tmp_path / 'frontier.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_the_figures_of_the_frontier_page_are_what_its_records_give():
+    with open(os.path.join(DOCS, 'frontier-fashion.json')) as f:
+        records = json.load(f)
+    with open(os.path.join(DOCS, 'frontier.md')) as f:
+        page = f.read()
+    assert frontier_results.format_table(records) in page
+    assert sum(r['pattern'] == 'monarch' for r in records) == 36
+
+
+def test_the_expansion_in_the_docs_is_read_tabled_and_drawn(tmp_path):
+    shutil.copy(os.path.join(DOCS, 'expansion-fashion.json'),
+                str(tmp_path / frontier_results.RESULTS_FILE))
+    records = frontier_results.load_records(str(tmp_path))
+    assert {(r['pattern'], r['width']) for r in records} == {('dense', 1)} | {
+        (p, w) for p in compression.WIDE_PATTERNS[1:] for w in (2, 4, 8, 16)}
+    assert len(records) == 63 and {r['seed'] for r in records} == {0, 1, 2}
+    # What docs/frontier.md shows is what the records give.
+    with open(os.path.join(DOCS, 'frontier.md')) as f:
+        page = f.read()
+    for last in (1, frontier_results.EXPANSION_LAST_EPOCHS):
+        assert frontier_results.format_expansion_table(records, last) in page
+    pytest.importorskip('matplotlib')
+    frontier_results.plot_expansion(records, str(tmp_path / 'expansion.png'), 'docs', 3)
+    assert (tmp_path / 'expansion.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'

@@ -21,6 +21,7 @@ try:
 except ImportError:  # not POSIX: one process per folder
     fcntl = None
 
+from compression import SETTINGS
 from mnist3_utils import UsageError
 
 RESULTS_FILE = 'frontier.json'
@@ -157,7 +158,7 @@ def width_of(record: dict) -> int:
 
 def is_wide(row: dict) -> bool:
     """Whether a record or row is of a setting that grows its width (the expansion)."""
-    return row['setting'] == 'expansion'
+    return bool(SETTINGS.get(row['setting'], {}).get('width'))
 
 
 def summarize(records: tp.List[dict]) -> tp.List[dict]:
@@ -374,19 +375,24 @@ def plot_expansion(records: tp.List[dict], path: str, title: str, last: int = 1)
             'accuracy': statistics.mean(accuracies), 'low': min(accuracies),
             'high': max(accuracies),
             'seconds': statistics.mean(r['cpu_seconds_per_epoch'] for r in group)})
-    dense = next(p for p in points_of.get('dense', ()) if p['width'] == 1)
-    bottom = dense['low'] - EXPANSION_AXIS_BELOW
+    dense = next((p for p in points_of.get('dense', ()) if p['width'] == 1), None)
+    everything = [p for points in points_of.values() for p in points]
+    # Without the dense reference, the axis spans what there is.
+    bottom = (dense['low'] - EXPANSION_AXIS_BELOW if dense else
+              min(p['low'] for p in everything))
+    top = max(p['high'] for p in everything)
     figure = Figure(figsize=(12, 4.8), layout='constrained')
     accuracy_ax, seconds_ax = figure.subplots(1, 2)
-    accuracy_ax.axhspan(dense['low'], dense['high'], color='0.85')
-    accuracy_ax.axhline(dense['accuracy'], color='black', linewidth=0.8, linestyle='--',
-                        label='dense 784-100-100-10 ({:,} params)'.format(dense['params']))
-    seconds_ax.axhline(dense['seconds'], color='black', linewidth=0.8, linestyle='--',
-                       label='dense')
+    if dense:
+        accuracy_ax.axhspan(dense['low'], dense['high'], color='0.85')
+        accuracy_ax.axhline(dense['accuracy'], color='black', linewidth=0.8, linestyle='--',
+                            label='dense 784-100-100-10 ({:,} params)'.format(dense['params']))
+        seconds_ax.axhline(dense['seconds'], color='black', linewidth=0.8, linestyle='--',
+                           label='dense')
     for pattern, points in points_of.items():
-        points = [dense] + [p for p in points if p['width'] > 1]
-        if len(points) == 1:
+        if pattern == 'dense':
             continue
+        points = ([dense] if dense else []) + [p for p in points if p['width'] > 1]
         x = [p['width'] for p in points]
         y = [p['accuracy'] for p in points]
         below = [p['width'] for p in points if p['accuracy'] < bottom]
@@ -403,8 +409,7 @@ def plot_expansion(records: tp.List[dict], path: str, title: str, last: int = 1)
         ax.set_xlabel('width of the hidden layers, times 100, at the same stored parameters')
         ax.grid(True, which='both', linewidth=0.3)
         ax.legend(fontsize=8)
-    top = max(p['high'] for points in points_of.values() for p in points)
-    accuracy_ax.set_ylim(bottom, top + (top - bottom) * 0.05)
+    accuracy_ax.set_ylim(bottom, top + max(top - bottom, 1e-3) * 0.05)
     accuracy_ax.set_ylabel('validation accuracy' if last == 1 else
                            'validation accuracy, mean of the last {} epochs'.format(last))
     seconds_ax.set_yscale('log')

@@ -153,6 +153,15 @@ def test_the_expansion_table_can_smooth_over_the_last_epochs():
     assert frontier_results.format_expansion_table(records[:0]) == ''
 
 
+def test_the_expansion_is_drawn_without_its_dense_reference_too(tmp_path):
+    pytest.importorskip('matplotlib')
+    records = [{'setting': 'expansion', 'pattern': 'hashed', 'width': w, 'seed': 0,
+                'compression': 1, 'curve': [0.8], 'accuracy': 0.8, 'params': 89610,
+                'cpu_seconds_per_epoch': 2.0} for w in (2, 4)]
+    frontier_results.plot_expansion(records, str(tmp_path / 'expansion.png'), 'no dense')
+    assert (tmp_path / 'expansion.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
 def read_records(folder):
     with open(os.path.join(str(folder), 'frontier.json')) as f:
         return json.load(f)

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Which sharing pattern at which parameter budget: accuracy against stored parameters.
 
-Trains one network per setting, pattern, compression and seed, and writes
-``OUT/frontier.json`` (one record per network), ``OUT/frontier.png`` and a table:
+Trains one network per setting, pattern, compression (or width) and seed, and writes
+``OUT/frontier.json`` (one record per network), ``OUT/frontier.png``, ``OUT/expansion.png``
+and a table:
 
 - ``--setting 2016``: the network of train_mnist3.py, 784-1000-900-10, ``l2`` compressed;
   ``hashednets``: HashedNets' 784-1000-10, both layers compressed.
 - ``--patterns``: ``dense`` (the reference), ``shared``, ``hashed``, ``kronecker``,
-  ``phm``, and two baselines at equal storage: ``lowrank`` (two ``L.Linear``) and
-  ``narrow`` (fewer hidden units).
+  ``phm``, ``monarch``, and two baselines at equal storage: ``lowrank`` (two ``L.Linear``)
+  and ``narrow`` (fewer hidden units).
 - ``--compressions``: each compressed layer stores about ``1/c`` of its dense
   parameters, as closely as its pattern's sizes allow (compression.py).
 - ``--setting expansion`` grows instead: 784-100-100-10 with hidden layers ``w`` times
@@ -161,8 +162,10 @@ def choices(allowed):
 def parse_args(argv=None):
     parser = utils.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--setting', type=choices(compression.SETTINGS),
-                        default=list(compression.SETTINGS),
-                        help='comma-separated: 2016, hashednets (default: both)')
+                        default=[name for name, spec in compression.SETTINGS.items()
+                                 if not spec.get('width')],
+                        help='comma-separated: 2016, hashednets, expansion (default: 2016 '
+                        'and hashednets; the expansion only when named)')
     parser.add_argument('--patterns', type=choices(compression.PATTERNS),
                         default=list(compression.PATTERNS),
                         help='comma-separated, from {} (default: all)'.format(

@@ -110,6 +110,7 @@ def test_a_width_is_refused_where_the_setting_has_none_and_a_pattern_it_lacks():
 
 
 def test_the_grid_of_each_setting():
+    assert frontier.parse_args([]).setting == ['2016', 'hashednets']  # expansion when named
     args = frontier.parse_args(['--compressions', '4,16', '--widths', '2,8'])
     assert frontier.grid_axis('2016', 'hashed', args) == [(4, 1), (16, 1)]
     assert frontier.grid_axis('expansion', 'hashed', args) == [(1, 2), (1, 8)]

@@ -83,6 +83,22 @@ def _no_feature_axis(shape, n_batch_axes_) -> ValueError:
         '(1, in_size))'.format(tuple(shape), n_batch_axes_))
 
 
+def expect_inputs(in_types, names: tp.Sequence[str], ndims: tp.Sequence[tp.Optional[int]]):
+    """The type check of a node's ``(x, weights...[, b])``, all but the bias.
+
+    There are ``len(names)`` inputs, or one more for the bias (its check is
+    :func:`expect_bias`); each is named for the messages, of a float dtype,
+    and of its ``ndims`` (``None``: any). Returns their types.
+    """
+    n_in = in_types.size()
+    type_check.expect(len(names) <= n_in, n_in <= len(names) + 1)
+    types = tuple(in_types[:len(names)])
+    type_check._argname(types, tuple(names))
+    type_check.expect(*[t.dtype.kind == 'f' for t in types],
+                      *[t.ndim == ndim for t, ndim in zip(types, ndims) if ndim is not None])
+    return types
+
+
 def expect_bias(in_types, n_weights: int, out_size) -> None:
     """The type check of the optional bias that follows ``x`` and ``n_weights`` weights.
 

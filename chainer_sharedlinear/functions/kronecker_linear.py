@@ -148,13 +148,7 @@ class KroneckerLinearFunction(function_node.FunctionNode):
     """
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(3 <= n_in, n_in <= 4)
-        x_type, a_type, b_type = in_types[:3]
-        type_check._argname((x_type, a_type, b_type), ('x', 'A', 'B'))
-        type_check.expect(
-            x_type.dtype.kind == 'f', a_type.dtype.kind == 'f', b_type.dtype.kind == 'f',
-            x_type.ndim == 2, a_type.ndim == 3, b_type.ndim == 3)
+        x_type, a_type, b_type = _checks.expect_inputs(in_types, ('x', 'A', 'B'), (2, 3, 3))
         type_check.expect(
             a_type.shape[0] == b_type.shape[0],
             x_type.shape[1] == a_type.shape[2] * b_type.shape[2])

@@ -192,13 +192,7 @@ class MonarchLinearFunction(function_node.FunctionNode):
         self.out_size = _checks.positive_int('out_size', out_size)
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(3 <= n_in, n_in <= 4)
-        x_type, r_type, l_type = in_types[:3]
-        type_check._argname((x_type, r_type, l_type), ('x', 'R', 'L'))
-        type_check.expect(
-            x_type.dtype.kind == 'f', r_type.dtype.kind == 'f', l_type.dtype.kind == 'f',
-            x_type.ndim == 2, r_type.ndim == 3, l_type.ndim == 3)
+        x_type, r_type, l_type = _checks.expect_inputs(in_types, ('x', 'R', 'L'), (2, 3, 3))
         n_blocks = r_type.shape[0]
         out_size = type_check.make_variable(self.out_size, 'out_size')
         type_check.expect(

@@ -49,16 +49,7 @@ def check_input_types(in_types, n_shared=None):
     (``n_shared`` times exactly, if given), and ``b`` has ``x``'s dtype and
     ``W.shape[0]`` elements.
     """
-    n_in = in_types.size()
-    type_check.expect(2 <= n_in, n_in <= 3)
-    x_type, w_type = in_types[:2]
-    type_check._argname((x_type, w_type), ('x', 'W'))
-    type_check.expect(
-        x_type.dtype.kind == 'f',
-        w_type.dtype.kind == 'f',
-        x_type.ndim == 2,
-        w_type.ndim == 2,
-    )
+    x_type, w_type = _checks.expect_inputs(in_types, ('x', 'W'), (2, 2))
     # Shapes only once the ranks are known to be right: the arguments of
     # one expect() are all built before any is checked.
     type_check.expect(w_type.shape[1] > 0)

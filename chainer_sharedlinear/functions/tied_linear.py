@@ -85,12 +85,7 @@ class TiedLinearFunction(function_node.FunctionNode):
         self.sign = sign
 
     def check_type_forward(self, in_types):
-        n_in = in_types.size()
-        type_check.expect(2 <= n_in, n_in <= 3)
-        x_type, w_type = in_types[:2]
-        type_check._argname((x_type, w_type), ('x', 'W'))
-        type_check.expect(x_type.dtype.kind == 'f', w_type.dtype.kind == 'f',
-                          x_type.ndim == 2)
+        x_type, w_type = _checks.expect_inputs(in_types, ('x', 'W'), (2, None))
         out_size, in_size = (type_check.make_variable(n, 'index.shape[{}]'.format(axis))
                              for axis, n in enumerate(self.index.shape))
         type_check.expect(x_type.shape[1] == in_size)

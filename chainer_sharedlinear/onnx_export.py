@@ -147,6 +147,12 @@ def _check_opset(name, opset):
             name, opset))
 
 
+def _bias_name(params, n_weights: int):
+    """The name of the bias that follows ``x`` and ``n_weights`` weights, or ``None``."""
+    names = params.input_names
+    return names[n_weights + 1] if len(names) == n_weights + 2 else None
+
+
 def convert_tied_linear(params) -> tp.Tuple:
     """The ``onnx_chainer`` converter of ``TiedLinearFunction``, the node of ``tied_linear``.
 
@@ -257,7 +263,7 @@ def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:
     """``Gather`` of the virtual weight from ``table`` by ``index``, then ``x · Vᵀ + b``."""
     func, context = params.func, params.context
     x, W = func.inputs[:2]
-    bias_name = params.input_names[2] if len(params.input_names) == 3 else None
+    bias_name = _bias_name(params, 1)
     out_size = func.index.shape[0]
     x_dtype = numpy.dtype(x.dtype)
     # The node's arithmetic: the product in the accumulation dtype, the output in x's.
@@ -407,7 +413,7 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     _check_opset('KroneckerLinearFunction', params.opset_version)
     x, A, B = func.inputs[:3]
     x_name, a_name, b_name = params.input_names[:3]
-    bias_name = params.input_names[3] if len(params.input_names) == 4 else None
+    bias_name = _bias_name(params, 2)
     n_terms, m1, n1 = A.shape
     _, m2, n2 = B.shape
     x_dtype = numpy.dtype(x.dtype)
@@ -457,7 +463,7 @@ def convert_monarch_linear(params) -> tp.Tuple:
     _check_opset('MonarchLinearFunction', params.opset_version)
     x, R, L = func.inputs[:3]
     x_name, r_name, l_name = params.input_names[:3]
-    bias_name = params.input_names[3] if len(params.input_names) == 4 else None
+    bias_name = _bias_name(params, 2)
     n_blocks, q, p = R.shape
     s = L.shape[1]
     in_size, out_size = x.shape[1], func.out_size

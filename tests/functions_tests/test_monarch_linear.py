@@ -14,6 +14,7 @@ from tests.helpers import (
     BACKENDS,
     FamilyFunction,
     first_and_second_order_grads,
+    grads_of,
 )
 from tests.monarch_oracle import factors, monarch_oracle, monarch_weight
 
@@ -132,22 +133,14 @@ def _dense(in_size, out_size, n_blocks):
     return apply
 
 
-def _grads(f, inputs, gy):
-    variables = [None if a is None else chainer.Variable(a) for a in inputs]
-    y = f(*variables)
-    y.grad = gy
-    y.backward()
-    return [v.grad for v in variables if v is not None]
-
-
 @pytest.mark.parametrize('sizes', [(16, 16, 4), (23, 17, 4), (10, 30, 4), (30, 10, 4)])
 @pytest.mark.parametrize('nobias', [True, False])
 def test_gradients_equal_a_dense_layer_with_the_monarch_weight(sizes, nobias):
     x, R, L, b = _problem(np.float64, np.float64, sizes, nobias, (7,))
     gy = np.random.default_rng(1).standard_normal((7, sizes[1]))
 
-    ours = _grads(lambda *a: monarch_linear(*a, out_size=sizes[1]), (x, R, L, b), gy)
-    theirs = _grads(_dense(*sizes), (x, R, L, b), gy)
+    ours = grads_of(lambda *a: monarch_linear(*a, out_size=sizes[1]), (x, R, L, b), gy)
+    theirs = grads_of(_dense(*sizes), (x, R, L, b), gy)
     assert len(ours) == len(theirs) == (3 if nobias else 4)
     for mine, other in zip(ours, theirs):
         np.testing.assert_allclose(mine, other, rtol=1e-12, atol=1e-12)

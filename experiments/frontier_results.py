@@ -246,41 +246,37 @@ def format_expansion_table(records: tp.List[dict], last: int = 1) -> str:
     epoch to the next). Width 1 is the narrow dense network, the reference of
     every pattern.
     """
-    groups = _expansion_groups(records)
-    if not groups:
+    points_of = _expansion_points(records, last)
+    if not points_of:
         return ''
-    widths = sorted({width for _, width in groups})
+    widths = sorted({p['width'] for points in points_of.values() for p in points})
     lines = ['| pattern | ' + ' | '.join('×{}'.format(w) for w in widths) + ' |',
              '|---|' + '---:|' * len(widths)]
-    for pattern in collections.OrderedDict.fromkeys(pattern for pattern, _ in groups):
-        cells = {}
-        for width in widths:
-            group = groups.get((pattern, width))
-            if not group:
-                continue
-            accuracies = _accuracies(group, last)
-            cells[width] = '{:.4f} ± {:.4f} ({:,}; {:.1f} s)'.format(
-                statistics.mean(accuracies),
-                statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                group[0]['params'],
-                statistics.mean(r['cpu_seconds_per_epoch'] for r in group))
+    for pattern, points in points_of.items():
+        cells = {p['width']: '{:.4f} ± {:.4f} ({:,}; {:.1f} s)'.format(
+                     p['accuracy'], p['std'], p['params'], p['seconds']) for p in points}
         lines.append('| {} | {} |'.format(pattern, ' | '.join(
             cells.get(w, '') for w in widths)))
     return '\n'.join(lines)
 
 
-def _expansion_groups(records):
-    """The expansion's records by ``(pattern, width)``, in the order of both."""
+def _expansion_points(records, last):
+    """The expansion by pattern: a point per width, the seeds' statistics of each network's
+    mean validation accuracy over its ``last`` epochs, and the mean CPU s per epoch."""
     groups = collections.OrderedDict()
     for record in sorted((r for r in records if is_wide(r)),
                          key=lambda r: (r['pattern'], width_of(r))):
         groups.setdefault((record['pattern'], width_of(record)), []).append(record)
-    return groups
-
-
-def _accuracies(group, last):
-    """Each network's mean validation accuracy over its ``last`` epochs."""
-    return [statistics.mean(r['curve'][-last:]) for r in group]
+    points_of = collections.OrderedDict()
+    for (pattern, width), group in groups.items():
+        accuracies = [statistics.mean(r['curve'][-last:]) for r in group]
+        points_of.setdefault(pattern, []).append({
+            'width': width, 'params': group[0]['params'],
+            'accuracy': statistics.mean(accuracies),
+            'std': statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            'low': min(accuracies), 'high': max(accuracies),
+            'seconds': statistics.mean(r['cpu_seconds_per_epoch'] for r in group)})
+    return points_of
 
 
 def _short_of_budget(row: dict) -> bool:
@@ -367,14 +363,7 @@ def plot_expansion(records: tp.List[dict], path: str, title: str, last: int = 1)
     from matplotlib import ticker
     from matplotlib.figure import Figure
 
-    points_of = collections.OrderedDict()
-    for (pattern, width), group in _expansion_groups(records).items():
-        accuracies = _accuracies(group, last)
-        points_of.setdefault(pattern, []).append({
-            'width': width, 'params': group[0]['params'],
-            'accuracy': statistics.mean(accuracies), 'low': min(accuracies),
-            'high': max(accuracies),
-            'seconds': statistics.mean(r['cpu_seconds_per_epoch'] for r in group)})
+    points_of = _expansion_points(records, last)
     dense = next((p for p in points_of.get('dense', ()) if p['width'] == 1), None)
     everything = [p for points in points_of.values() for p in points]
     # Without the dense reference, the axis spans what there is.

@@ -63,7 +63,8 @@ def train(model, train_set, val_set, args, epochs, seed, lr):
     trainer = training.Trainer(updater, (epochs, 'epoch'), out=os.path.join(args.out, 'runs'))
     trainer.extend(extensions.Evaluator(val_iter, model, device=args.device))
     trainer.extend(extensions.LogReport())
-    trainer.extend(extensions.ProgressBar(update_interval=50))
+    utils.extend_progress(trainer, ['epoch', 'main/loss', 'validation/main/accuracy',
+                                    'elapsed_time'], update_interval=50)
     trainer.run()
     return [entry['validation/main/accuracy'] for entry in
             trainer.get_extension('LogReport').log]

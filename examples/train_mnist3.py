@@ -191,8 +191,8 @@ def make_parser(description):
                         'files this run writes)')
     parser.add_argument('--seed', type=utils.seed, default=0,
                         help='Seed of the initial weights and of the order of the '
-                        'examples; the same seed gives the same results on the CPU '
-                        '(default: 0)')
+                        'examples; the same seed gives the same results on the same '
+                        'machine with the same number of BLAS threads (default: 0)')
     parser.add_argument('--snapshot-every', type=utils.positive_int, metavar='N',
                         help='Take the snapshot every N iterations instead of after every '
                         'epoch; only the latest is kept')

@@ -12,7 +12,9 @@ layers to each ``--budgets`` of their bytes with each ``--patterns``
   dense training and the fine-tuning together (``scratch``).
 
 Every measurement is a record of ``OUT/records.json``; a rerun skips those it
-has. ``--table`` prints the table of the records in ``OUT``. See docs/compress.md.
+has. ``--table`` prints the table of the records in ``OUT`` (a folder, or a records
+file such as docs/compress-fashion.json), whatever settings made them, and trains
+nothing. See docs/compress.md.
 """
 
 import argparse
@@ -32,7 +34,7 @@ import numpy
 from chainer import training
 from chainer.training import extensions
 
-from chainer_sharedlinear import DistillationClassifier, apply_plan, compress_linears
+from chainer_sharedlinear import DistillationClassifier, apply_plan, compress_linears, stored_bytes
 
 
 class MLP(chainer.Chain):
@@ -63,7 +65,8 @@ def train(model, train_set, val_set, args, epochs, seed, lr):
     trainer = training.Trainer(updater, (epochs, 'epoch'), out=os.path.join(args.out, 'runs'))
     trainer.extend(extensions.Evaluator(val_iter, model, device=args.device))
     trainer.extend(extensions.LogReport())
-    trainer.extend(extensions.ProgressBar(update_interval=50))
+    utils.extend_progress(trainer, ['epoch', 'main/loss', 'validation/main/accuracy',
+                                    'elapsed_time'], update_interval=50)
     trainer.run()
     return [entry['validation/main/accuracy'] for entry in
             trainer.get_extension('LogReport').log]
@@ -74,6 +77,12 @@ def evaluate(model, val_set, args):
     evaluator = extensions.Evaluator(val_iter, model, device=args.device)
     evaluator.name = 'validation'
     return evaluator()['validation/main/accuracy']
+
+
+def model_bytes(chain):
+    """The bytes the whole model stores: every layer's (:func:`stored_bytes`), dense or not."""
+    return sum(stored_bytes(link) for link in chain.links()
+               if next(link.children(), None) is None)
 
 
 def dense_model(train_set, val_set, args, seed, records):
@@ -104,8 +113,11 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     layers = [dict(path=row.path, pattern=row.pattern, knobs=row.knobs,
                    stored_bytes=row.stored_bytes, dense_bytes=row.dense_bytes,
                    error=row.error) for row in report.layers]
-    common = dict(layers=layers, stored_bytes=report.stored_bytes,
-                  dense_bytes=report.dense_bytes, skipped=report.skipped)
+    common = dict(layers=layers, skipped=report.skipped,
+                  stored_bytes=sum(row.stored_bytes for row in report.layers),
+                  dense_bytes=sum(row.dense_bytes for row in report.layers),
+                  model_bytes=model_bytes(model.predictor),
+                  dense_model_bytes=model_bytes(dense.predictor))
     if not records.has(**key('compressed')):
         records.add(accuracy=[evaluate(model, val_set, args)], **key('compressed'), **common)
     for variant in ('finetune', 'distill'):
@@ -132,8 +144,32 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
                     **key('scratch'), **common)
 
 
+def records_path(out):
+    """``OUT/records.json``, or ``OUT`` itself where it is a file of records."""
+    return out if os.path.isfile(out) else os.path.join(out, 'records.json')
+
+
+def read_records(path):
+    """The records of the file ``path`` (none if there is no such file)."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            records = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise utils.UsageError('cannot read the records of {}: {}'.format(path, e)) from None
+    if not (isinstance(records, list) and all(isinstance(r, dict) for r in records)):
+        raise utils.UsageError('{} is not a file of records: expected a JSON list of '
+                               'objects, as this script writes'.format(path))
+    return records
+
+
 class Records:
-    """The records of ``OUT/records.json``, each written as soon as it is measured."""
+    """The records of ``OUT/records.json``, each written as soon as it is measured.
+
+    They must all have been measured with this run's settings: a run adds to
+    them, and its table compares them.
+    """
 
     def __init__(self, args):
         self.path = os.path.join(args.out, 'records.json')
@@ -143,16 +179,14 @@ class Records:
                              finetune_epochs=args.finetune_epochs,
                              finetune_lr=args.finetune_lr, temperature=args.temperature,
                              alpha=args.alpha)
-        self.records = []
-        if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.records = json.load(f)
+        self.records = read_records(self.path)
         for record in self.records:
             other = {name: record.get(name) for name in self.settings}
             if other != self.settings:
                 raise utils.UsageError(
                     '{} holds records of other settings ({}); this run has {}: choose another '
-                    '--out'.format(self.path, other, self.settings))
+                    '--out (--table prints them as they are)'.format(
+                        self.path, other, self.settings))
 
     def has(self, **key):
         return any(all(record[name] == value for name, value in key.items())
@@ -163,10 +197,7 @@ class Records:
         record.update(self.settings)
         with open(self.path + '.lock', 'w') as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            records = []
-            if os.path.exists(self.path):
-                with open(self.path) as f:
-                    records = json.load(f)
+            records = read_records(self.path)
             records.append(record)
             with open(self.path + '.tmp', 'w') as f:
                 json.dump(records, f, indent=1)
@@ -175,15 +206,25 @@ class Records:
 
 
 def model_ratio(record, dense_bytes):
-    """The bytes of the whole model over the dense model's: a layer left dense counts whole."""
-    kept = sum(dense_bytes[path] for path in record.get('skipped', {}))
-    return (record.get('stored_bytes', 0) + kept) / sum(dense_bytes.values())
+    """The bytes of the whole model over the dense model's, or ``None`` where unknown.
+
+    A record written before the whole model's bytes were recorded has them
+    rebuilt from the layers' dense bytes, ``dense_bytes`` by path (a layer left
+    dense counts whole); a layer that no record compressed has none.
+    """
+    if 'model_bytes' in record:
+        return record['model_bytes'] / record['dense_model_bytes']
+    kept = [dense_bytes.get(path) for path in record.get('skipped', {})]
+    if None in kept:
+        return None
+    return (record.get('stored_bytes', 0) + sum(kept)) / sum(dense_bytes.values())
 
 
 def table(records):
     """The mean accuracy of each budget, pattern and variant over the seeds, as text.
 
-    ``ratio`` is the bytes of the whole model over the dense model's.
+    ``ratio`` is the bytes of the whole model over the dense model's (``-``
+    where the records cannot tell).
     """
     dense_bytes = {layer['path']: layer['dense_bytes'] for record in records
                    for layer in record.get('layers', ())}
@@ -198,8 +239,9 @@ def table(records):
         first = numpy.mean([record['accuracy'][0] for record in group])
         last = numpy.mean([record['accuracy'][-1] for record in group])
         ratio = 1.0 if variant == 'dense' else model_ratio(group[0], dense_bytes)
-        lines.append('{:>6} {:>10} {:>10} {:>6} {:>8.4f} {:>8.4f} {:>8.4f}'.format(
-            budget, pattern, variant, len(group), ratio, first, last))
+        lines.append('{:>6} {:>10} {:>10} {:>6} {:>8} {:>8.4f} {:>8.4f}'.format(
+            budget, pattern, variant, len(group), '-' if ratio is None else
+            '{:.4f}'.format(ratio), first, last))
     return '\n'.join(lines)
 
 
@@ -243,14 +285,25 @@ def plot(records, path):
     figure.savefig(path)
 
 
+def print_table(args):
+    """``--table``: the records in ``--out`` as they are; nothing is trained or written."""
+    path = records_path(args.out)
+    records = read_records(path)
+    if not records:
+        raise utils.UsageError('{} holds no records: nothing to print'.format(path))
+    print(table(records))
+    if args.plot:
+        plot(records, args.plot)
+
+
 def run(args):
+    if args.table:
+        return print_table(args)
+    if os.path.isfile(args.out):
+        raise utils.UsageError('--out {} is a file: a run writes its records into a folder '
+                               '(--table reads a file of records)'.format(args.out))
     os.makedirs(args.out, exist_ok=True)
     records = Records(args)
-    if args.table:
-        print(table(records.records))
-        if args.plot:
-            plot(records.records, args.plot)
-        return
     train_set, val_set = utils.load_datasets(args)
     print('{}: {} training and {} validation images; budgets {}; patterns {}; seeds {}'.format(
         args.dataset, len(train_set), len(val_set), ', '.join(map(str, args.budgets)),
@@ -299,7 +352,8 @@ def parse_args(argv=None):
     parser.add_argument('--no-scratch', dest='scratch', action='store_false',
                         help='Do not train the compressed layers from scratch')
     parser.add_argument('--table', action='store_true',
-                        help='Print the table of the records in --out and stop')
+                        help='Print the table of the records in --out (a folder, or a '
+                        'records file), whatever settings made them, and stop')
     parser.add_argument('--plot', metavar='PATH',
                         help='With --table, draw the accuracies into this PNG file too')
     parser.add_argument('--device', '-d', type=utils.device, default='@numpy')

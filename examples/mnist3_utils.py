@@ -10,6 +10,7 @@
   the run, saved in the snapshot, that a resumed run must share.
 - A result folder that loses nothing of the user's: a run replaces only what it
   writes, with ``--overwrite``, and its snapshot only the one before it.
+- The per-epoch lines, under Chainer's progress bar on a terminal only.
 - The table of ``--compare``.
 """
 
@@ -640,6 +641,42 @@ def plots_available():
         return False
     matplotlib.use('Agg')
     return True
+
+
+class _Plain(object):
+    """A stream without the one escape code ``PrintReport`` writes: erase what is below.
+
+    On a terminal it clears the progress bar before each line; in a log there is
+    no bar to clear.
+    """
+
+    ERASE_BELOW = '\033[J'
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        if text != self.ERASE_BELOW:
+            self.stream.write(text)
+
+    def flush(self):
+        self.stream.flush()
+
+
+def extend_progress(trainer, entries, update_interval, call_before_training=False):
+    """A line of ``entries`` per epoch (``PrintReport``), under a progress bar on a terminal.
+
+    Where the standard output is not a terminal (a log file, a pipe) the lines
+    are plain text: no progress bar, no escape codes.
+    """
+    out = sys.stdout
+    if out.isatty():
+        trainer.extend(extensions.PrintReport(entries, out=out),
+                       call_before_training=call_before_training)
+        trainer.extend(extensions.ProgressBar(update_interval=update_interval, out=out))
+    else:
+        trainer.extend(extensions.PrintReport(entries, out=_Plain(out)),
+                       call_before_training=call_before_training)
 
 
 def seconds_per_epoch(log):

@@ -79,7 +79,11 @@ RESULTS = ['log'] + list(PLOTS) + [utils.SNAPSHOT_PREFIX + '*']
 
 
 def extend_reports(trainer, args, settings, plots, replaces=None):
-    """The snapshot (replacing ``replaces`` first), the log, the plots and the progress."""
+    """The snapshot (replacing ``replaces`` first), the log, the plots and the progress.
+
+    The progress is a line per epoch, under a progress bar where the standard
+    output is a terminal (:func:`utils.extend_progress`).
+    """
     every = (args.snapshot_every, 'iteration') if args.snapshot_every else (1, 'epoch')
     trainer.extend(utils.snapshot(replaces), trigger=every)
     trainer.extend(utils.TrainingSettings(settings))
@@ -88,13 +92,12 @@ def extend_reports(trainer, args, settings, plots, replaces=None):
         for file_name, y_keys in PLOTS.items():
             trainer.extend(utils.PlotReport(y_keys, 'epoch', file_name=file_name),
                            call_before_training=True)
-    trainer.extend(extensions.PrintReport(
-        ['epoch', 'main/loss', 'validation/main/loss',
-         'main/accuracy', 'validation/main/accuracy', 'elapsed_time']),
-        call_before_training=True)
     train_iter = trainer.updater.get_iterator('main')
-    trainer.extend(extensions.ProgressBar(
-        update_interval=min(10, len(train_iter.dataset) // train_iter.batch_size)))
+    utils.extend_progress(
+        trainer, ['epoch', 'main/loss', 'validation/main/loss', 'main/accuracy',
+                  'validation/main/accuracy', 'elapsed_time'],
+        update_interval=min(10, len(train_iter.dataset) // train_iter.batch_size),
+        call_before_training=True)
 
 
 def settings(args, train_set, val_set, dense):
@@ -188,8 +191,8 @@ def make_parser(description):
                         'files this run writes)')
     parser.add_argument('--seed', type=utils.seed, default=0,
                         help='Seed of the initial weights and of the order of the '
-                        'examples; the same seed gives the same results on the CPU '
-                        '(default: 0)')
+                        'examples; the same seed gives the same results on the same '
+                        'machine with the same number of BLAS threads (default: 0)')
     parser.add_argument('--snapshot-every', type=utils.positive_int, metavar='N',
                         help='Take the snapshot every N iterations instead of after every '
                         'epoch; only the latest is kept')

@@ -6,9 +6,11 @@ The site is built once, into a temporary folder, as scripts/docs.sh builds it.
 import inspect
 import pathlib
 import posixpath
+import re
 import subprocess
 import sys
 
+import numpy
 import pytest
 from sphinx.util.inventory import InventoryFile
 
@@ -100,3 +102,35 @@ def test_pytest_runs_the_pages_doctests_but_not_the_built_sites_nor_conf_py(tmp_
         timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert '1 passed' in run.stdout
+
+
+def python_samples(path):
+    """The ```` ```python ```` blocks of a Markdown page, in order."""
+    return re.findall(r'^```python\n(.*?)^```$', path.read_text(), flags=re.M | re.S)
+
+
+def test_every_python_sample_of_the_readme_runs_as_written(tmp_path, monkeypatch):
+    # Each on its own, in a fresh namespace: nothing is defined by a sample before it.
+    monkeypatch.chdir(tmp_path)
+    samples = python_samples(ROOT / 'README.md')
+    assert len(samples) == 2
+    namespaces = []
+    for number, sample in enumerate(samples, 1):
+        namespace = {'__name__': 'readme_sample_{}'.format(number)}
+        exec(compile(sample, 'README.md, sample {}'.format(number), 'exec'), namespace)
+        namespaces.append(namespace)
+    compressed = namespaces[0]
+    x = numpy.random.RandomState(0).rand(2, 784).astype(numpy.float32)
+    numpy.testing.assert_array_equal(compressed['fresh'](x).array,
+                                     compressed['model'].predictor(x).array)
+
+
+def test_the_readmes_install_has_the_repos_constraints_and_overwrites_none_of_its_files():
+    readme = (ROOT / 'README.md').read_text()
+    written = re.findall(r"printf '([^']*)' > (\S+)", readme)
+    assert len(written) == 1
+    constraints, path = written[0]
+    assert not (ROOT / path).exists(), 'the snippet overwrites the repo\'s ' + path
+    repos = [line for line in (ROOT / 'constraints.txt').read_text().splitlines()
+             if line and not line.startswith('#')]
+    assert constraints.split('\\n') == repos + ['']

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
@@ -68,7 +69,10 @@ def test_end_to_end_then_resume(tmp_path):
     accuracy = log[-1]['validation/main/accuracy']
     assert 'Final validation accuracy: {:.4f}'.format(accuracy) in first.stdout
     assert 'SharedLinear(1000, 900, n_shared=10, nobias=True)' in first.stdout
-    assert '100.00%' in first.stdout  # the progress bar
+    # Not a terminal: a line per epoch, no progress bar, no escape codes.
+    assert '\x1b' not in first.stdout and '100.00%' not in first.stdout
+    assert [line.split()[0] for line in first.stdout.splitlines()
+            if line[:1].isdigit()] == ['0', '1']
 
     second = run_script(*QUICK, '--epoch', '2', '--out', 'result', '--resume', 'result',
                         cwd=tmp_path)
@@ -79,6 +83,35 @@ def test_end_to_end_then_resume(tmp_path):
     # The first run's entries are kept as they were, and one epoch more follows.
     assert resumed[:2] == log
     assert [(e['epoch'], e['iteration']) for e in resumed] == [(0, 0), (1, 2), (2, 4)]
+
+
+def run_on_a_terminal(*args, cwd):
+    """Runs the example with its output on a pseudo-terminal; returns its status and output."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, SCRIPT] + list(args), cwd=str(cwd),
+                                   stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 1 << 16)
+            except OSError:  # EIO: the example has ended and closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        status = process.wait(timeout=300)
+    finally:
+        os.close(controller)
+    return status, b''.join(chunks).decode()
+
+
+def test_on_a_terminal_the_lines_are_under_a_progress_bar(tmp_path):
+    status, output = run_on_a_terminal(*QUICK, '--epoch', '1', '--out', 'result', cwd=tmp_path)
+    assert status == 0, output
+    assert '100.00%' in output and '\x1b[J' in output  # the bar, erased before each line
+    assert 'Final validation accuracy' in output
 
 
 def test_earlier_results_are_not_overwritten_without_asking(tmp_path, capsys):

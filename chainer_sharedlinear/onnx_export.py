@@ -709,7 +709,12 @@ def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
 
     Returns:
         onnx.ModelProto: The ONNX model (or what ``return_named_inout`` asks for).
+
+    Raises:
+        TypeError: ``model`` is an ``L.Classifier``, whose output is a loss:
+            export its ``predictor``.
     """
+    _check_exportable(model)
     _import_onnx()
     import onnx_chainer
     external = dict(converters)
@@ -744,6 +749,21 @@ def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
     elif hasattr(filename, 'write'):
         filename.write(onnx_model.SerializeToString())
     return result
+
+
+def _check_exportable(model) -> None:
+    """Refuses a model whose outputs are not its predictions: a classifier's loss.
+
+    ``L.Classifier`` passes all its inputs but the last (the labels) to its
+    predictor, so that with the sample alone its predictor is called with
+    nothing, and fails far from the cause.
+    """
+    from chainer.links import Classifier
+    if isinstance(model, Classifier):
+        raise TypeError(
+            'export exports the outputs of model(*args); {} computes a loss from inputs and '
+            'labels. Export the network that makes the predictions, its predictor: '
+            'export(model.predictor, x)'.format(type(model).__name__))
 
 
 def _batch_shapes(args):

@@ -749,3 +749,17 @@ def test_the_onnx_file_of_a_monarch_layer_holds_its_parameters_and_nothing_as_la
     assert parameters <= set(arrays)
     for name, array in arrays.items():
         assert name in parameters or array.size <= 6, (name, array.shape)
+
+
+def test_export_of_a_classifier_says_to_export_its_predictor(ort):
+    from chainer_sharedlinear import DistillationClassifier
+    predictor = chainer.Sequential(SharedLinear(24, 10, n_shared=2))
+    for model in (L.Classifier(predictor), DistillationClassifier(predictor, predictor)):
+        with pytest.raises(TypeError, match=r'computes a loss from inputs and labels.*'
+                                            r'export\(model\.predictor, x\)'):
+            export(model, _standard_normal((2, 24), 0))
+    # What the message says works.
+    model = L.Classifier(predictor)
+    x = _standard_normal((2, 24), 0)
+    y, = _run(ort, export(model.predictor, x), x)
+    np.testing.assert_allclose(y, predictor(x).array, rtol=1e-5, atol=1e-6)

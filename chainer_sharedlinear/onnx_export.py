@@ -38,6 +38,7 @@ releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
 
 import functools
 import itertools
+import sys
 import typing as tp
 import warnings
 
@@ -202,14 +203,13 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
                             _index_constant(onnx, gb, _to_numpy(func.index)))
     if params.opset_version < _RANGE_OPSET:
         index = _to_numpy(func.index)
-        warnings.warn(
+        _warn_the_exporter(
             'opset_version {} has no Range (opset 11), which the hash of a hashed layer needs: '
             'its {} x {} index map is stored in the ONNX file instead, {} bytes where W takes '
             '{}. Export with opset_version 11 or later (the default) to keep the file the size '
             'of W.'.format(params.opset_version, out_size, in_size,
                            _smallest_index_dtype(index).itemsize * index.size,
-                           func.n_weights * func.inputs[1].dtype.itemsize), UserWarning,
-            stacklevel=2)
+                           func.n_weights * func.inputs[1].dtype.itemsize))
         return _gather_gemm(onnx, gb, params, params.input_names[1],
                             _index_constant(onnx, gb, index))
     # onnx_chainer names a node's values after the node, 'HashedLinearFunction_3': its
@@ -217,6 +217,21 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
     hash_nodes = _HashNodes(onnx, 'hash{}_'.format(onnx_helper.get_func_name().split('_')[-1]))
     index = hash_nodes.signed_index(out_size, in_size, func.n_weights, func.seed)
     return tuple(hash_nodes.nodes) + _gather_gemm(onnx, gb, params, params.input_names[1], index)
+
+
+def _warn_the_exporter(message: str) -> None:
+    """A ``UserWarning`` that names the line that called the export, not a converter.
+
+    Converters run deep inside ``onnx_chainer.export``: the warning is given
+    the frame of the first caller outside ``onnx_chainer`` and this module,
+    whether that called :func:`export` or ``onnx_chainer.export``.
+    """
+    frame, stacklevel = sys._getframe(1), 2
+    while frame.f_back is not None and (
+            frame.f_globals.get('__name__') == __name__
+            or frame.f_globals.get('__name__', '').partition('.')[0] == 'onnx_chainer'):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def convert_clustered_linear(params) -> tp.Tuple:

@@ -751,6 +751,21 @@ def test_the_onnx_file_of_a_monarch_layer_holds_its_parameters_and_nothing_as_la
         assert name in parameters or array.size <= 6, (name, array.shape)
 
 
+@pytest.mark.filterwarnings('ignore:external_converters is experimental:FutureWarning')
+@pytest.mark.parametrize('through_onnx_chainer', [False, True])
+def test_the_warning_of_a_stored_hash_names_the_line_that_exported(ort, through_onnx_chainer):
+    import onnx_chainer
+    model = chainer.Sequential(HashedLinear(24, 12, n_weights=40, seed=3))
+    x = _standard_normal((4, 24), 2)
+    with pytest.warns(UserWarning, match='has no Range') as record:
+        if through_onnx_chainer:
+            onnx_chainer.export(model, x, opset_version=9, external_converters=converters)
+        else:
+            export(model, x, opset_version=9)
+    filenames = [w.filename for w in record if 'has no Range' in str(w.message)]
+    assert filenames == [__file__]
+
+
 def test_export_of_a_classifier_says_to_export_its_predictor(ort):
     from chainer_sharedlinear import DistillationClassifier
     predictor = chainer.Sequential(SharedLinear(24, 10, n_shared=2))

@@ -23,6 +23,13 @@ What the file holds, layer by layer:
   ``Gemm``: the file is about the size of ``W``.
 - ``tied_linear``: ``W`` and the user's index, a constant of its smallest
   integer type with the signs folded in, the same ``Gather``, then ``Gemm``.
+- ``MonarchLinear``: ``R`` and ``L``, two batched ``MatMul``, and a ``Pad``
+  of the short blocks where ``n_blocks`` does not divide ``in_size``.
+
+Chainer's ``Reshape`` has a converter here too (:func:`convert_reshape`):
+the reshapes with which every layer, ``F.linear`` included, flattens an
+input of several batch or feature axes and restores them keep the batch
+axes free, where onnx_chainer's would write the export's batch size.
 
 This module imports ``onnx`` and ``onnx_chainer`` only when a model is
 exported: they come with the ``onnx`` extra (``onnx==1.14.1``; later
@@ -30,6 +37,8 @@ releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
 """
 
 import functools
+import itertools
+import sys
 import typing as tp
 import warnings
 
@@ -39,7 +48,6 @@ from chainer import utils
 from chainer_sharedlinear import _dtypes
 from chainer_sharedlinear.functions.clustered_linear import index_bits, pack_index
 from chainer_sharedlinear.functions.hashed_linear import _MIX_MULTIPLIERS, _SIGN_KEY, seed_key
-from chainer_sharedlinear.functions.monarch_linear import input_positions
 
 _MISSING_ONNX = (
     'exporting to ONNX needs onnx==1.14.1 and onnxruntime, the "onnx" extra: '
@@ -195,14 +203,13 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
                             _index_constant(onnx, gb, _to_numpy(func.index)))
     if params.opset_version < _RANGE_OPSET:
         index = _to_numpy(func.index)
-        warnings.warn(
+        _warn_the_exporter(
             'opset_version {} has no Range (opset 11), which the hash of a hashed layer needs: '
             'its {} x {} index map is stored in the ONNX file instead, {} bytes where W takes '
             '{}. Export with opset_version 11 or later (the default) to keep the file the size '
             'of W.'.format(params.opset_version, out_size, in_size,
                            _smallest_index_dtype(index).itemsize * index.size,
-                           func.n_weights * func.inputs[1].dtype.itemsize), UserWarning,
-            stacklevel=2)
+                           func.n_weights * func.inputs[1].dtype.itemsize))
         return _gather_gemm(onnx, gb, params, params.input_names[1],
                             _index_constant(onnx, gb, index))
     # onnx_chainer names a node's values after the node, 'HashedLinearFunction_3': its
@@ -210,6 +217,21 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
     hash_nodes = _HashNodes(onnx, 'hash{}_'.format(onnx_helper.get_func_name().split('_')[-1]))
     index = hash_nodes.signed_index(out_size, in_size, func.n_weights, func.seed)
     return tuple(hash_nodes.nodes) + _gather_gemm(onnx, gb, params, params.input_names[1], index)
+
+
+def _warn_the_exporter(message: str) -> None:
+    """A ``UserWarning`` that names the line that called the export, not a converter.
+
+    Converters run deep inside ``onnx_chainer.export``: the warning is given
+    the frame of the first caller outside ``onnx_chainer`` and this module,
+    whether that called :func:`export` or ``onnx_chainer.export``.
+    """
+    frame, stacklevel = sys._getframe(1), 2
+    while frame.f_back is not None and (
+            frame.f_globals.get('__name__') == __name__
+            or frame.f_globals.get('__name__', '').partition('.')[0] == 'onnx_chainer'):
+        frame, stacklevel = frame.f_back, stacklevel + 1
+    warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def convert_clustered_linear(params) -> tp.Tuple:
@@ -421,13 +443,10 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     gb = onnx_helper.GraphBuilder()
     cast = _caster(onnx, gb)
 
-    shapes = []
+    constant = _numbered_constants(context, 'shape')
 
     def shape(*dims):
-        # Each constant needs a name of its own within the node.
-        shapes.append(context.add_const(numpy.array(dims, numpy.int64),
-                                        'shape{}'.format(len(shapes))))
-        return shapes[-1]
+        return constant(numpy.array(dims, numpy.int64))
 
     def as_dtype(name, of):
         return name if numpy.dtype(of) == dtype else cast(name, dtype)
@@ -451,16 +470,16 @@ def convert_kronecker_linear(params) -> tp.Tuple:
 def convert_monarch_linear(params) -> tp.Tuple:
     """The ``onnx_chainer`` converter of a ``MonarchLinearFunction`` node.
 
-    ``P L Pᵀ R`` as in Chainer: the input cut into blocks (a ``Gather`` and a
-    ``Mul`` by a mask where the shorter blocks are padded), one batched
-    ``MatMul`` with ``R``, the interleaving as ``Transpose`` and ``Reshape``,
-    one batched ``MatMul`` with ``L``, and a ``Gather`` of the first
-    ``out_size`` outputs where the last blocks are cut. ``R`` and ``L`` are
-    stored as they are.
+    ``P L Pᵀ R`` as in Chainer: the input cut into blocks
+    (``_monarch_blocks``), one batched ``MatMul`` with ``R``, the
+    interleaving as ``Transpose`` and ``Reshape``, one batched ``MatMul``
+    with ``L``, and a ``Slice`` of the first ``out_size`` outputs where the
+    last blocks are cut. ``R`` and ``L`` are stored as they are, and nothing
+    else of the layer's size: the file is about the size of its ``.npz``.
     """
     onnx, onnx_helper = _import_onnx()
-    func, context = params.func, params.context
-    _check_opset('MonarchLinearFunction', params.opset_version)
+    func, context, opset = params.func, params.context, params.opset_version
+    _check_opset('MonarchLinearFunction', opset)
     x, R, L = func.inputs[:3]
     x_name, r_name, l_name = params.input_names[:3]
     bias_name = _bias_name(params, 2)
@@ -471,12 +490,7 @@ def convert_monarch_linear(params) -> tp.Tuple:
     dtype = _dtypes.accumulation_dtype(x.dtype, R.dtype, L.dtype)
     gb = onnx_helper.GraphBuilder()
     cast = _caster(onnx, gb)
-    constants = []
-
-    def constant(array):
-        # Each constant needs a name of its own within the node.
-        constants.append(context.add_const(array, 'monarch{}'.format(len(constants))))
-        return constants[-1]
+    constant = _numbered_constants(context, 'monarch')
 
     def shape(*dims):
         return constant(numpy.array(dims, numpy.int64))
@@ -484,13 +498,8 @@ def convert_monarch_linear(params) -> tp.Tuple:
     def as_dtype(name, of):
         return name if numpy.dtype(of) == dtype else cast(name, dtype)
 
-    features = as_dtype(x_name, x.dtype)
-    if n_blocks * p != in_size:
-        positions = input_positions(in_size, n_blocks).ravel()
-        features = gb.op('Gather', [features, constant(numpy.maximum(positions, 0))], axis=1)
-        features = gb.op('Mul', [features, constant((positions >= 0).astype(dtype))])
-    X = gb.op('Transpose', [gb.op('Reshape', [features, shape(-1, n_blocks, p)])],
-              perm=[1, 0, 2])
+    blocks = _monarch_blocks(gb, constant, opset, as_dtype(x_name, x.dtype), in_size, n_blocks)
+    X = gb.op('Transpose', [blocks], perm=[1, 0, 2])
     R_t = gb.op('Transpose', [as_dtype(r_name, R.dtype)], perm=[0, 2, 1])
     Z = gb.op('Transpose', [gb.op('MatMul', [X, R_t])], perm=[1, 0, 2])
     Z = gb.op('Transpose', [gb.op('Reshape', [Z, shape(-1, q, n_blocks)])], perm=[2, 0, 1])
@@ -498,8 +507,41 @@ def convert_monarch_linear(params) -> tp.Tuple:
     Y = gb.op('Transpose', [gb.op('MatMul', [Z, L_t])], perm=[1, 2, 0])
     y = gb.op('Reshape', [Y, shape(-1, n_blocks * s)])
     if out_size < n_blocks * s:
-        y = gb.op('Gather', [y, constant(numpy.arange(out_size, dtype=numpy.int64))], axis=1)
+        y = _slice(gb, constant, opset, y, 0, out_size, axis=1)
     return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)
+
+
+# Pad takes its pads as an input instead of an attribute from opset 11.
+_PAD_INPUTS_OPSET = 11
+
+
+def _monarch_blocks(gb, constant, opset: int, features: str, in_size: int, n_blocks: int) -> str:
+    """The ``(batch, in_size)`` input as ``(batch, n_blocks, p)`` blocks, as ``input_positions``.
+
+    The first blocks take ``p`` features each; where ``n_blocks`` does not
+    divide ``in_size``, the last ones take ``p - 1`` and a zero after them
+    (``Pad``), which the graph adds rather than store an index and a mask of
+    the input's size.
+    """
+    p = -(-in_size // n_blocks)
+    n_short = n_blocks * p - in_size
+    n_full = n_blocks - n_short
+
+    def blocks(name, n, size):
+        # 0 copies the batch size.
+        return gb.op('Reshape', [name, constant(numpy.array([0, n, size], numpy.int64))])
+
+    if not n_short:
+        return blocks(features, n_blocks, p)
+    full = blocks(_slice(gb, constant, opset, features, 0, n_full * p, axis=1), n_full, p)
+    short = blocks(_slice(gb, constant, opset, features, n_full * p, in_size, axis=1),
+                   n_short, p - 1)
+    pads = [0, 0, 0, 0, 0, 1]  # the begins of the three axes, then their ends
+    if opset < _PAD_INPUTS_OPSET:
+        short = gb.op('Pad', [short], pads=pads)
+    else:
+        short = gb.op('Pad', [short, constant(numpy.array(pads, numpy.int64))])
+    return gb.op('Concat', [full, short], axis=1)
 
 
 def _output(gb, cast, y, dtype, x_dtype, bias_name, output_names) -> tp.Tuple:
@@ -517,6 +559,121 @@ def _output(gb, cast, y, dtype, x_dtype, bias_name, output_names) -> tp.Tuple:
     return gb.nodes()
 
 
+def convert_reshape(params) -> tp.Tuple:
+    """The ``onnx_chainer`` converter of Chainer's ``Reshape`` node, the batch axes left free.
+
+    onnx_chainer's own writes the shape the node was given, the export's
+    batch size in it, so that a graph that flattens its input takes no other
+    batch size: ``F.linear`` and every layer of the family flatten an input
+    of more than two axes, or with ``n_batch_axes`` above 1, into a matrix,
+    and give the output its batch axes back after. Those two reshapes are
+    written so that every batch axis keeps the size it has at run time:
+
+    - a flatten of the first ``k`` axes into one and the rest into another,
+      ``(prod(shape[:k]), prod(shape[k:]))``, is ``Flatten(axis=k)``, the
+      largest such ``k`` (an axis of size 1 there may be a batch axis);
+    - its inverse, ``(n, m)`` to ``batch_shape + (m,)``, takes
+      ``batch_shape`` at run time (``Shape``, ``Slice``) from the input of the
+      flatten that made the ``n`` rows, found back along the nodes' first
+      inputs (``_flattened_source``); without one, the first of them is
+      inferred (``-1``) and the others are the export's.
+
+    Both give the node's own output at the export's shapes. Any other
+    reshape is converted by onnx_chainer's converter, as without this one.
+    """
+    _, onnx_helper = _import_onnx()
+    from onnx_chainer import mapping
+    func, opset = params.func, params.opset_version
+    x = func.inputs[0]
+    y = func.outputs[0]()
+    in_shape, out_shape = tuple(x.shape), None if y is None else tuple(y.shape)
+    gb = onnx_helper.GraphBuilder()
+    axis = None if out_shape is None else _flatten_axis(in_shape, out_shape)
+    if axis is not None and (opset >= _FLATTEN_ANY_TYPE_OPSET or numpy.dtype(x.dtype).kind == 'f'):
+        gb.op_output_named('Flatten', params.input_names[:1], params.output_names, axis=axis)
+        return gb.nodes()
+    if (out_shape is not None and len(in_shape) == 2 and len(out_shape) > 2
+            and out_shape[-1] == in_shape[1] and 0 not in out_shape):
+        constant = _numbered_constants(params.context, 'shape')
+        source = _flattened_source(x, out_shape[:-1], params.context)
+        if source is None:
+            shape = constant(numpy.array((-1,) + out_shape[1:], numpy.int64))
+        else:
+            batch_shape = _slice(gb, constant, opset, gb.op('Shape', [source]),
+                                 0, len(out_shape) - 1, axis=0)
+            shape = gb.op('Concat', [batch_shape, constant(numpy.array(out_shape[-1:],
+                                                                        numpy.int64))], axis=0)
+        gb.op_output_named('Reshape', [params.input_names[0], shape], params.output_names)
+        return gb.nodes()
+    return mapping.converters['Reshape'](params)
+
+
+# Flatten takes inputs of every type from opset 9, of float types only before.
+_FLATTEN_ANY_TYPE_OPSET = 9
+
+
+def _flatten_axis(in_shape, out_shape) -> tp.Optional[int]:
+    """The largest ``k >= 1`` at which ``in_shape`` flattened is ``out_shape``, or ``None``.
+
+    >>> _flatten_axis((2, 3, 4), (6, 4)), _flatten_axis((2, 1, 4), (2, 4))
+    (2, 2)
+    >>> _flatten_axis((2, 12), (6, 4)) is None
+    True
+    """
+    if len(out_shape) != 2:
+        return None
+    for k in range(len(in_shape), 0, -1):
+        if out_shape == (utils.size_of_shape(in_shape[:k]), utils.size_of_shape(in_shape[k:])):
+            return k
+    return None
+
+
+def _flattened_source(node, batch_shape, context) -> tp.Optional[str]:
+    """The name of the value whose axes ``batch_shape`` were flattened into ``node``'s rows.
+
+    Goes back from ``node`` along the first input of each node while the
+    values keep ``node``'s rows (as a linear layer's nodes do, and its
+    activations), to a ``Reshape`` that made them as a flatten of
+    ``batch_shape``. ``None`` if there is none, or if onnx_chainer has not
+    named that value.
+    """
+    from chainer.functions.array.reshape import Reshape
+    rows = node.shape[0]
+    while len(node.shape) >= 1 and node.shape[0] == rows and node.creator_node is not None:
+        creator = node.creator_node
+        if not creator.inputs:
+            return None
+        source = creator.inputs[0]
+        if (isinstance(creator, Reshape) and len(node.shape) == 2
+                and tuple(source.shape[:len(batch_shape)]) == tuple(batch_shape)):
+            variable = source.get_variable_or_none()
+            named = context.name_list.get(id(source if variable is None else variable))
+            return None if named is None else named[0]
+        node = source
+    return None
+
+
+def _numbered_constants(context, prefix: str):
+    """A function that adds an array to the graph as a constant, each under a name of its own.
+
+    onnx_chainer names a constant after its node and the name given, which
+    must differ between the constants of one node.
+    """
+    count = itertools.count()
+
+    def constant(array) -> str:
+        return context.add_const(array, '{}{}'.format(prefix, next(count)))
+    return constant
+
+
+def _slice(gb, constant, opset: int, name: str, start: int, end: int, axis: int) -> str:
+    """``name[start:end]`` along ``axis``, in the form of ``opset``."""
+    if opset < _SLICE_INPUTS_OPSET:
+        return gb.op('Slice', [name], starts=[start], ends=[end], axes=[axis])
+    return gb.op('Slice', [name] + [constant(numpy.array([value], numpy.int64))
+                                    for value in (start, end, axis)])
+
+
 def _to_numpy(array):
     from chainer import backend
     return backend.CpuDevice().send(array)
@@ -532,6 +689,7 @@ converters = {
     'ClusteredLinearFunction': convert_clustered_linear,
     'KroneckerLinearFunction': convert_kronecker_linear,
     'MonarchLinearFunction': convert_monarch_linear,
+    'Reshape': convert_reshape,
 }
 
 
@@ -566,7 +724,12 @@ def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
 
     Returns:
         onnx.ModelProto: The ONNX model (or what ``return_named_inout`` asks for).
+
+    Raises:
+        TypeError: ``model`` is an ``L.Classifier``, whose output is a loss:
+            export its ``predictor``.
     """
+    _check_exportable(model)
     _import_onnx()
     import onnx_chainer
     external = dict(converters)
@@ -601,6 +764,21 @@ def export(model, args, filename=None, *, hash_in_graph: bool = True, **kwargs):
     elif hasattr(filename, 'write'):
         filename.write(onnx_model.SerializeToString())
     return result
+
+
+def _check_exportable(model) -> None:
+    """Refuses a model whose outputs are not its predictions: a classifier's loss.
+
+    ``L.Classifier`` passes all its inputs but the last (the labels) to its
+    predictor, so that with the sample alone its predictor is called with
+    nothing, and fails far from the cause.
+    """
+    from chainer.links import Classifier
+    if isinstance(model, Classifier):
+        raise TypeError(
+            'export exports the outputs of model(*args); {} computes a loss from inputs and '
+            'labels. Export the network that makes the predictions, its predictor: '
+            'export(model.predictor, x)'.format(type(model).__name__))
 
 
 def _batch_shapes(args):

@@ -14,6 +14,7 @@ from chainer_sharedlinear import (
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
+    MonarchLinear,
     SharedLinear,
     share_linears,
     shared_linear,
@@ -30,11 +31,15 @@ def ort():
     return pytest.importorskip('onnxruntime', reason=_NEEDS)
 
 
-def _run(ort, onnx_model, *inputs):
+def _session(ort, onnx_model):
     options = ort.SessionOptions()
     options.log_severity_level = 3  # not the warning about initializers listed as inputs
-    session = ort.InferenceSession(
-        onnx_model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    return ort.InferenceSession(onnx_model.SerializeToString(), options,
+                                providers=['CPUExecutionProvider'])
+
+
+def _run(ort, onnx_model, *inputs):
+    session = _session(ort, onnx_model)
     names = [i.name for i in session.get_inputs()][:len(inputs)]
     return session.run(None, dict(zip(names, inputs)))
 
@@ -608,3 +613,168 @@ def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
                                      _standard_normal((3, 100), 0), 11, atol=1e-5)
     biggest = max(_tensors(onnx_model).values(), key=lambda array: array.nbytes)
     assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry
+
+
+# --- Batch axes at run time, Monarch's padding, what export says (issue 30) ----------------
+
+
+class _CalledWithBatchAxes(chainer.Chain):
+    """``layer(x, n_batch_axes=n)``, for a link of the family or ``L.Linear``."""
+
+    def __init__(self, layer, n_batch_axes):
+        super().__init__()
+        with self.init_scope():
+            self.layer = layer
+        self.n_batch_axes = n_batch_axes
+
+    def forward(self, x):
+        return self.layer(x, n_batch_axes=self.n_batch_axes)
+
+
+class _TiedWithBatchAxes(chainer.Chain):
+    """``tied_linear`` with a signed index map, called with ``n_batch_axes``."""
+
+    def __init__(self, in_size, out_size, n_batch_axes):
+        super().__init__()
+        rng = np.random.default_rng(5)
+        with self.init_scope():
+            self.W = chainer.Parameter(rng.standard_normal(7).astype(np.float32))
+            self.b = chainer.Parameter(rng.standard_normal(out_size).astype(np.float32))
+        self.index = rng.integers(0, 7, (out_size, in_size))
+        self.sign = np.where(rng.random((out_size, in_size)) < 0.5, -1, 1).astype(np.float32)
+        self.n_batch_axes = n_batch_axes
+
+    def forward(self, x):
+        from chainer_sharedlinear import tied_linear
+        return tied_linear(x, self.W, self.index, self.sign, self.b,
+                           n_batch_axes=self.n_batch_axes)
+
+
+_LAYERS_OF_12_TO_6 = {
+    'Linear': lambda: L.Linear(12, 6),
+    'Shared': lambda: SharedLinear(12, 6, n_shared=3),
+    'Hashed': lambda: HashedLinear(12, 6, n_weights=20, seed=2),
+    'Kronecker': lambda: KroneckerLinear(12, 6, n_terms=2),
+    'Monarch': lambda: MonarchLinear(12, 6, n_blocks=3),
+    'Monarch-padded': lambda: MonarchLinear(12, 7, n_blocks=5),
+    'LowRank': lambda: LowRankLinear(12, 6, rank=2),
+    'Clustered': lambda: ClusteredLinear(12, 6, n_clusters=4),
+    'tied': None,
+}
+
+
+def _model_of(name, n_batch_axes):
+    if name == 'tied':
+        return _TiedWithBatchAxes(12, 6, n_batch_axes)
+    return _CalledWithBatchAxes(_trained(_LAYERS_OF_12_TO_6[name](), 3), n_batch_axes)
+
+
+@pytest.mark.parametrize('n_batch_axes, sample_shape', [
+    (1, (2, 12)),
+    (1, (2, 3, 4)),        # a feature map: its axes after the first flattened
+    (1, (2, 2, 3, 2)),
+    (2, (2, 3, 12)),       # a Transformer's (batch, sequence, features)
+    (2, (2, 3, 4, 3)),
+], ids=['2d', '3d-flattened', '4d-flattened', '3d-two-batch-axes', '4d-two-batch-axes'])
+@pytest.mark.parametrize('name', list(_LAYERS_OF_12_TO_6))
+def test_the_graph_exported_at_one_batch_size_runs_at_others(ort, name, n_batch_axes,
+                                                              sample_shape):
+    model = _model_of(name, n_batch_axes)
+    onnx_model = _export_quietly(model, _standard_normal(sample_shape, 0))
+    session = _session(ort, onnx_model)
+    for batch in (1, 5):
+        x = _standard_normal((batch,) + sample_shape[1:], batch)
+        y, = session.run(None, {session.get_inputs()[0].name: x})
+        expected = model(x).array
+        assert y.shape == expected.shape
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', list(_LAYERS_OF_12_TO_6))
+def test_a_second_batch_axis_declared_dynamic_takes_any_size(ort, name):
+    # The restored batch axes are read from the input at run time, not only the first.
+    model = _model_of(name, 2)
+    onnx_model = export(model, _standard_normal((2, 3, 12), 0),
+                        input_shapes=[('batch', 'sequence', 12)])
+    session = _session(ort, onnx_model)
+    for shape in ((5, 7, 12), (1, 1, 12)):
+        x = _standard_normal(shape, 1)
+        y, = session.run(None, {session.get_inputs()[0].name: x})
+        np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-5)
+
+
+def test_an_empty_batch_runs_too(ort):
+    model = _model_of('Shared', 2)
+    session = _session(ort, export(model, _standard_normal((2, 3, 12), 0)))
+    y, = session.run(None, {session.get_inputs()[0].name: np.zeros((0, 3, 12), np.float32)})
+    assert y.shape == (0, 3, 6)
+
+
+def test_a_reshape_that_is_no_flatten_is_onnx_chainer_s(ort):
+    # (2, 12) to (6, 4) is written as the node was given it, as onnx_chainer writes it.
+    model = chainer.Sequential(lambda x: F.reshape(x, (6, 4)), SharedLinear(4, 2, n_shared=2))
+    x = _standard_normal((2, 12), 0)
+    onnx_model = export(model, x, input_shapes=[(2, 12)])
+    y, = _run(ort, onnx_model, x)
+    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    shape, = [a for a in _tensors(onnx_model).values() if a.dtype == np.int64 and a.size == 2]
+    np.testing.assert_array_equal(shape, [6, 4])
+
+
+@pytest.mark.parametrize('opset_version', [7, 9, 11, 13])
+@pytest.mark.parametrize('in_size, out_size, n_blocks', [
+    (13, 7, 3), (12, 12, 4), (23, 17, 4), (10, 31, 3),
+])
+def test_export_of_monarch_layers_pads_the_short_blocks(ort, opset_version, in_size, out_size,
+                                                        n_blocks):
+    layer = _trained(MonarchLinear(in_size, out_size, n_blocks=n_blocks), 6)
+    onnx_model = _export_and_compare(ort, chainer.Sequential(layer),
+                                     _standard_normal((4, in_size), 2), opset_version,
+                                     atol=1e-5)
+    ops = {node.op_type for node in onnx_model.graph.node}
+    assert ('Pad' in ops) == (in_size % n_blocks != 0)
+    assert 'Gather' not in ops
+
+
+@pytest.mark.parametrize('in_size, out_size, n_blocks', [
+    (50001, 10, 10), (50000, 10, 10), (10, 50001, 10), (1001, 900, 16), (13, 7, 3), (12, 6, 3),
+], ids=['large-in', 'large-in-divides', 'large-out', 'mid', 'small', 'small-divides'])
+def test_the_onnx_file_of_a_monarch_layer_holds_its_parameters_and_nothing_as_large(
+        ort, in_size, out_size, n_blocks):
+    model = chainer.Sequential(_trained(MonarchLinear(in_size, out_size, n_blocks=n_blocks), 0))
+    onnx_model = export(model, _standard_normal((2, in_size), 1))
+    assert len(onnx_model.SerializeToString()) <= _file_bound(model)
+    parameters = {'param_0_R', 'param_0_L', 'param_0_b'}
+    arrays = _tensors(onnx_model)
+    assert parameters <= set(arrays)
+    for name, array in arrays.items():
+        assert name in parameters or array.size <= 6, (name, array.shape)
+
+
+@pytest.mark.filterwarnings('ignore:external_converters is experimental:FutureWarning')
+@pytest.mark.parametrize('through_onnx_chainer', [False, True])
+def test_the_warning_of_a_stored_hash_names_the_line_that_exported(ort, through_onnx_chainer):
+    import onnx_chainer
+    model = chainer.Sequential(HashedLinear(24, 12, n_weights=40, seed=3))
+    x = _standard_normal((4, 24), 2)
+    with pytest.warns(UserWarning, match='has no Range') as record:
+        if through_onnx_chainer:
+            onnx_chainer.export(model, x, opset_version=9, external_converters=converters)
+        else:
+            export(model, x, opset_version=9)
+    filenames = [w.filename for w in record if 'has no Range' in str(w.message)]
+    assert filenames == [__file__]
+
+
+def test_export_of_a_classifier_says_to_export_its_predictor(ort):
+    from chainer_sharedlinear import DistillationClassifier
+    predictor = chainer.Sequential(SharedLinear(24, 10, n_shared=2))
+    for model in (L.Classifier(predictor), DistillationClassifier(predictor, predictor)):
+        with pytest.raises(TypeError, match=r'computes a loss from inputs and labels.*'
+                                            r'export\(model\.predictor, x\)'):
+            export(model, _standard_normal((2, 24), 0))
+    # What the message says works.
+    model = L.Classifier(predictor)
+    x = _standard_normal((2, 24), 0)
+    y, = _run(ort, export(model.predictor, x), x)
+    np.testing.assert_allclose(y, predictor(x).array, rtol=1e-5, atol=1e-6)

@@ -443,3 +443,62 @@ def test_every_pattern_of_a_factor_pair_is_a_pair():
     assert pairs[0] == ((3, 4), (2, 3))
     assert all(n1 <= n2 and m1 <= m2 for (n1, n2), (m1, m2) in pairs)
     assert len(pairs) == 3 * 2 == len([a for a, b in factor_pairs(12) if a <= b]) * 2
+
+
+# --- a float budget is the fraction it was written as --------------------------------------
+
+@pytest.mark.parametrize('budget', [1 / 3, 1 / 6, 2 / 3, 1 / 5, 1 / 7])
+@pytest.mark.parametrize('pattern', ['shared', 'lowrank', 'kronecker', 'monarch', 'hashed'])
+def test_a_float_budget_is_the_simple_fraction_it_rounds_from(pattern, budget):
+    exact = fractions.Fraction(budget).limit_denominator(10)
+    assert float(exact) == budget
+    try:
+        expected = knobs_at_budget(pattern, 60, 60, exact, nobias=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            knobs_at_budget(pattern, 60, 60, budget, nobias=True)
+        return
+    assert knobs_at_budget(pattern, 60, 60, budget, nobias=True) == expected
+
+
+def test_a_third_is_a_third():
+    # 60 -> 60 without bias: rank 10 stores 10 * 120 weights, exactly a third of 3600.
+    assert knobs_at_budget('lowrank', 60, 60, 1 / 3, nobias=True) == {'rank': 10}
+    assert knobs_at_budget('shared', 60, 60, 1 / 3, nobias=True) == {'n_shared': 3}
+    report = compress_linears(chainer.Sequential(dense(60, 60, nobias=True)), 1 / 3,
+                              pattern='lowrank')
+    assert report.budget == fractions.Fraction(1, 3)
+    assert 'at a budget of 1/3 of' in str(report)
+    assert report.plan['budget'] == '1/3'
+
+
+# --- Monarch: the block count that stores the most -----------------------------------------
+
+def _monarch_brute_force(in_size, out_size, budget, nobias):
+    """The block count whose layer stores the most of those within the budget, by building
+    each one's weights' shapes (the fewest blocks among equals), or None."""
+    from chainer_sharedlinear import MonarchLinear
+    allowed = allowed_bytes(in_size, out_size, budget, nobias=nobias)
+    bias = 0 if nobias else out_size * 4
+    best = None
+    for n_blocks in range(1, min(in_size, out_size) + 1):
+        shapes = MonarchLinear(out_size, n_blocks=n_blocks)._weight_shapes(in_size)
+        stored = sum(int(np.prod(shape)) for shape in shapes.values()) * 4 + bias
+        if stored <= allowed and (best is None or stored > best[0]):
+            best = stored, n_blocks
+    return None if best is None else best[1]
+
+
+@requires('monarch')
+@pytest.mark.parametrize('in_size, out_size', [
+    (784, 1000), (1000, 1000), (1000, 10), (784, 100), (100, 10), (1000, 900), (97, 60)])
+@pytest.mark.parametrize('budget', [fractions.Fraction(1, n) for n in (2, 4, 8, 16, 32, 64)])
+def test_monarch_takes_the_block_count_that_stores_the_most(in_size, out_size, budget):
+    for nobias in (False, True):
+        expected = _monarch_brute_force(in_size, out_size, budget, nobias)
+        if expected is None:
+            with pytest.raises(ValueError, match='monarch cannot store'):
+                knobs_at_budget('monarch', in_size, out_size, budget, nobias=nobias)
+        else:
+            assert knobs_at_budget('monarch', in_size, out_size, budget, nobias=nobias) == {
+                'n_blocks': expected}

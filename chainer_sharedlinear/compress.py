@@ -160,10 +160,15 @@ def _monarch_weight_bytes(in_size, out_size, itemsize, knobs):
 
 
 def _monarch_settings(in_size, out_size, itemsize, weight_bytes):
-    for n_blocks in range(1, min(in_size, out_size) + 1):
-        knobs = {'n_blocks': n_blocks}
-        if _monarch_weight_bytes(in_size, out_size, itemsize, knobs) <= weight_bytes:
-            return [knobs]  # the fewest blocks that fit store the most
+    # The bytes do not fall steadily with the blocks (the padding of sizes that
+    # n_blocks does not divide comes and goes), so every block count is tried.
+    fitting = [{'n_blocks': n_blocks} for n_blocks in range(1, min(in_size, out_size) + 1)
+               if _monarch_weight_bytes(in_size, out_size, itemsize,
+                                        {'n_blocks': n_blocks}) <= weight_bytes]
+    if fitting:
+        # The most bytes; among equals, the fewest blocks (max takes the first).
+        return [max(fitting, key=lambda knobs: _monarch_weight_bytes(
+            in_size, out_size, itemsize, knobs))]
     most = min(in_size, out_size)
     raise ValueError('n_blocks is at most min(in_size, out_size) = {}, which still stores {} '
                      'bytes of weights'.format(most, _monarch_weight_bytes(
@@ -293,6 +298,10 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
     - ``lowrank``: ``{'rank': r}``, as high as fits (at most ``min(in_size, out_size)``).
     - ``clustered``: ``{'n_clusters': k}``, as many as fit with the index at
       ``⌈log2 k⌉`` bits a weight.
+    - ``monarch``: ``{'n_blocks': b}``, the block count whose layer stores
+      the most of those that fit (the fewest blocks among equals); the bytes
+      do not fall steadily with ``b``, since the blocks are padded where ``b``
+      does not divide the sizes.
 
     ``weight`` (the trained ``(out_size, in_size)`` weight) chooses among
     settings of the same kind: the Kronecker factors and PHM's ``n`` whose

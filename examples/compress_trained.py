@@ -104,8 +104,9 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     layers = [dict(path=row.path, pattern=row.pattern, knobs=row.knobs,
                    stored_bytes=row.stored_bytes, dense_bytes=row.dense_bytes,
                    error=row.error) for row in report.layers]
-    common = dict(layers=layers, stored_bytes=report.stored_bytes,
-                  dense_bytes=report.dense_bytes, skipped=report.skipped)
+    # The compressed layers' bytes: model_ratio adds the skipped layers' itself.
+    common = dict(layers=layers, stored_bytes=sum(row['stored_bytes'] for row in layers),
+                  dense_bytes=sum(row['dense_bytes'] for row in layers), skipped=report.skipped)
     if not records.has(**key('compressed')):
         records.add(accuracy=[evaluate(model, val_set, args)], **key('compressed'), **common)
     for variant in ('finetune', 'distill'):

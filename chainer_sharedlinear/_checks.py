@@ -201,20 +201,37 @@ def fraction(name: str, value) -> float:
     return float(value)
 
 
+#: The largest denominator a float budget is read with: at most one fraction of a
+#: denominator up to 2**26 rounds to a given float in (0, 1] (two such fractions differ
+#: by at least 2**-52, twice the spacing of the floats below 1), so the reading is
+#: never a choice between two.
+BUDGET_DENOMINATOR = 2 ** 26
+
+
 def budget(value) -> fractions.Fraction:
     """``value`` as a :class:`~fractions.Fraction`; ``ValueError`` unless it is in ``(0, 1]``.
 
-    A float is read as it prints, so that ``0.1`` is one tenth.
+    A float is read as the simple fraction it was written as: the fraction of
+    denominator up to :data:`BUDGET_DENOMINATOR` that rounds to it, if there is
+    one, so that ``1/3`` is one third (not 0.3333333333333333, a little less);
+    else as it prints (``0.1`` is one tenth either way). A
+    :class:`~fractions.Fraction` or an integer is taken as it is.
 
-    >>> budget(1/8), budget(0.1)
-    (Fraction(1, 8), Fraction(1, 10))
+    >>> budget(1/8), budget(0.1), budget(1/3), budget(2/3)
+    (Fraction(1, 8), Fraction(1, 10), Fraction(1, 3), Fraction(2, 3))
+    >>> budget(0.123456789012)
+    Fraction(30864197253, 250000000000)
     """
     if (isinstance(value, bool) or not isinstance(value, numbers.Real)
             or not math.isfinite(value)):
         raise ValueError('budget must be a fraction of the dense bytes in (0, 1], such as 1/8, '
                          'got {!r}'.format(value))
-    fraction = (fractions.Fraction(value) if isinstance(value, numbers.Rational)
-                else fractions.Fraction(repr(float(value))))
+    if isinstance(value, numbers.Rational):
+        fraction = fractions.Fraction(value)
+    else:
+        simple = fractions.Fraction(float(value)).limit_denominator(BUDGET_DENOMINATOR)
+        fraction = (simple if float(simple) == float(value)
+                    else fractions.Fraction(repr(float(value))))
     if not 0 < fraction <= 1:
         raise ValueError('budget must be a fraction of the dense bytes in (0, 1], such as 1/8, '
                          'got {}'.format(value))

@@ -18,7 +18,9 @@ import dataclasses
 import fractions
 import json
 import math
+import types
 import typing as tp
+import warnings
 
 import chainer
 import chainer.links as L
@@ -30,6 +32,7 @@ from chainer_sharedlinear.convert import ConversionReport, Include, _replace_lin
 from chainer_sharedlinear.functions.clustered_linear import index_bits
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 from chainer_sharedlinear.functions.monarch_linear import block_sizes
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, weight_hook_types
 
 Knobs = tp.Dict[str, tp.Any]
 
@@ -160,10 +163,15 @@ def _monarch_weight_bytes(in_size, out_size, itemsize, knobs):
 
 
 def _monarch_settings(in_size, out_size, itemsize, weight_bytes):
-    for n_blocks in range(1, min(in_size, out_size) + 1):
-        knobs = {'n_blocks': n_blocks}
-        if _monarch_weight_bytes(in_size, out_size, itemsize, knobs) <= weight_bytes:
-            return [knobs]  # the fewest blocks that fit store the most
+    # The bytes do not fall steadily with the blocks (the padding of sizes that
+    # n_blocks does not divide comes and goes), so every block count is tried.
+    fitting = [{'n_blocks': n_blocks} for n_blocks in range(1, min(in_size, out_size) + 1)
+               if _monarch_weight_bytes(in_size, out_size, itemsize,
+                                        {'n_blocks': n_blocks}) <= weight_bytes]
+    if fitting:
+        # The most bytes; among equals, the fewest blocks (max takes the first).
+        return [max(fitting, key=lambda knobs: _monarch_weight_bytes(
+            in_size, out_size, itemsize, knobs))]
     most = min(in_size, out_size)
     raise ValueError('n_blocks is at most min(in_size, out_size) = {}, which still stores {} '
                      'bytes of weights'.format(most, _monarch_weight_bytes(
@@ -236,36 +244,96 @@ def _pattern(name) -> _Pattern:
 # --- bytes and knobs ---------------------------------------------------------------------
 
 def stored_bytes(link: chainer.Link) -> int:
-    """The bytes a layer stores: its parameters, the bias included, and an index at its bits.
+    """The bytes a layer or a model stores: its parameters, each once, an index at its bits.
 
-    What a saved file holds for the layer, and what its parameters take on a
-    device: each parameter's elements times their size (a float32 is 4
-    bytes), each parameter once; a ``ClusteredLinear``'s index at
-    ``⌈log2 n_clusters⌉`` bits a weight. The few integers a layer saves with
-    its parameters (``n_shared``, ``seed``, the sizes) are not counted, nor
-    ``HashedLinear``'s map, which is computed and never saved.
+    What a saved file holds, and what the parameters take on a device: each
+    parameter's elements times their size (a float32 is 4 bytes), each
+    parameter once however many links share it, the bias included; a
+    ``ClusteredLinear``'s index at ``⌈log2 n_clusters⌉`` bits a weight. For a
+    model (a :class:`~chainer.Chain`, :class:`~chainer.ChainList` or
+    :class:`~chainer.Sequential`) it is the sum over its links, each layer of
+    the family counted as a layer alone is. The few integers a layer saves
+    with its parameters (``n_shared``, ``seed``, the sizes) are not counted,
+    nor ``HashedLinear``'s map, which is computed and never saved, nor the
+    persistent values of other links (a ``BatchNormalization``'s averages).
 
     Args:
-        link (~chainer.Link): An initialised ``L.Linear`` or layer of the family.
+        link (~chainer.Link): An initialised layer (``L.Linear``, a layer of the
+            family, any link) or a model of them.
+
+    Raises:
+        ValueError: A parameter is not initialised yet (a lazy layer before
+            its first forward pass); the message names it.
 
     .. admonition:: Example
 
+        >>> import chainer
         >>> import chainer.links as L
         >>> from chainer_sharedlinear import SharedLinear
         >>> stored_bytes(L.Linear(1000, 10))  # 10,000 weights and 10 biases of 4 bytes
         40040
         >>> stored_bytes(SharedLinear(1000, 10, n_shared=8))
         5040
+        >>> model = chainer.Sequential(L.Linear(1000, 10), SharedLinear(1000, 10, n_shared=8))
+        >>> stored_bytes(model)
+        45080
     """
-    counted = getattr(link, 'stored_bytes', None)
-    if callable(counted):  # a layer that stores more than its parameters
-        return int(counted())
-    unique = {id(param): param for param in link.params()}
-    for param in unique.values():
-        if param.array is None:
-            raise ValueError('cannot count the bytes of {}: it is {}'.format(
-                link, _checks.NOT_INITIALISED))
-    return sum(param.size * param.dtype.itemsize for param in unique.values())
+    if not isinstance(link, chainer.Link):
+        raise TypeError('stored_bytes expects a chainer.Link (a layer or a model), got {}'.format(
+            type(link).__name__))
+    total = 0
+    for path, part in _parts(link):
+        counted = _part_bytes(part)
+        if counted is None:
+            raise ValueError('cannot count the bytes of {}: {} is {}'.format(
+                link if path == '/' else '{} of {}'.format(path, type(link).__name__),
+                'it' if path == '/' else path, _checks.NOT_INITIALISED))
+        total += counted
+    return total
+
+
+def _counts_itself(link) -> bool:
+    # A layer of the family, or a layer that stores more than its parameters (an index).
+    return isinstance(link, VirtualLinear) or callable(getattr(link, 'stored_bytes', None))
+
+
+def _parts(link: chainer.Link) -> tp.Iterator[tp.Tuple[str, tp.Any]]:
+    """Each part of ``link`` whose bytes count, once, with its path: the layers that
+    count themselves (:func:`_counts_itself`), then every other parameter."""
+    layers = collections.OrderedDict()
+    for path, sub in link.namedlinks():
+        if _counts_itself(sub) and id(sub) not in layers:
+            layers[id(sub)] = path, sub
+    counted = {id(param) for _, layer in layers.values() for param in layer.params()}
+    yield from layers.values()
+    for path, param in link.namedparams():
+        if id(param) not in counted:
+            counted.add(id(param))
+            yield path, param
+
+
+def _part_bytes(part) -> tp.Optional[int]:
+    """The bytes of a part of :func:`_parts`; ``None`` if it is not initialised yet."""
+    if isinstance(part, chainer.Variable):
+        return None if part.array is None else part.size * part.dtype.itemsize
+    if callable(getattr(part, 'stored_bytes', None)):  # a layer that stores an index
+        try:
+            return int(part.stored_bytes())
+        except ValueError:  # no index yet
+            return None
+    params = {id(param): param for param in part.params()}.values()
+    if any(param.array is None for param in params):
+        return None
+    return sum(param.size * param.dtype.itemsize for param in params)
+
+
+def _dense_bytes(layer) -> tp.Optional[int]:
+    """The bytes of the ``L.Linear`` a layer of the family stands for; ``None`` if lazy."""
+    if not layer._is_initialized:
+        return None
+    weight = getattr(layer, layer.weight_names[0])
+    return (layer.in_size * layer.out_size * weight.dtype.itemsize
+            + (0 if layer.b is None else layer.b.size * layer.b.dtype.itemsize))
 
 
 def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
@@ -293,6 +361,10 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
     - ``lowrank``: ``{'rank': r}``, as high as fits (at most ``min(in_size, out_size)``).
     - ``clustered``: ``{'n_clusters': k}``, as many as fit with the index at
       ``⌈log2 k⌉`` bits a weight.
+    - ``monarch``: ``{'n_blocks': b}``, the block count whose layer stores
+      the most of those that fit (the fewest blocks among equals); the bytes
+      do not fall steadily with ``b``, since the blocks are padded where ``b``
+      does not divide the sizes.
 
     ``weight`` (the trained ``(out_size, in_size)`` weight) chooses among
     settings of the same kind: the Kronecker factors and PHM's ``n`` whose
@@ -383,70 +455,132 @@ def _kronecker_errors(weight, options: tp.Sequence[Knobs]) -> tp.List[float]:
     of factors, which is several times faster than its singular values and as
     accurate for the sum of their squares.
     """
-    weight = numpy.asarray(weight, numpy.float64)
-    total = float(numpy.sum(weight * weight))
-    eigenvalues = {}
+    eigenvalues: tp.Dict[tp.Any, numpy.ndarray] = {}
+    total = 0.0
     errors = []
     for knobs in options:
-        (n1, n2), (m1, m2) = knobs['in_factors'], knobs['out_factors']
-        if ((n1, n2), (m1, m2)) not in eigenvalues:
-            rearranged = weight.reshape(m1, m2, n1, n2).transpose(0, 2, 1, 3).reshape(
-                m1 * n1, m2 * n2)
-            gram = (rearranged @ rearranged.T if m1 * n1 <= m2 * n2
-                    else rearranged.T @ rearranged)
-            eigenvalues[(n1, n2), (m1, m2)] = numpy.linalg.eigvalsh(gram)  # ascending
-        values = eigenvalues[(n1, n2), (m1, m2)]
+        factors = tuple(knobs['in_factors']), tuple(knobs['out_factors'])
+        if factors not in eigenvalues:
+            gram = _rearranged_gram(weight, *factors)
+            total = float(numpy.trace(gram))  # the squared norm of the weight, for every pair
+            eigenvalues[factors] = numpy.linalg.eigvalsh(gram)  # ascending
+            del gram
+        values = eigenvalues[factors]
         tail = max(0.0, float(values[:len(values) - knobs['n_terms']].sum()))
         errors.append(math.sqrt(tail / total) if total else 0.0)
     return errors
+
+
+def _rearranged_gram(weight, in_factors, out_factors) -> numpy.ndarray:
+    """The smaller Gram matrix of the weight's rearrangement, in float64.
+
+    The rearrangement ``R[(a, i), (b, j)] = W[a·m2 + b, i·n2 + j]`` is summed
+    a slice of its columns at a time, each slice taken from the weight as it
+    is: neither ``R`` nor a float64 copy of the weight is ever made.
+    """
+    (n1, n2), (m1, m2) = in_factors, out_factors
+    blocks = weight.reshape(m1, m2, n1, n2)  # R[(a, i), (b, j)] = blocks[a, b, i, j]
+    if m1 * n1 > m2 * n2:  # Rᵀ R is R R' of the rearrangement with the factors' roles swapped
+        blocks, (m1, m2), (n1, n2) = blocks.transpose(1, 0, 3, 2), (m2, m1), (n2, n1)
+    rows = m1 * n1
+    gram = numpy.zeros((rows, rows))
+    columns = max(1, weight.size // (8 * rows))  # a slice: an eighth of the weight
+    per_b, per_j = max(1, columns // n2), min(n2, columns)
+    for b in range(0, m2, per_b):
+        for j in range(0, n2, per_j):
+            piece = numpy.ascontiguousarray(
+                blocks[:, b:b + per_b, :, j:j + per_j].transpose(0, 2, 1, 3),
+                numpy.float64).reshape(rows, -1)
+            gram += piece @ piece.T
+    return gram
 
 
 # --- the report --------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class CompressedLayer:
-    """One layer that :func:`compress_linears` compressed: a row of its report.
+    """A layer of the family in the model after :func:`compress_linears`: a row of its report.
+
+    One that this call compressed, or one the model had already
+    (``pattern`` ``None``: from an earlier call or written by hand, the
+    pattern it was made with is not known).
 
     Attributes:
         path (str): The layer's path in the model (its first, for a tied layer).
-        pattern (str): The pattern's name, or the name of the function given.
-        knobs (dict): The pattern's knobs (for a function, the new layer's options).
-        stored_bytes (int): What the new layer stores (:func:`stored_bytes`).
-        dense_bytes (int): What the ``L.Linear`` stored.
+        pattern (str): The pattern's name, the name of the function given, or
+            ``None`` for a layer already of the family.
+        knobs (dict): The pattern's knobs (for a function, and for a layer
+            already of the family, the layer's options).
+        stored_bytes (int): What the layer stores (:func:`stored_bytes`).
+        dense_bytes (int): What the ``L.Linear`` it stands for stores.
         error (float): The relative Frobenius error of the new layer's
-            ``dense_weight()`` against the trained weight, ``‖V - W‖ / ‖W‖``.
+            ``dense_weight()`` against the trained weight, ``‖V - W‖ / ‖W‖``,
+            where ``W`` is the weight the ``L.Linear`` computed with in test
+            mode (through ``weight_hooks``); NaN for a layer already of the
+            family, whose trained weight is not known.
         errors (dict): With ``pattern='auto'``, the error of each pattern tried.
         refused (dict): With ``pattern='auto'``, each pattern that did not fit, and why.
+        weight_hooks (tuple of str): The link hooks that made the weight fitted
+            (``SpectralNormalization``, ``WeightStandardization``), applied as in
+            test mode; :attr:`CompressionReport.conversion` says whether the
+            new layer took them again or dropped them.
+        link (str): The layer's class (``'SharedLinear'``).
     """
 
     path: str
-    pattern: str
+    pattern: tp.Optional[str]
     knobs: Knobs
     stored_bytes: int
     dense_bytes: int
     error: float
     errors: tp.Dict[str, float] = dataclasses.field(default_factory=dict)
     refused: tp.Dict[str, str] = dataclasses.field(default_factory=dict)
+    weight_hooks: tp.Tuple[str, ...] = ()
+    link: str = ''
 
     @property
     def ratio(self) -> float:
         """float: ``stored_bytes / dense_bytes``."""
         return self.stored_bytes / self.dense_bytes
 
+    def __str__(self) -> str:
+        knobs = ', '.join('{}={}'.format(key, value) for key, value in self.knobs.items())
+        bytes_ = '{:,} of {:,} bytes ({:.4f})'.format(
+            self.stored_bytes, self.dense_bytes, self.ratio)
+        if self.pattern is None:
+            return '{}: {} {}, already of the family (its pattern unknown), {}'.format(
+                self.path, self.link, knobs, bytes_)
+        hooks = ''.join(', fitted to the weight {} makes'.format(name)
+                        for name in self.weight_hooks)
+        return '{}: {} {}, {}, error {:.4f}{}'.format(
+            self.path, self.pattern, knobs, bytes_, self.error, hooks)
+
 
 @dataclasses.dataclass(frozen=True)
 class CompressionReport:
-    """What :func:`compress_linears` did.
+    """What :func:`compress_linears` did, and the bytes of the whole model after it.
 
     Attributes:
         budget (fractions.Fraction): The fraction of the dense bytes asked for.
-        layers (tuple of CompressedLayer): The layers compressed, in the model's order.
+        layers (tuple of CompressedLayer): The layers this call compressed, in
+            the model's order.
         skipped (dict): The ``L.Linear`` links left as they were, by path, each
             with the reason (those ``include`` left out among them).
-        plan (dict): What :func:`apply_plan` needs to build the same layers on a
-            fresh model: plain data, which :func:`json.dumps` takes.
+        plan (dict): What :func:`apply_plan` needs to build the model's layers
+            of the family on a fresh model, those of ``already`` included:
+            plain data, which :func:`json.dumps` takes.
         conversion (ConversionReport): The conversion's own report: tied
-            links, hooks, parameter counts.
+            links, the hooks carried over and those dropped, parameter counts.
+        already (tuple of CompressedLayer): The layers of the family the model
+            had before this call (``pattern`` ``None``), in its order.
+        stored_bytes (int): The bytes the whole model stores now
+            (:func:`stored_bytes` of it): the compressed layers, the
+            ``L.Linear`` links left dense, the layers already of the family,
+            and every other parameter.
+        dense_bytes (int): The same with each layer of the family counted as
+            the ``L.Linear`` it stands for: the model before any compression.
+        uncounted (tuple of str): The paths of the parts not initialised yet
+            (a lazy layer before its first forward pass), which neither total counts.
     """
 
     budget: fractions.Fraction
@@ -454,34 +588,37 @@ class CompressionReport:
     skipped: tp.Dict[str, str]
     plan: tp.Dict[str, tp.Any]
     conversion: ConversionReport
-
-    @property
-    def stored_bytes(self) -> int:
-        """int: The bytes the compressed layers store, all together."""
-        return sum(layer.stored_bytes for layer in self.layers)
-
-    @property
-    def dense_bytes(self) -> int:
-        """int: The bytes the same layers stored as ``L.Linear``."""
-        return sum(layer.dense_bytes for layer in self.layers)
+    already: tp.Tuple[CompressedLayer, ...] = ()
+    stored_bytes: int = 0
+    dense_bytes: int = 0
+    uncounted: tp.Tuple[str, ...] = ()
 
     @property
     def ratio(self) -> float:
-        """float: ``stored_bytes / dense_bytes`` (0 if nothing was compressed)."""
-        return self.stored_bytes / self.dense_bytes if self.layers else 0.0
+        """float: ``stored_bytes / dense_bytes``: the whole model's, skipped layers included."""
+        return self.stored_bytes / self.dense_bytes if self.dense_bytes else 1.0
 
     def __str__(self) -> str:
-        lines = ['{} compressed, {} skipped, at a budget of {} of the dense bytes'.format(
-            len(self.layers), len(self.skipped), self.budget)]
-        for layer in self.layers:
-            lines.append('  {}: {} {}, {:,} of {:,} bytes ({:.4f}), error {:.4f}'.format(
-                layer.path, layer.pattern,
-                ', '.join('{}={}'.format(key, value) for key, value in layer.knobs.items()),
-                layer.stored_bytes, layer.dense_bytes, layer.ratio, layer.error))
         if self.layers:
-            lines.append('  total: {:,} of {:,} bytes ({:.4f})'.format(
-                self.stored_bytes, self.dense_bytes, self.ratio))
+            lines = ['{} compressed, {} skipped, at a budget of {} of the dense bytes'.format(
+                len(self.layers), len(self.skipped), self.budget)]
+        else:
+            lines = ['NOTHING WAS COMPRESSED at a budget of {} of the dense bytes: {} '
+                     'skipped (why below)'.format(self.budget, len(self.skipped) or 'no L.Linear')]
+        lines += ['  {}'.format(row) for row in self.already + self.layers]
         lines += ['  skipped {}: {}'.format(path, why) for path, why in self.skipped.items()]
+        lines += ['  hook {} of {}: dropped, {}'.format(name, path, why)
+                  for path, dropped in self.conversion.dropped_hooks.items()
+                  for name, why in dropped.items()]
+        lines += ['  hooks carried over to {}: {}'.format(path, ', '.join(names))
+                  for path, names in self.conversion.hooks.items()]
+        lines.append('  whole model: {:,} of {:,} bytes ({:.4f}, 1/{:.1f}), every layer '
+                     'counted'.format(
+                         self.stored_bytes, self.dense_bytes, self.ratio,
+                         1 / self.ratio if self.ratio else math.inf))
+        if self.uncounted:
+            lines.append('  not counted (not initialised yet): {}'.format(
+                ', '.join(self.uncounted)))
         return '\n'.join(lines)
 
 
@@ -499,9 +636,18 @@ def compress_linears(model: chainer.Link, budget, *,
     most ``budget`` of its bytes (:func:`stored_bytes`, the bias included),
     with the knobs of :func:`knobs_at_budget` and the weights closest to the
     trained ones (the pattern's ``from_linear``). A layer that no setting of
-    the pattern fits is skipped, and the report says why. The walk, the
-    atomic replacement, ``include``, tied links and hooks are
+    the pattern fits is skipped, and the report says why; if no layer is
+    compressed, a warning says so too. The walk, the atomic replacement,
+    ``include``, tied links and hooks are
     :func:`~chainer_sharedlinear.convert_linears`'.
+
+    The weight fitted is the one the layer computes with in test mode: a
+    layer with ``SpectralNormalization`` or ``WeightStandardization`` is
+    fitted to the normalised weight, which the new layer then stores; a new
+    layer that cannot take the hook again drops it (the report says so). The
+    report also lists the layers of the family the model had already, and
+    its plan describes them too, so that a model compressed in several calls
+    (each its ``include`` and budget) saves and loads with the last plan.
 
     Args:
         model (~chainer.Link): A model whose ``L.Linear`` links are
@@ -515,7 +661,8 @@ def compress_linears(model: chainer.Link, budget, *,
             (the least relative Frobenius error of its ``dense_weight()``;
             ties go to the earlier pattern); or a function ``convert(linear,
             budget, path)`` returning a layer of the family (a
-            ``ValueError`` from it skips the layer, with its message).
+            ``ValueError`` from it skips the layer, with its message); its
+            ``linear`` is an ``L.Linear`` with the weight to fit, without hooks.
         include: Which ``L.Linear`` links to compress, as in
             :func:`~chainer_sharedlinear.convert_linears`.
         patterns (list of str): The patterns ``'auto'`` chooses from; all
@@ -523,12 +670,14 @@ def compress_linears(model: chainer.Link, budget, *,
 
     Returns:
         CompressionReport: Per layer its pattern, knobs, bytes and error; the
-        totals; what was skipped and why; and the plan.
+        layers already of the family; the whole model's bytes; what was
+        skipped and why; and the plan.
 
     Raises:
         ValueError: A selected ``L.Linear`` is not initialised yet (a lazy
-            ``L.Linear(None, n)``): run one forward pass first. Nothing is
-            changed.
+            ``L.Linear(None, n)``): run one forward pass first; or its weight
+            holds NaN or infinite values, which no layer can be fitted to.
+            Nothing is changed.
         TypeError: ``convert`` returned a link that is not of the family.
 
     .. admonition:: Example
@@ -543,8 +692,8 @@ def compress_linears(model: chainer.Link, budget, *,
         >>> print(report)  # doctest: +ELLIPSIS
         1 compressed, 1 skipped, at a budget of 1/8 of the dense bytes
           /0: shared n_shared=8, 48 of 384 bytes (0.1250), error 0.0000
-          total: 48 of 384 bytes (0.1250)
           skipped /1: no pattern fits: shared cannot store a 7 -> 3 layer in 1/8 of its 96 bytes...
+          whole model: 144 of 480 bytes (0.3000, 1/3.3), every layer counted
         >>> model[0]
         SharedLinear(in_size=24, out_size=4, n_shared=8, nobias=True)
         >>> report.layers[0].errors['hashed'] > 0
@@ -577,39 +726,136 @@ def compress_linears(model: chainer.Link, budget, *,
                 'compress_linears: {} is {} ({}); run one forward pass of the model first'.format(
                     first_paths[id(linear)], 'a lazy L.Linear(None, {})'.format(linear.out_size),
                     'its in_size is only known after it'))
+        _check_finite(_weight_used(linear), first_paths[id(linear)])
         return None
 
     def convert(linear):
         path = first_paths[id(linear)]
+        hooks = _weight_hooks(linear)
+        fitted = _with_weight(linear, _weight_used(linear)) if hooks else linear
         if callable(pattern):
-            layer = pattern(linear, fraction, path)
+            layer = pattern(fitted, fraction, path)
             _check_family(layer, path)
             name = getattr(pattern, '__name__', type(pattern).__name__)
-            row = _row(path, name, dict(layer._options()), layer, linear)
+            row = _row(path, name, dict(layer._options()), layer, fitted)
         elif pattern == 'auto':
-            row, layer = _auto(linear, fraction, names, path)
+            row, layer = _auto(fitted, fraction, names, path)
         else:
-            knobs = knobs_at_budget(pattern, linear.W.shape[1], linear.out_size, fraction,
-                                    dtype=linear.W.dtype, nobias=linear.b is None,
-                                    weight=linear.W.array)
-            layer = _from_linear(pattern, linear, knobs)
-            row = _row(path, pattern, knobs, layer, linear)
-        rows[id(layer)] = row
+            knobs = knobs_at_budget(pattern, fitted.W.shape[1], fitted.out_size, fraction,
+                                    dtype=fitted.W.dtype, nobias=fitted.b is None,
+                                    weight=fitted.W.array)
+            layer = _from_linear(pattern, fitted, knobs)
+            row = _row(path, pattern, knobs, layer, fitted)
+        rows[id(layer)] = dataclasses.replace(row, weight_hooks=tuple(hooks))
         return layer
 
     conversion = _replace_links(model, include, 'compress_linears', L.Linear, why_not, convert)
-    new_links = dict(model.namedlinks())
-    layers, entries = [], []
-    for path in conversion.changed:
-        layer = new_links[path]
-        row = rows[id(layer)]
-        if row.path == path:
+    layers, already, entries = [], [], []
+    for paths, layer in _family_layers(model):
+        row = rows.get(id(layer))
+        if row is None:
+            options = _plain(dict(layer._options()))
+            row = CompressedLayer(path=paths[0], pattern=None, knobs=options,
+                                  stored_bytes=stored_bytes(layer),
+                                  dense_bytes=_dense_bytes(layer), error=math.nan,
+                                  link=type(layer).__name__)
+            already.append(row)
+        else:
             layers.append(row)
-            tied = next((paths for paths in conversion.tied if path in paths), (path,))
-            entries.append(_plan_entry(layer, row.pattern, tied, row.knobs))
+        entries.append(_plan_entry(layer, row.pattern, paths, row.knobs))
     plan = {'format': PLAN_FORMAT, 'budget': str(fraction), 'layers': entries}
-    return CompressionReport(budget=fraction, layers=tuple(layers),
-                             skipped=dict(conversion.skipped), plan=plan, conversion=conversion)
+    stored, dense, uncounted = _model_bytes(model)
+    report = CompressionReport(budget=fraction, layers=tuple(layers),
+                               skipped=dict(conversion.skipped), plan=plan,
+                               conversion=conversion, already=tuple(already),
+                               stored_bytes=stored, dense_bytes=dense, uncounted=uncounted)
+    if not layers:
+        warnings.warn('compress_linears compressed nothing at a budget of {}: {}'.format(
+            fraction, '; '.join('{} skipped: {}'.format(path, why)
+                                for path, why in conversion.skipped.items())
+            or 'the model has no L.Linear'), stacklevel=2)
+    return report
+
+
+def _family_layers(model: chainer.Link
+                   ) -> tp.List[tp.Tuple[tp.Tuple[str, ...], VirtualLinear]]:
+    """The initialised layers of the family in ``model``, each with all its paths, in order.
+
+    Of the family's own classes only: a subclass is the model's own code,
+    which no plan rebuilds.
+    """
+    found: 'collections.OrderedDict[int, tp.Tuple[tp.List[str], VirtualLinear]]' = (
+        collections.OrderedDict())
+    for path, link in model.namedlinks():
+        if type(link) in family() and link._is_initialized:
+            found.setdefault(id(link), ([], link))[0].append(path)
+    return [(tuple(paths), link) for paths, link in found.values()]
+
+
+def _model_bytes(model) -> tp.Tuple[int, int, tp.Tuple[str, ...]]:
+    """``(stored, dense, uncounted)``: the bytes of ``model`` (:func:`stored_bytes`), the
+    same with each layer of the family as its ``L.Linear``, and the parts not initialised."""
+    stored = dense = 0
+    uncounted = []
+    for path, part in _parts(model):
+        counted = _part_bytes(part)
+        if counted is None:
+            uncounted.append(path)
+            continue
+        stored += counted
+        dense += _dense_bytes(part) if isinstance(part, VirtualLinear) else counted
+    return stored, dense, tuple(uncounted)
+
+
+def _weight_hooks(linear) -> tp.List[str]:
+    return [name for name, hook in linear.local_link_hooks.items()
+            if isinstance(hook, weight_hook_types())]
+
+
+def _weight_used(linear):
+    """The weight ``linear`` computes with in test mode: ``W`` through its weight hooks.
+
+    Each hook replaces ``W`` for the call as ``Link.__call__`` has it do
+    (``SpectralNormalization`` by one power iteration from its vector, which
+    test mode does not update), and puts it back after.
+    """
+    hooks = [linear.local_link_hooks[name] for name in _weight_hooks(linear)]
+    if not hooks:
+        return linear.W.array
+    call = types.SimpleNamespace(link=linear, args=(None,), kwargs={})
+    done = []
+    try:
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            for hook in hooks:
+                hook.forward_preprocess(call)
+                done.append(hook)
+            return linear.W.array
+    finally:
+        for hook in reversed(done):  # each puts back the weight it was given
+            hook.forward_postprocess(call)
+
+
+def _with_weight(linear, weight) -> L.Linear:
+    """An ``L.Linear`` without hooks that has ``weight`` and ``linear``'s bias (not copied)."""
+    stand_in = L.Linear(linear.out_size, nobias=linear.b is None)  # lazy: nothing drawn
+    stand_in.to_device(linear.device)
+    stand_in.W.array = weight
+    if linear.b is not None:
+        stand_in.b.array = linear.b.array
+    return stand_in
+
+
+def _check_finite(weight, path) -> None:
+    xp = backend.get_array_module(weight)
+    n_finite = int(xp.count_nonzero(xp.isfinite(weight)))
+    if n_finite < weight.size:
+        n_nan = int(xp.count_nonzero(xp.isnan(weight)))
+        raise ValueError(
+            'compress_linears: the weight of {} is not finite: {} of its {:,} entries are NaN '
+            'or infinite ({} NaN, {} infinite), and no layer can be fitted to it. The model '
+            'is broken (a training that diverged?); restore a finite weight, or leave the '
+            'layer out with include'.format(path, weight.size - n_finite, weight.size, n_nan,
+                                            weight.size - n_finite - n_nan))
 
 
 def _from_linear(pattern: str, linear: L.Linear, knobs: Knobs) -> chainer.Link:
@@ -621,23 +867,34 @@ def _from_linear(pattern: str, linear: L.Linear, knobs: Knobs) -> chainer.Link:
 
 
 def _relative_error(layer, weight) -> float:
-    dense = numpy.asarray(backend.CpuDevice().send(layer.dense_weight()), numpy.float64)
-    weight = numpy.asarray(backend.CpuDevice().send(weight), numpy.float64)
-    norm = numpy.linalg.norm(weight)
-    difference = numpy.linalg.norm(dense - weight)
-    return float(difference / norm) if norm else (0.0 if difference == 0 else math.inf)
+    """``‖V − W‖ / ‖W‖`` of the layer's dense weight ``V``, in float64 a slice of rows at a
+    time, so that no float64 copy of either is made."""
+    cpu = backend.CpuDevice()
+    dense, weight = cpu.send(layer.dense_weight()), cpu.send(weight)
+    squares = differences = 0.0
+    step = max(1, weight.shape[0] // 8)
+    for start in range(0, weight.shape[0], step):
+        target = weight[start:start + step].astype(numpy.float64)
+        difference = dense[start:start + step] - target
+        squares += float(numpy.vdot(target, target))
+        differences += float(numpy.vdot(difference, difference))
+    norm, difference = math.sqrt(squares), math.sqrt(differences)
+    return difference / norm if norm else (0.0 if difference == 0 else math.inf)
 
 
 def _row(path, pattern, knobs, layer, linear, **auto) -> CompressedLayer:
     return CompressedLayer(path=path, pattern=pattern, knobs=knobs,
                            stored_bytes=stored_bytes(layer), dense_bytes=stored_bytes(linear),
-                           error=_relative_error(layer, linear.W.array), **auto)
+                           error=_relative_error(layer, linear.W.array),
+                           link=type(layer).__name__, **auto)
 
 
 def _auto(linear, fraction, names, path):
-    # A pattern whose error its singular values tell is built only if it is taken.
+    # A pattern whose error its singular values tell is built only if it is taken, and
+    # of the layers built only the best so far is kept.
     out_size, in_size = linear.W.shape
-    errors, refused, built = {}, {}, {}
+    errors, refused = {}, {}
+    best = None
     for name in names:
         try:
             settings, predicted = _settings(name, in_size, out_size, fraction, linear.W.dtype,
@@ -646,16 +903,18 @@ def _auto(linear, fraction, names, path):
             refused[name] = str(e)
             continue
         knobs = _from_knobs(settings[0])
+        layer = None
         if predicted is None:
-            built[name] = knobs, _from_linear(name, linear, knobs)
-            errors[name] = _relative_error(built[name][1], linear.W.array)
+            layer = _from_linear(name, linear, knobs)
+            errors[name] = _relative_error(layer, linear.W.array)
         else:
-            built[name] = knobs, None
             errors[name] = predicted[0]
-    if not errors:
+        if best is None or errors[name] < errors[best[0]]:  # the first of equals
+            best = name, knobs, layer
+        del layer
+    if best is None:
         raise ValueError('no pattern fits: ' + '; '.join(refused.values()))
-    name = min(errors, key=errors.get)  # the first of equals
-    knobs, layer = built[name]
+    name, knobs, layer = best
     if layer is None:
         layer = _from_linear(name, linear, knobs)
     row = _row(path, name, knobs, layer, linear, refused=refused)
@@ -739,7 +998,8 @@ def _planned_layer(entry, initialize: bool) -> chainer.Link:
 
 
 def _is_planned(link, entry) -> bool:
-    return (type(link).__name__ == entry['link'] and link.in_size == entry['in_size']
+    # A lazy layer of the model's own code takes its in_size from the file.
+    return (type(link).__name__ == entry['link'] and link.in_size in (None, entry['in_size'])
             and link.out_size == entry['out_size'] and (link.b is None) == entry['nobias']
             and _plain(dict(link._options())) == entry['options'])
 
@@ -810,6 +1070,22 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
                               link.device))
 
 
+def _check_plan_covers(model: chainer.Link, plan) -> None:
+    """``ValueError`` unless ``plan`` has an entry for each layer of the family in ``model``.
+
+    A plan that leaves one out cannot rebuild the model from its file.
+    """
+    planned = {path for entry in _check_plan(plan) for path in entry['paths']}
+    missing = ['{} ({})'.format(paths[0], layer) for paths, layer in _family_layers(model)
+               if not set(paths) <= planned]
+    if missing:
+        raise ValueError(
+            'the plan does not describe every layer of the family in the model: {} {} not in '
+            'it, so load_compressed could not rebuild the model from the file. Pass the plan '
+            'of the last compress_linears call on this model, which describes them all'.format(
+                ', '.join(missing), 'is' if len(missing) == 1 else 'are'))
+
+
 def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> None:
     """Saves a compressed model as ``chainer.serializers.save_npz`` does, with its plan.
 
@@ -822,6 +1098,7 @@ def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> No
         model (~chainer.Link): The compressed model.
         plan (dict): Its :class:`CompressionReport`'s ``plan``.
     """
+    _check_plan_covers(model, plan)
     _check_plan(plan)
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(model)

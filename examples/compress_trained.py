@@ -79,12 +79,6 @@ def evaluate(model, val_set, args):
     return evaluator()['validation/main/accuracy']
 
 
-def model_bytes(chain):
-    """The bytes the whole model stores: every layer's (:func:`stored_bytes`), dense or not."""
-    return sum(stored_bytes(link) for link in chain.links()
-               if next(link.children(), None) is None)
-
-
 def dense_model(train_set, val_set, args, seed, records):
     """The dense classifier of ``seed``: trained once, saved in OUT, loaded after."""
     path = os.path.join(args.out, 'dense-seed{}.npz'.format(seed))
@@ -116,8 +110,8 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     common = dict(layers=layers, skipped=report.skipped,
                   stored_bytes=sum(row.stored_bytes for row in report.layers),
                   dense_bytes=sum(row.dense_bytes for row in report.layers),
-                  model_bytes=model_bytes(model.predictor),
-                  dense_model_bytes=model_bytes(dense.predictor))
+                  model_bytes=stored_bytes(model.predictor),
+                  dense_model_bytes=stored_bytes(dense.predictor))
     if not records.has(**key('compressed')):
         records.add(accuracy=[evaluate(model, val_set, args)], **key('compressed'), **common)
     for variant in ('finetune', 'distill'):

@@ -250,7 +250,9 @@ def test_the_report_has_a_row_per_layer_the_totals_and_what_was_skipped():
     assert row.stored_bytes == stored_bytes(model.layers[0]) == 84
     assert row.dense_bytes == (24 * 7 + 7) * 4
     assert row.ratio == 84 / 700
-    assert (report.stored_bytes, report.dense_bytes, report.ratio) == (84, 700, 84 / 700)
+    # The whole model's bytes: the layer left dense counts, (7·3 + 3)·4 on both sides.
+    assert (report.stored_bytes, report.dense_bytes) == (84 + 96, 700 + 96)
+    assert report.ratio == 180 / 796
     assert list(report.skipped) == ['/layers/1']
     assert 'n_shared must divide in_size=7 (1, 7)' in report.skipped['/layers/1']
     text = str(report)
@@ -443,3 +445,221 @@ def test_every_pattern_of_a_factor_pair_is_a_pair():
     assert pairs[0] == ((3, 4), (2, 3))
     assert all(n1 <= n2 and m1 <= m2 for (n1, n2), (m1, m2) in pairs)
     assert len(pairs) == 3 * 2 == len([a for a, b in factor_pairs(12) if a <= b]) * 2
+
+
+# --- a float budget is the fraction it was written as --------------------------------------
+
+@pytest.mark.parametrize('budget', [1 / 3, 1 / 6, 2 / 3, 1 / 5, 1 / 7])
+@pytest.mark.parametrize('pattern', ['shared', 'lowrank', 'kronecker', 'monarch', 'hashed'])
+def test_a_float_budget_is_the_simple_fraction_it_rounds_from(pattern, budget):
+    exact = fractions.Fraction(budget).limit_denominator(10)
+    assert float(exact) == budget
+    try:
+        expected = knobs_at_budget(pattern, 60, 60, exact, nobias=True)
+    except ValueError:
+        with pytest.raises(ValueError):
+            knobs_at_budget(pattern, 60, 60, budget, nobias=True)
+        return
+    assert knobs_at_budget(pattern, 60, 60, budget, nobias=True) == expected
+
+
+def test_a_third_is_a_third():
+    # 60 -> 60 without bias: rank 10 stores 10 * 120 weights, exactly a third of 3600.
+    assert knobs_at_budget('lowrank', 60, 60, 1 / 3, nobias=True) == {'rank': 10}
+    assert knobs_at_budget('shared', 60, 60, 1 / 3, nobias=True) == {'n_shared': 3}
+    report = compress_linears(chainer.Sequential(dense(60, 60, nobias=True)), 1 / 3,
+                              pattern='lowrank')
+    assert report.budget == fractions.Fraction(1, 3)
+    assert 'at a budget of 1/3 of' in str(report)
+    assert report.plan['budget'] == '1/3'
+
+
+# --- Monarch: the block count that stores the most -----------------------------------------
+
+def _monarch_brute_force(in_size, out_size, budget, nobias):
+    """The block count whose layer stores the most of those within the budget, by building
+    each one's weights' shapes (the fewest blocks among equals), or None."""
+    from chainer_sharedlinear import MonarchLinear
+    allowed = allowed_bytes(in_size, out_size, budget, nobias=nobias)
+    bias = 0 if nobias else out_size * 4
+    best = None
+    for n_blocks in range(1, min(in_size, out_size) + 1):
+        shapes = MonarchLinear(out_size, n_blocks=n_blocks)._weight_shapes(in_size)
+        stored = sum(int(np.prod(shape)) for shape in shapes.values()) * 4 + bias
+        if stored <= allowed and (best is None or stored > best[0]):
+            best = stored, n_blocks
+    return None if best is None else best[1]
+
+
+@requires('monarch')
+@pytest.mark.parametrize('in_size, out_size', [
+    (784, 1000), (1000, 1000), (1000, 10), (784, 100), (100, 10), (1000, 900), (97, 60)])
+@pytest.mark.parametrize('budget', [fractions.Fraction(1, n) for n in (2, 4, 8, 16, 32, 64)])
+def test_monarch_takes_the_block_count_that_stores_the_most(in_size, out_size, budget):
+    for nobias in (False, True):
+        expected = _monarch_brute_force(in_size, out_size, budget, nobias)
+        if expected is None:
+            with pytest.raises(ValueError, match='monarch cannot store'):
+                knobs_at_budget('monarch', in_size, out_size, budget, nobias=nobias)
+        else:
+            assert knobs_at_budget('monarch', in_size, out_size, budget, nobias=nobias) == {
+                'n_blocks': expected}
+
+
+# --- a weight hook: the weight the layer computes with -------------------------------------
+
+@pytest.mark.parametrize('hook', ['SpectralNormalization', 'WeightStandardization'])
+def test_a_hooked_layer_is_fitted_to_the_weight_it_computes_with(hook):
+    from chainer import link_hooks
+    rng = np.random.RandomState(0)
+    # Of rank 2, and far from normalised: either hook's weight is of rank 3 at most.
+    weight = 5 * rng.normal(size=(6, 2)) @ rng.normal(size=(2, 12))
+    model = chainer.Sequential(L.Linear(12, 6, initialW=weight))
+    model[0].add_hook(getattr(link_hooks, hook)())
+    with chainer.using_config('train', False):
+        expected = model(X[:, :12]).array
+    old = model[0]
+    u_before = getattr(old, 'W_u', np.zeros(1)).copy()
+    # At the whole budget, rank 4 is exact; a low-rank layer cannot take the hook again.
+    report = compress_linears(model, 1, pattern='lowrank')
+    row, = report.layers
+    assert row.weight_hooks == (hook,)
+    assert row.error < 1e-5
+    assert list(report.conversion.dropped_hooks) == ['/0']
+    assert 'hook {} of /0: dropped, '.format(hook) in str(report)
+    assert 'fitted to the weight {} makes'.format(hook) in str(report)
+    with chainer.using_config('train', False):
+        np.testing.assert_allclose(model(X[:, :12]).array, expected, rtol=1e-4, atol=1e-4)
+    if hook == 'SpectralNormalization':  # test mode: the vector is as it was
+        np.testing.assert_array_equal(u_before, old.W_u)
+
+
+# --- a weight that is not finite -----------------------------------------------------------
+
+@pytest.mark.parametrize('pattern', ['auto', 'clustered', 'lowrank', 'shared'])
+def test_a_weight_that_is_not_finite_is_refused_naming_the_layer(pattern):
+    model = trained_like()
+    model.layers[1].W.array[0, :3] = [np.nan, np.inf, -np.inf]
+    with pytest.raises(ValueError) as e:
+        compress_linears(model, 1 / 4, pattern=pattern)
+    message = str(e.value)
+    assert '\n' not in message
+    assert 'the weight of /layers/1 is not finite: 3 of its 120 entries are NaN or infinite ' \
+           '(1 NaN, 2 infinite)' in message
+    assert all(type(layer) is L.Linear for layer in model.layers)
+    # A layer that include leaves out is not looked at.
+    report = compress_linears(model, 1 / 4, pattern=pattern, include='layers/0')
+    assert [row.path for row in report.layers] == ['/layers/0']
+
+
+# --- the whole model's bytes, and nothing compressed ---------------------------------------
+
+def test_stored_bytes_of_a_whole_model_counts_each_parameter_once():
+    from chainer_sharedlinear import ClusteredLinear
+    model = chainer.Sequential(L.Linear(10, 4), SharedLinear(8, 4, n_shared=2),
+                               ClusteredLinear(10, 4, n_clusters=4), L.BatchNormalization(4))
+    model.append(model[0])  # tied: counted once
+    expected = (40 + 4) * 4 + (16 + 4) * 4 + (4 * 4 + 40 * 2 // 8 + 4 * 4) + 2 * 4 * 4
+    assert stored_bytes(model) == expected
+    assert stored_bytes(model[2]) == model[2].stored_bytes()
+    lazy = chainer.Sequential(L.Linear(10, 4), L.Linear(None, 3))
+    with pytest.raises(ValueError, match='/1/W of Sequential: /1/W is not initialised yet'):
+        stored_bytes(lazy)
+
+
+def test_the_report_counts_the_whole_model_and_a_layer_left_dense():
+    model = trained_like((24, 20, 6))
+    dense_bytes = stored_bytes(model)
+    report = compress_linears(model, 1 / 2, pattern='shared', include='layers/0')
+    assert report.stored_bytes == stored_bytes(model) == (
+        report.layers[0].stored_bytes + stored_bytes(model.layers[1]))
+    assert report.dense_bytes == dense_bytes
+    assert report.ratio == report.stored_bytes / dense_bytes
+    row = report.layers[0]
+    assert row.ratio == row.stored_bytes / row.dense_bytes < 1 / 2  # the layer's own stays
+    assert 'whole model: {:,} of {:,} bytes'.format(report.stored_bytes, dense_bytes) in str(
+        report)
+
+
+def test_nothing_compressed_is_impossible_to_miss():
+    model = trained_like((24, 20, 6))
+    dense_bytes = stored_bytes(model)
+    with pytest.warns(UserWarning, match='compress_linears compressed nothing at a budget of '
+                                         '1/32: /layers/0 skipped: clustered cannot store'):
+        report = compress_linears(model, 1 / 32, pattern='clustered')
+    assert report.layers == ()
+    assert (report.stored_bytes, report.dense_bytes, report.ratio) == (
+        dense_bytes, dense_bytes, 1.0)
+    assert str(report).startswith('NOTHING WAS COMPRESSED at a budget of 1/32')
+
+
+# --- layers already of the family: the plan describes the whole model ----------------------
+
+def test_a_model_compressed_in_two_calls_saves_and_loads_back(tmp_path):
+    model = trained_like((24, 20, 12, 6))
+    first = compress_linears(model, 1 / 4, include='layers/0')
+    second = compress_linears(model, 1 / 8, include=['layers/1', 'layers/2'])
+    assert [row.path for row in second.already] == ['/layers/0']
+    already, = second.already
+    assert (already.pattern, already.link) == (None, first.plan['layers'][0]['link'])
+    assert already.stored_bytes == first.layers[0].stored_bytes
+    assert '/layers/0: {} '.format(already.link) in str(second)
+    assert 'already of the family (its pattern unknown)' in str(second)
+    assert [entry['paths'] for entry in second.plan['layers']] == [
+        ['/layers/0'], ['/layers/1'], ['/layers/2']]
+    assert set(second.plan['layers'][0]) == set(first.plan['layers'][0])
+    assert second.stored_bytes == stored_bytes(model)
+    path = str(tmp_path / 'model.npz')
+    save_compressed(path, model, second.plan)
+    fresh = MLP((24, 20, 12, 6), lazy=True)
+    load_compressed(path, fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+    # The first call's plan leaves two layers out: it is refused before anything is written.
+    with pytest.raises(ValueError, match=r'the plan does not describe every layer of the family '
+                                         r'in the model: /layers/1 \(.*\), /layers/2 \(.*\) are '
+                                         r'not in it'):
+        save_compressed(str(tmp_path / 'first.npz'), model, first.plan)
+    assert not (tmp_path / 'first.npz').exists()
+
+
+def test_a_layer_of_the_family_written_by_hand_is_listed_and_planned(tmp_path):
+    model = chainer.Sequential(dense(24, 20), SharedLinear(20, 6, n_shared=2))
+    report = compress_linears(model, 1 / 4, pattern='hashed')
+    assert [row.path for row in report.layers] == ['/0']
+    row, = report.already
+    assert (row.path, row.link, row.knobs, row.stored_bytes, row.dense_bytes) == (
+        '/1', 'SharedLinear', {'n_shared': 2}, (60 + 6) * 4, (120 + 6) * 4)
+    path = str(tmp_path / 'model.npz')
+    save_compressed(path, model, report.plan)
+    fresh = chainer.Sequential(L.Linear(None, 20), SharedLinear(None, 6, n_shared=2))
+    load_compressed(path, fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+
+# --- temporary memory ----------------------------------------------------------------------
+
+def _peak(function, *args, **kwargs):
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        function(*args, **kwargs)
+        return tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize('patterns', [['shared'], ['shared', 'lowrank', 'kronecker', 'phm']])
+def test_compressing_takes_little_memory_beyond_building_the_layers(patterns):
+    # What compress_linears needs beside the links' own from_linear: the errors, those
+    # the singular values tell included, are summed a slice of the weight at a time.
+    size = 256
+    layer_bytes = size * size * 4
+    model = chainer.Sequential(dense(size, size))
+    linear = dense(size, size)
+    peak = _peak(compress_linears, model, 1 / 8, patterns=patterns)
+    taken = compress_linears(chainer.Sequential(dense(size, size)), 1 / 8,
+                             patterns=patterns).layers[0]
+    building = max(_peak(_from_linear, pattern, linear, knobs) for pattern, knobs in [
+        ('shared', knobs_at_budget('shared', size, size, 1 / 8)), (taken.pattern, taken.knobs)])
+    assert peak <= building + layer_bytes / 2, (peak / layer_bytes, building / layer_bytes)

@@ -98,7 +98,7 @@ class ClusteredLowRankLinear(VirtualLinear):
     """
 
     weight_names = ('U', 'V')
-    #: The fixed index of each codebook, in :attr:`weight_names`' order.
+    #: The fixed index of each codebook, in the order of ``weight_names``.
     index_names = ('U_index', 'V_index')
     # The codebooks' shapes tell neither the rank nor the sizes, and the indices are saved packed.
     saved_options = ('n_clusters', 'rank', 'in_size', 'out_size')
@@ -251,9 +251,10 @@ class ClusteredLowRankLinear(VirtualLinear):
         <chainer_sharedlinear.LowRankLinear.from_linear>`'s, the ``rank``
         leading terms of the singular value decomposition with each singular
         value split evenly between them (so that the two factors have the same
-        scale); then each factor is clustered by k-means (``cluster`` of
-        :mod:`chainer_sharedlinear.links.clustered_linear`) into ``n_clusters``
-        values, each entry replaced by its cluster's centroid. The bias is
+        scale); then each factor is clustered by k-means, as
+        :meth:`ClusteredLinear.from_linear
+        <chainer_sharedlinear.ClusteredLinear.from_linear>` clusters a weight, into
+        ``n_clusters`` values, each entry replaced by its cluster's centroid. The bias is
         copied; dtypes and device stay as they were.
 
         Args:

@@ -7,11 +7,13 @@ by a hash (HashedNets), :class:`KroneckerLinear` is a sum of Kronecker
 products (PHM layers included), :class:`MonarchLinear` a product of two
 block-diagonal matrices and permutations (Monarch), :class:`LowRankLinear` a
 product of two thin matrices, :class:`ClusteredLinear` a codebook of values
-learned by k-means (Deep Compression), and :func:`tied_linear` takes any map
-of your own. Importing this package changes nothing in Chainer itself:
-:func:`register` adds the links to ``chainer.links`` and the functions to
-``chainer.functions``, and :func:`convert_linears` (or its shorthand
-:func:`share_linears`) converts the ``L.Linear`` links of an existing model.
+learned by k-means (Deep Compression), :class:`ClusteredLowRankLinear` the two
+factors of a low-rank weight each made of such a codebook, and
+:func:`tied_linear` takes any map of your own. Importing this package changes
+nothing in Chainer itself: :func:`register` adds the links to ``chainer.links``
+and the functions to ``chainer.functions``, and :func:`convert_linears` (or its
+shorthand :func:`share_linears`) converts the ``L.Linear`` links of an existing
+model.
 ONNX export is in :mod:`chainer_sharedlinear.onnx_export` (the ``onnx``
 extra), imported only when asked for.
 """
@@ -44,6 +46,7 @@ from chainer_sharedlinear.functions import (  # NOQA
 )
 from chainer_sharedlinear.links import (  # NOQA
     ClusteredLinear,
+    ClusteredLowRankLinear,
     DistillationClassifier,
     HashedLinear,
     KroneckerLinear,
@@ -57,10 +60,10 @@ from chainer_sharedlinear.registration import register  # NOQA
 __version__ = '0.1.0'
 
 __all__ = [
-    'ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
-    'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-    'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears', 'convert_linears',
-    'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
+    'ClusteredLinear', 'ClusteredLowRankLinear', 'CompressedLayer', 'CompressionReport',
+    'ConversionReport', 'DistillationClassifier', 'HashedLinear', 'KroneckerLinear',
+    'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears',
+    'convert_linears', 'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
     'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
     'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',
     'unshare_linears',

@@ -16,6 +16,7 @@ _REGISTRY = (
     (chainer.links, 'KroneckerLinear', links.KroneckerLinear),
     (chainer.links, 'LowRankLinear', links.LowRankLinear),
     (chainer.links, 'ClusteredLinear', links.ClusteredLinear),
+    (chainer.links, 'ClusteredLowRankLinear', links.ClusteredLowRankLinear),
     (chainer.links, 'MonarchLinear', links.MonarchLinear),
     (chainer.functions, 'shared_linear', functions.shared_linear),
     (chainer.functions, 'hashed_linear', functions.hashed_linear),
@@ -32,9 +33,10 @@ def register() -> None:
     """Adds the family's links and functions to ``chainer.links`` and ``chainer.functions``.
 
     The names are ``L.SharedLinear``, ``L.HashedLinear``, ``L.KroneckerLinear``,
-    ``L.LowRankLinear``, ``L.ClusteredLinear``, ``L.MonarchLinear``,
-    ``F.shared_linear``, ``F.hashed_linear``, ``F.kronecker_linear``,
-    ``F.low_rank_linear``, ``F.monarch_linear`` and ``F.tied_linear``. Calling
+    ``L.LowRankLinear``, ``L.ClusteredLinear``, ``L.ClusteredLowRankLinear``,
+    ``L.MonarchLinear``, ``F.shared_linear``, ``F.hashed_linear``,
+    ``F.kronecker_linear``, ``F.low_rank_linear``, ``F.monarch_linear`` and
+    ``F.tied_linear``. Calling
     it again does nothing. It never replaces another object that already has
     one of the names: that raises ``RuntimeError``, and then no name is added.
 

@@ -26,13 +26,13 @@ import chainer_sharedlinear as csl
 
 DISTRIBUTION = 'chainer-sharedlinear'
 # What the package exports: the links, the functions, converting, compressing and registering.
-EXPORTS = ('ClusteredLinear', 'CompressedLayer', 'CompressionReport', 'ConversionReport',
-           'DistillationClassifier', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-           'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears', 'convert_linears',
-           'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
-           'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
-           'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',
-           'unshare_linears')
+EXPORTS = ('ClusteredLinear', 'ClusteredLowRankLinear', 'CompressedLayer', 'CompressionReport',
+           'ConversionReport', 'DistillationClassifier', 'HashedLinear', 'KroneckerLinear',
+           'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears',
+           'convert_linears', 'hashed_linear', 'knobs_at_budget', 'kronecker_linear',
+           'load_compressed', 'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan',
+           'register', 'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes',
+           'tied_linear', 'unshare_linears')
 FUNCTIONS = ('hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
              'monarch_linear', 'shared_linear', 'tied_linear')
 # The nodes stay in their modules, as chainer.functions.connection.linear.LinearFunction does.
@@ -54,11 +54,12 @@ FAMILY = (
     ('KroneckerLinear', dict()),
     ('LowRankLinear', dict(rank=2)),
     ('ClusteredLinear', dict(n_clusters=5)),
+    ('ClusteredLowRankLinear', dict(rank=2, n_clusters=5)),
     ('MonarchLinear', dict(n_blocks=3)),
 )
 # What register() adds to chainer.links and chainer.functions.
 REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-                    'ClusteredLinear', 'MonarchLinear')
+                    'ClusteredLinear', 'ClusteredLowRankLinear', 'MonarchLinear')
 REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
                         'monarch_linear', 'tied_linear')
 

@@ -242,7 +242,7 @@ def assert_bias_copied(layer, dense):
 
 #: What ``register()`` adds to ``chainer.links`` and ``chainer.functions``, as documented.
 REGISTERED_LINKS = ('SharedLinear', 'HashedLinear', 'KroneckerLinear', 'LowRankLinear',
-                    'ClusteredLinear', 'MonarchLinear')
+                    'ClusteredLinear', 'ClusteredLowRankLinear', 'MonarchLinear')
 REGISTERED_FUNCTIONS = ('shared_linear', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
                         'monarch_linear', 'tied_linear')
 

@@ -54,6 +54,15 @@ def pack_index(index, bits: int) -> numpy.ndarray:
     return numpy.packbits(planes.astype(numpy.uint8).ravel(), bitorder='little')
 
 
+def packed_size(count: int, bits: int) -> int:
+    """The bytes that :func:`pack_index` packs ``count`` entries of ``bits`` bits into.
+
+    >>> packed_size(3, 2), packed_size(5, 3)
+    (1, 2)
+    """
+    return math.ceil(count * bits / 8)
+
+
 def unpack_index(packed, bits: int, count: int, dtype) -> numpy.ndarray:
     """The ``count`` entries that :func:`pack_index` packed, in ``dtype`` (NumPy)."""
     planes = numpy.unpackbits(numpy.asarray(packed, numpy.uint8), count=count * bits,

@@ -21,6 +21,7 @@ from chainer_sharedlinear.functions.clustered_linear import (
     index_bits,
     index_dtype,
     pack_index,
+    packed_size,
     unpack_index,
 )
 from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
@@ -112,6 +113,28 @@ def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
     labels = numpy.empty(flat.size, index_dtype(n_clusters))
     labels[order] = numpy.repeat(numpy.arange(n_clusters), counts)
     return centroids, labels.reshape(host.shape)
+
+
+def unpack_saved_index(packed, shape: tp.Tuple[int, int], n_clusters: int, layer,
+                       what: str = 'an index', codebook: str = 'codebook') -> numpy.ndarray:
+    """The index of ``shape`` that a file holds packed, checked against its codebook (NumPy).
+
+    Raises:
+        ValueError: ``packed`` is not the size of ``shape``'s entries at the bits of
+            ``n_clusters`` values, or an entry is not below ``n_clusters``; the message
+            names ``what`` was refused, by ``layer``, and its ``codebook``.
+    """
+    bits = index_bits(n_clusters)
+    count = shape[0] * shape[1]
+    if packed.size != packed_size(count, bits):
+        raise ValueError('cannot load {} of {} bytes into {}: {} x {} entries of {} bits take {}'
+                         .format(what, packed.size, layer, shape[0], shape[1], bits,
+                                 packed_size(count, bits)))
+    index = unpack_index(packed, bits, count, index_dtype(n_clusters))
+    if index.size and int(index.max()) >= n_clusters:
+        raise ValueError('cannot load {} with entries up to {} into {}, whose {} has {} values'
+                         .format(what, int(index.max()), layer, codebook, n_clusters))
+    return index.reshape(shape)
 
 
 class ClusteredLinear(VirtualLinear):
@@ -225,7 +248,7 @@ class ClusteredLinear(VirtualLinear):
         if self.index is None:
             raise ValueError('{} has no index yet: it is {}'.format(self, _checks.NOT_INITIALISED))
         n_bytes = self.W.size * self.W.dtype.itemsize
-        n_bytes += math.ceil(self.index.size * index_bits(self.n_clusters) / 8)
+        n_bytes += packed_size(self.index.size, index_bits(self.n_clusters))
         if self.b is not None:
             n_bytes += self.b.size * self.b.dtype.itemsize
         return n_bytes
@@ -252,11 +275,10 @@ class ClusteredLinear(VirtualLinear):
 
     def serialize(self, serializer) -> None:
         """Saves and loads the index packed to its bit width, with the layer's checks."""
-        bits = index_bits(self.n_clusters)
         if not isinstance(serializer, chainer.serializer.Deserializer):
             super().serialize(serializer)
             if self.index is not None:
-                serializer('index', pack_index(self.index, bits))
+                serializer('index', pack_index(self.index, index_bits(self.n_clusters)))
             return
         packed = read_saved(serializer, 'index')
         index = None
@@ -268,19 +290,8 @@ class ClusteredLinear(VirtualLinear):
             if any(size is None for size in sizes):
                 raise ValueError('cannot load the index of {}: the file does not say its '
                                  'in_size and out_size'.format(self))
-            out_size, in_size = (int(size) for size in sizes)
-            count = out_size * in_size
-            if packed.size != math.ceil(count * bits / 8):
-                raise ValueError(
-                    'cannot load an index of {} bytes into {}: {} x {} entries of {} bits '
-                    'take {}'.format(packed.size, self, out_size, in_size, bits,
-                                     math.ceil(count * bits / 8)))
-            index = unpack_index(packed, bits, count, index_dtype(self.n_clusters))
-            if index.size and int(index.max()) >= self.n_clusters:
-                raise ValueError('cannot load an index with entries up to {} into {}, whose '
-                                 'codebook has {} values'.format(int(index.max()), self,
-                                                                 self.n_clusters))
-            index = index.reshape(out_size, in_size)
+            shape = tuple(int(size) for size in sizes)
+            index = unpack_saved_index(packed, shape, self.n_clusters, self)
         super().serialize(serializer)
         if index is not None:
             self.index = self.xp.asarray(index)

@@ -12,6 +12,13 @@ from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 
+def factor_product(U, V):
+    """``U · V``, added up in the accumulation dtype and rounded to the factors' dtype."""
+    wide = _dtypes.accumulation_dtype(U.dtype, V.dtype)
+    return _dtypes.as_dtype(U.astype(wide).dot(V.astype(wide)),
+                            numpy.promote_types(U.dtype, V.dtype))
+
+
 class LowRankLinear(VirtualLinear):
     """Linear layer whose ``(out_size, in_size)`` weight has rank ``rank``: ``U · V``.
 
@@ -90,10 +97,7 @@ class LowRankLinear(VirtualLinear):
 
     def dense_weight(self):
         """The weight ``U · V``, ``(out_size, in_size)``."""
-        U, V = self.U.array, self.V.array
-        wide = _dtypes.accumulation_dtype(U.dtype, V.dtype)
-        return _dtypes.as_dtype(U.astype(wide).dot(V.astype(wide)),
-                                numpy.promote_types(U.dtype, V.dtype))
+        return factor_product(self.U.array, self.V.array)
 
     def _apply(self, x, n_batch_axes):
         return low_rank_linear(x, self.U, self.V, self.b, n_batch_axes)

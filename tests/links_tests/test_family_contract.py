@@ -25,6 +25,7 @@ from chainer.utils.type_check import InvalidType
 
 from chainer_sharedlinear import (
     ClusteredLinear,
+    ClusteredLowRankLinear,
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
@@ -251,6 +252,37 @@ FAMILY = [
         weights_tell_in_size=False,  # W is (n_clusters,) for any in_size; the index tells
         copy_tells_in_size=True,
         refused_in_size=None,
+    ),
+    Entry(
+        cls=ClusteredLowRankLinear,
+        # 16 values hold every entry of the factors (3 x 2 and 2 x 8): k-means of the factors of
+        # to_linear() then loses nothing, and from_linear gives the layer's weight back.
+        options={'rank': 2, 'n_clusters': 16, 'seed': 7},
+        lazy_options={'rank': 2, 'n_clusters': 16, 'seed': 7},
+        dense_weight=lambda layer: layer.U.array.astype(np.float64)[layer.U_index].dot(
+            layer.V.array.astype(np.float64)[layer.V_index]),
+        dense_weight_exact=False,  # rank products added up
+        function=lambda x, layer, n: low_rank_linear(x, layer.U[layer.U_index],
+                                                     layer.V[layer.V_index], layer.b, n),
+        from_linear_options={'rank': 2, 'n_clusters': 16, 'seed': 7},
+        from_linear_exact=(),  # an SVD: the same product, other factors
+        saved_integers=('n_clusters', 'rank', 'in_size', 'out_size'),
+        saved_arrays=('U_index', 'V_index'),
+        incompatible=(
+            (lambda: ClusteredLowRankLinear(IN_SIZE, OUT_SIZE, rank=1, n_clusters=16, seed=7),
+             r'cannot load a ClusteredLowRankLinear saved with rank=2 into '
+             r'ClusteredLowRankLinear\(in_size=8, out_size=3, rank=1'),
+            (lambda: ClusteredLowRankLinear(IN_SIZE, OUT_SIZE, rank=2, n_clusters=8, seed=7),
+             r'saved with n_clusters=16 into'),
+            (lambda: ClusteredLowRankLinear(10, OUT_SIZE, rank=2, n_clusters=16, seed=7),
+             r'saved with in_size=8 into'),
+            (lambda: ClusteredLowRankLinear(OUT_SIZE, rank=3, n_clusters=16),  # lazy
+             r'saved with rank=2 into ClusteredLowRankLinear\(in_size=None'),
+        ),
+        wrong_width=r'x.shape\[1\] == W.shape\[1\]',
+        refused_in_size=(1, r'rank=2 is more than min\(in_size, out_size\) = min\(1, 3\)'),
+        weights_tell_in_size=False,  # U and V are (n_clusters,) for any in_size; V_index tells
+        copy_tells_in_size=True,
     ),
     Entry(
         cls=MonarchLinear,

@@ -160,7 +160,9 @@ class ClusteredLinear(VirtualLinear):
     Attributes:
         W (~chainer.Parameter): The codebook, ``(n_clusters,)``.
         index: The cluster of every virtual weight, ``(out_size, in_size)``,
-            on the link's device; ``None`` until ``in_size`` is known.
+            on the link's device; ``None`` until ``in_size`` is known. Not a
+            parameter: ChainerMN's multi-node optimizer does not broadcast it,
+            :func:`~chainer_sharedlinear.bcast_model` does.
         b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
         n_clusters (int): The number of shared values.
 

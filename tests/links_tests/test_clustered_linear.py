@@ -219,3 +219,23 @@ def test_training_updates_the_codebook_by_the_sum_of_its_weights_gradients():
     gV = gy.T.dot(x)  # the gradient of the virtual weight
     expected = np.array([gV[layer.index == k].sum() for k in range(6)])
     np.testing.assert_allclose(layer.W.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_a_parameter_goes_with_copyparams_to_device_and_files(tmp_path):
+    # The index decides the function but is not a parameter: each way Chainer copies,
+    # moves or saves a link must take it along, not the codebook alone.
+    source = ClusteredLinear.from_linear(_trained_linear(), n_clusters=6)
+    x = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32)
+    expected = source(x).array
+    target = ClusteredLinear(40, 30, n_clusters=6, seed=4)
+    assert not np.array_equal(target.index, source.index)
+    target.copyparams(source)
+    np.testing.assert_array_equal(target(x).array, expected)
+    path = str(tmp_path / 'layer.npz')
+    chainer.serializers.save_npz(path, source)
+    loaded = ClusteredLinear(40, 30, n_clusters=6, seed=4)
+    chainer.serializers.load_npz(path, loaded)
+    np.testing.assert_array_equal(loaded(x).array, expected)
+    source.to_device('@numpy')
+    assert isinstance(source.index, np.ndarray)
+    np.testing.assert_array_equal(source(x).array, expected)

@@ -54,6 +54,7 @@ from chainer_sharedlinear.links import (  # NOQA
     MonarchLinear,
     SharedLinear,
 )
+from chainer_sharedlinear.multi_node import bcast_model  # NOQA
 from chainer_sharedlinear.registration import register  # NOQA
 
 # The one place the version is written: pyproject.toml reads it from here when building.
@@ -62,7 +63,8 @@ __version__ = '0.1.0'
 __all__ = [
     'ClusteredLinear', 'ClusteredLowRankLinear', 'CompressedLayer', 'CompressionReport',
     'ConversionReport', 'DistillationClassifier', 'HashedLinear', 'KroneckerLinear',
-    'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'compress_linears',
+    'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'bcast_model',
+    'compress_linears',
     'convert_linears', 'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
     'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
     'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',

@@ -20,8 +20,14 @@ import chainer
 import numpy as np
 import pytest
 
+from chainer_sharedlinear import (
+    ClusteredLinear,
+    DistillationClassifier,
+    HashedLinear,
+    bcast_model,
+)
 from tests.examples_tests import import_script
-from tests.mpi import data_parallel
+from tests.mpi import compressed, data_parallel
 
 utils, train_mnist3, multi = import_script('examples', 'mnist3_utils', 'train_mnist3',
                                            'train_mnist3_multi')
@@ -30,6 +36,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_PROCESSES = 2
 TIMEOUT_S = 120
 WORKER = os.path.join('tests', 'mpi', 'data_parallel.py')
+COMPRESSED_WORKER = os.path.join('tests', 'mpi', 'compressed.py')
 EXAMPLE = os.path.join('examples', 'train_mnist3_multi.py')
 
 
@@ -175,6 +182,115 @@ def test_a_failing_rank_aborts_the_whole_job(tmp_path):
     # ChainerMN's global except hook, not a lucky exit, ended rank 0's wait.
     assert 'Uncaught exception on rank 1' in output, output
     assert not (tmp_path / 'rank0.npz').exists(), output
+
+
+@pytest.fixture(scope='module')
+def compressed_ranks(tmp_path_factory):
+    """``[arrays of rank 0, arrays of rank 1]`` written by tests/mpi/compressed.py."""
+    out_dir = tmp_path_factory.mktemp('compressed')
+    rc, output = run_under_mpi([COMPRESSED_WORKER, str(out_dir)])
+    assert rc == 0, 'the compressed-model worker failed (exit status {}):\n{}'.format(rc, output)
+    ranks = []
+    for rank in range(N_PROCESSES):
+        with np.load(str(out_dir / 'rank{}.npz'.format(rank))) as saved:
+            ranks.append(dict(saved))
+    return ranks
+
+
+def _differ(ranks, key):
+    return not np.array_equal(ranks[0][key], ranks[1][key])
+
+
+def test_ranks_that_compress_alike_but_seeded_otherwise_get_other_indices(compressed_ranks):
+    # Otherwise neither test below would check anything.
+    for way in ('optimizer', 'bcast_model'):
+        for name in compressed.LAYERS:
+            assert _differ(compressed_ranks, '{}/index_before/{}'.format(way, name))
+
+
+def test_the_multi_node_optimizer_alone_broadcasts_the_codebooks_not_the_indices(
+        compressed_ranks):
+    # ChainerMN's blind spot, which bcast_model covers: alike parameters, other functions.
+    params = [key for key in compressed_ranks[0] if key.startswith('optimizer/param/')]
+    assert params and not any(_differ(compressed_ranks, key) for key in params)
+    assert _differ(compressed_ranks, 'optimizer/index/l1')
+    assert _differ(compressed_ranks, 'optimizer/first')
+
+
+def test_after_bcast_model_every_rank_computes_rank_0s_compressed_model(compressed_ranks):
+    rank_0 = compressed_ranks[0]
+    for rank in compressed_ranks:
+        for name in compressed.LAYERS:
+            np.testing.assert_array_equal(rank['bcast_model/index/' + name],
+                                          rank_0['bcast_model/index_before/' + name])
+        for stage in ('first', 'final'):
+            # The same parameters and indices: the same function, bit for bit.
+            key = 'bcast_model/' + stage
+            assert rank[key].tobytes() == rank_0[key].tobytes()
+    assert not np.array_equal(rank_0['bcast_model/final'], rank_0['bcast_model/first'])
+
+
+class OneOfTheRanks(object):
+    """A rank of ranks in one process, rank 0 first: ChainerMN's ``rank`` and ``bcast_obj``."""
+
+    def __init__(self, rank, sent):
+        self.rank, self._sent = rank, sent
+
+    def bcast_obj(self, obj, root=0):
+        if self.rank == root:
+            self._sent[:] = [obj]
+        return self._sent[0]
+
+
+def _bcast(models):
+    sent = []
+    for rank, model in enumerate(models):
+        bcast_model(OneOfTheRanks(rank, sent), model)
+
+
+def test_bcast_model_sends_what_is_not_a_parameter():
+    def model(seed):
+        rng = np.random.RandomState(seed)
+        chain = chainer.Sequential(
+            ClusteredLinear.from_linear(chainer.links.Linear(
+                6, 5, initialW=rng.normal(size=(5, 6))), n_clusters=4),
+            chainer.links.BatchNormalization(5))
+        chain[1].avg_mean[...] = rng.normal(size=5)
+        teacher = chainer.links.Linear(6, 5, initialW=rng.normal(size=(5, 6)))
+        return DistillationClassifier(chain, teacher, save_teacher=True)
+
+    models = [model(0), model(1)]
+    expected = chainer.serializers.DictionarySerializer()
+    expected.save(models[0])
+    _bcast(models)
+    got = chainer.serializers.DictionarySerializer()
+    got.save(models[1])
+    assert sorted(got.target) == sorted(expected.target)
+    assert {'predictor/0/index', 'predictor/1/avg_mean', 'teacher/W'} <= set(got.target)
+    for key, array in expected.target.items():
+        np.testing.assert_array_equal(got.target[key], array, err_msg=key)
+    x = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+    with chainer.using_config('train', False):
+        np.testing.assert_array_equal(models[1].predictor(x).array,
+                                      models[0].predictor(x).array)
+
+
+@pytest.mark.parametrize('rank_1, message', [
+    (lambda: HashedLinear(6, 5, n_weights=10, seed=1),
+     r"rank 1 cannot take rank 0's model, which is built otherwise: cannot load a HashedLinear "
+     r'saved with seed=0 into HashedLinear\(in_size=6, out_size=5, n_weights=10, seed=1'),
+    (lambda: ClusteredLinear(6, 5, n_clusters=8),
+     r'cannot load a ClusteredLinear saved with n_clusters=4 into'),
+    (lambda: chainer.Sequential(chainer.links.Linear(6, 5), chainer.links.Linear(5, 2)),
+     r"rank 1 cannot take rank 0's model, which is built otherwise: rank 0's has no 1/[Wb]$"),
+])
+def test_bcast_model_refuses_a_rank_whose_model_is_built_otherwise(rank_1, message):
+    rank_0 = {HashedLinear: lambda: HashedLinear(6, 5, n_weights=10, seed=0),
+              ClusteredLinear: lambda: ClusteredLinear(6, 5, n_clusters=4),
+              chainer.Sequential: lambda: chainer.Sequential(chainer.links.Linear(6, 5))}
+    model = rank_1()
+    with pytest.raises(ValueError, match=message):
+        _bcast([rank_0[type(model)](), model])
 
 
 # The example on 2 ranks: 400 training images, 200 to validate, minibatches of

@@ -162,7 +162,11 @@ class ClusteredLinear(VirtualLinear):
     A layer built without a trained weight (not by :meth:`from_linear`) starts
     as the clustering of a weight drawn as ``L.Linear`` draws one (variance
     ``1 / in_size``), from ``seed``: its index is that clustering's, its
-    codebook the centroids unless ``initialW`` says otherwise.
+    codebook the centroids. Given ``initialW``, it clusters nothing: the
+    codebook is ``initialW``'s and each weight takes one of its values drawn
+    uniformly from ``seed``: the start of a layer whose index is set next
+    (by :meth:`from_linear`, or by loading a file), or a random sharing to
+    train from scratch.
 
     Args:
         in_size (int or None): The size of the inputs; ``None`` defers it to
@@ -179,7 +183,9 @@ class ClusteredLinear(VirtualLinear):
     Attributes:
         W (~chainer.Parameter): The codebook, ``(n_clusters,)``.
         index: The cluster of every virtual weight, ``(out_size, in_size)``,
-            on the link's device; ``None`` until ``in_size`` is known.
+            on the link's device; ``None`` until ``in_size`` is known. Not a
+            parameter: ChainerMN's multi-node optimizer does not broadcast it,
+            :func:`~chainer_sharedlinear.bcast_model` does.
         b (~chainer.Parameter): The bias, ``(out_size,)``, or ``None``.
         n_clusters (int): The number of shared values.
 
@@ -228,9 +234,16 @@ class ClusteredLinear(VirtualLinear):
         if self.index is not None:
             return super()._initialize_params(in_size)
         in_size = _checks.positive_int('in_size', in_size)
-        drawn = numpy.random.RandomState(self.seed).normal(
-            scale=1 / math.sqrt(in_size), size=(self.out_size, in_size))
-        self._initial_centroids, index = cluster(drawn, self.n_clusters)
+        random = numpy.random.RandomState(self.seed)
+        shape = (self.out_size, in_size)
+        if 'W' in self._given_initializers:
+            # No drawn weight to cluster: the codebook is given, usually by from_linear or
+            # apply_plan, which set the index next, and k-means would cost more than both.
+            index = random.randint(self.n_clusters, size=shape,
+                                   dtype=index_dtype(self.n_clusters))
+        else:
+            drawn = random.normal(scale=1 / math.sqrt(in_size), size=shape)
+            self._initial_centroids, index = cluster(drawn, self.n_clusters)
         try:
             super()._initialize_params(in_size)
         finally:

@@ -27,11 +27,13 @@ class DistillationClassifier(L.Classifier):
 
     The teacher runs in test mode (``chainer.config.train`` off: no dropout,
     batch normalisation with its running statistics), records no graph and
-    gets no gradient. It is not a child link unless ``save_teacher=True``:
-    the model's snapshot and ``save_npz`` hold the student alone, an
-    optimizer set up on the model sees only the student's parameters, and
-    ``to_device`` moves both. With ``save_teacher=True`` the teacher is saved
-    with the model and its parameters are never updated.
+    gets no gradient. It is never a child link: its parameters are not among
+    the model's ``params()``, so an optimizer set up on the model, its weight
+    decay and its hooks never see them, whatever the optimizer; ``to_device``
+    and ``copy`` take the teacher with the student. The model's snapshot and
+    ``save_npz`` hold the student alone, unless ``save_teacher=True``: then
+    the teacher is saved and loaded with the model (under ``teacher/``), and
+    ``copyparams`` copies it too.
 
     Args:
         student (~chainer.Link): The network trained (``predictor``).
@@ -71,15 +73,13 @@ class DistillationClassifier(L.Classifier):
         self.temperature = _checks.positive_float('temperature', temperature)
         self.alpha = _checks.fraction('alpha', alpha)
         self.save_teacher = bool(save_teacher)
-        if self.save_teacher:
-            if not isinstance(teacher, chainer.Link):
-                raise TypeError('save_teacher=True saves a teacher that is a chainer.Link, '
-                                'got {}'.format(type(teacher).__name__))
-            with self.init_scope():
-                self.teacher = teacher
-            teacher.disable_update()
-        else:
-            self.teacher = teacher
+        if self.save_teacher and not isinstance(teacher, chainer.Link):
+            raise TypeError('save_teacher=True saves a teacher that is a chainer.Link, '
+                            'got {}'.format(type(teacher).__name__))
+        # Not in init_scope: a child's parameters would be the optimizer's, and
+        # disabling their update rules here would not last, since optimizer.setup
+        # gives every parameter a new one.
+        self.teacher = teacher
         self.soft_loss = None
         self.hard_loss = None
 
@@ -127,5 +127,24 @@ class DistillationClassifier(L.Classifier):
 
     def device_resident_accept(self, visitor):
         super().device_resident_accept(visitor)
-        if not self.save_teacher and isinstance(self.teacher, chainer.Link):
+        if isinstance(self.teacher, chainer.Link):
             self.teacher.device_resident_accept(visitor)
+
+    def copy(self, mode='share'):
+        """Copies the model as ``chainer.Chain.copy`` does, the teacher with it."""
+        copied = super().copy(mode)
+        if isinstance(self.teacher, chainer.Link):
+            copied.teacher = self.teacher.copy(mode)
+        return copied
+
+    def copyparams(self, link, copy_persistent=True):
+        """Copies the student's parameters, and the teacher's with ``save_teacher=True``."""
+        super().copyparams(link, copy_persistent)
+        if self.save_teacher:
+            self.teacher.copyparams(link.teacher, copy_persistent)
+
+    def serialize(self, serializer):
+        """Saves and loads the student; with ``save_teacher``, the teacher under ``teacher/``."""
+        super().serialize(serializer)
+        if self.save_teacher:
+            self.teacher.serialize(serializer['teacher'])

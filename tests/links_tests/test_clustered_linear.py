@@ -10,13 +10,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear import ClusteredLinear
+from chainer_sharedlinear import (
+    ClusteredLinear,
+    compress_linears,
+    load_compressed,
+    save_compressed,
+)
 from chainer_sharedlinear.functions.clustered_linear import (
     index_bits,
     index_dtype,
     pack_index,
     unpack_index,
 )
+from chainer_sharedlinear.links import clustered_linear
 from chainer_sharedlinear.links.clustered_linear import cluster
 from tests.helpers import set_non_default
 
@@ -79,6 +85,59 @@ def test_from_linear_replaces_each_weight_by_its_centroid_and_keeps_the_rest():
     error = np.linalg.norm(layer.dense_weight() - dense.W.array) / np.linalg.norm(dense.W.array)
     # The best 16 values of a normal weight (Lloyd-Max) leave a relative error of 0.0975.
     assert error < 0.11
+
+
+@pytest.fixture
+def k_means_runs(monkeypatch):
+    """The list of the sizes of the weights that the layer's module clustered since."""
+    runs = []
+
+    def counted(values, *args, **kwargs):
+        runs.append(np.size(values))
+        return cluster(values, *args, **kwargs)
+
+    monkeypatch.setattr(clustered_linear, 'cluster', counted)
+    return runs
+
+
+def test_from_linear_runs_k_means_once_on_the_trained_weight(k_means_runs):
+    ClusteredLinear.from_linear(_trained_linear(), n_clusters=16)
+    assert k_means_runs == [40 * 30]
+
+
+def test_a_given_codebook_takes_no_k_means_and_an_index_drawn_from_the_seed(k_means_runs):
+    layers = [ClusteredLinear(40, 30, n_clusters=7, seed=seed, initialW=np.arange(7.))
+              for seed in (3, 3, 4)]
+    lazy = ClusteredLinear(30, n_clusters=7, seed=3, initialW=np.arange(7.))
+    lazy(np.zeros((1, 40), np.float32))
+    assert k_means_runs == []
+    index = layers[0].index
+    assert index.shape == (30, 40) and index.dtype == np.uint8
+    assert sorted(np.unique(index)) == list(range(7))  # every value of the codebook is used
+    np.testing.assert_array_equal(layers[1].index, index)
+    np.testing.assert_array_equal(lazy.index, index)
+    assert not np.array_equal(layers[2].index, index)
+    np.testing.assert_array_equal(layers[0].W.array, np.arange(7.))
+    # Without a codebook, the layer is still the clustering of a drawn weight.
+    ClusteredLinear(40, 30, n_clusters=7)
+    assert k_means_runs == [40 * 30]
+
+
+def test_a_compressed_file_loads_without_k_means(k_means_runs, tmp_path):
+    def model():
+        return chainer.Sequential(L.Linear(40, 30), L.Linear(30, 20))
+
+    compressed = model()
+    report = compress_linears(compressed, 1 / 4, pattern='clustered')
+    assert len(k_means_runs) == 2  # one per layer, by from_linear
+    path = str(tmp_path / 'model.npz')
+    save_compressed(path, compressed, report.plan)
+    fresh = model()
+    load_compressed(path, fresh)
+    assert len(k_means_runs) == 2
+    for loaded, saved in zip(fresh, compressed):
+        np.testing.assert_array_equal(loaded.index, saved.index)
+        np.testing.assert_array_equal(loaded.W.array, saved.W.array)
 
 
 @pytest.mark.parametrize('n_clusters, bits, dtype', [
@@ -160,3 +219,23 @@ def test_training_updates_the_codebook_by_the_sum_of_its_weights_gradients():
     gV = gy.T.dot(x)  # the gradient of the virtual weight
     expected = np.array([gV[layer.index == k].sum() for k in range(6)])
     np.testing.assert_allclose(layer.W.grad, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_what_is_not_a_parameter_goes_with_copyparams_to_device_and_files(tmp_path):
+    # The index decides the function but is not a parameter: each way Chainer copies,
+    # moves or saves a link must take it along, not the codebook alone.
+    source = ClusteredLinear.from_linear(_trained_linear(), n_clusters=6)
+    x = np.random.default_rng(1).standard_normal((3, 40)).astype(np.float32)
+    expected = source(x).array
+    target = ClusteredLinear(40, 30, n_clusters=6, seed=4)
+    assert not np.array_equal(target.index, source.index)
+    target.copyparams(source)
+    np.testing.assert_array_equal(target(x).array, expected)
+    path = str(tmp_path / 'layer.npz')
+    chainer.serializers.save_npz(path, source)
+    loaded = ClusteredLinear(40, 30, n_clusters=6, seed=4)
+    chainer.serializers.load_npz(path, loaded)
+    np.testing.assert_array_equal(loaded(x).array, expected)
+    source.to_device('@numpy')
+    assert isinstance(source.index, np.ndarray)
+    np.testing.assert_array_equal(source(x).array, expected)

@@ -118,6 +118,57 @@ def test_the_teacher_is_not_saved_nor_optimised_unless_asked(tmp_path):
     np.testing.assert_array_equal(teacher.W.array, before)
 
 
+@pytest.mark.parametrize('optimizer, hooks', [
+    (lambda: chainer.optimizers.Adam(weight_decay_rate=0.01), lambda: []),
+    (lambda: chainer.optimizers.SGD(lr=0.1),
+     lambda: [chainer.optimizer_hooks.WeightDecay(0.01)]),
+    (lambda: chainer.optimizers.MomentumSGD(lr=0.1),
+     lambda: [chainer.optimizer_hooks.Lasso(0.01), chainer.optimizer_hooks.GradientClipping(0.1),
+              chainer.optimizer_hooks.GradientHardClipping(-0.01, 0.01)]),
+])
+@pytest.mark.parametrize('save_teacher', [False, True])
+def test_no_optimizer_nor_hook_moves_the_teacher(optimizer, hooks, save_teacher):
+    x, t = _problem(dtype=np.float32)
+    student, teacher = L.Linear(5, 4), L.Linear(5, 4)
+    model = DistillationClassifier(student, teacher, save_teacher=save_teacher)
+    assert sorted(name for name, _ in model.namedparams()) == ['/predictor/W', '/predictor/b']
+    before = {name: param.array.copy() for name, param in teacher.namedparams()}
+    student_before = student.W.array.copy()
+    optimizer = optimizer().setup(model)
+    for hook in hooks():
+        optimizer.add_hook(hook)
+    for _ in range(10):
+        optimizer.update(model, x, t)
+    for name, param in teacher.namedparams():
+        np.testing.assert_array_equal(param.array, before[name], err_msg=name)
+    assert not np.array_equal(student.W.array, student_before)  # the student did train
+
+
+def test_a_saved_teacher_loads_back_and_copies_with_the_model(tmp_path):
+    rng = np.random.default_rng(5)
+    teacher = L.Linear(5, 4, initialW=rng.standard_normal((4, 5)))
+    model = DistillationClassifier(L.Linear(5, 4), teacher, save_teacher=True)
+    path = str(tmp_path / 'both.npz')
+    chainer.serializers.save_npz(path, model)
+    loaded = DistillationClassifier(L.Linear(5, 4), L.Linear(5, 4), save_teacher=True)
+    chainer.serializers.load_npz(path, loaded)
+    np.testing.assert_array_equal(loaded.teacher.W.array, teacher.W.array)
+    copied = DistillationClassifier(L.Linear(5, 4), L.Linear(5, 4), save_teacher=True)
+    copied.copyparams(model)
+    np.testing.assert_array_equal(copied.teacher.W.array, teacher.W.array)
+    alone = DistillationClassifier(L.Linear(5, 4), L.Linear(5, 4))
+    alone_teacher = alone.teacher.W.array.copy()
+    alone.copyparams(model)
+    np.testing.assert_array_equal(alone.teacher.W.array, alone_teacher)
+    # Chain.copy copies the children; the teacher goes with them, so that a copy
+    # sent to another device (ParallelUpdater) does not take the original's teacher.
+    for save_teacher in (False, True):
+        shared = DistillationClassifier(L.Linear(5, 4), teacher, save_teacher=save_teacher)
+        copy = shared.copy()
+        assert copy.teacher is not teacher and copy.teacher.W.array is teacher.W.array
+        assert shared.copy(mode='copy').teacher.W.array is not teacher.W.array
+
+
 def test_a_trainer_reports_both_terms():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 12)).astype(np.float32)

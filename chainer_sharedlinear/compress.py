@@ -16,6 +16,7 @@ budget, the bytes of a setting, and the link's options for a setting.
 import collections
 import dataclasses
 import fractions
+import inspect
 import json
 import math
 import typing as tp
@@ -702,10 +703,17 @@ def _plain(value):
     return value
 
 
+#: The keys of a plan's layer that every layer needs; ``bias_dtype`` too unless ``nobias``.
 _ENTRY_KEYS = ('paths', 'link', 'options', 'in_size', 'out_size', 'nobias', 'dtype')
 
 
 def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
+    """The layers of ``plan``; ``ValueError`` naming the layer and the field of a wrong one.
+
+    Each layer is checked as data, before any model is touched or any weight
+    allocated: its keys, their types, its options against its link's
+    constructor, and its size, which may not exceed the dense layer's.
+    """
     if not isinstance(plan, dict) or plan.get('format') != PLAN_FORMAT:
         raise ValueError('not a plan of compress_linears: expected a dict with '
                          "'format': {!r} (a CompressionReport's plan), got {!r}".format(
@@ -715,19 +723,90 @@ def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
     if not isinstance(entries, list):
         raise ValueError("the plan's 'layers' must be a list, got {!r}".format(entries))
     for i, entry in enumerate(entries):
-        missing = [key for key in _ENTRY_KEYS if not isinstance(entry, dict) or key not in entry]
-        if missing:
-            raise ValueError('layer {} of the plan lacks {}'.format(i, ', '.join(missing)))
-        if _family_class(entry['link']) is None:
-            raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
-                             '({})'.format(entry['paths'], entry['link'], _family_names()))
+        _check_entry(i, entry)
     return entries
+
+
+def _check_entry(i: int, entry) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError('layer {} of the plan must be a dict, got {!r}'.format(i, entry))
+    needed = _ENTRY_KEYS + (() if entry.get('nobias') is True else ('bias_dtype',))
+    missing = [key for key in needed if key not in entry]
+    if missing:
+        raise ValueError('layer {} of the plan lacks {}'.format(i, ', '.join(missing)))
+    paths = entry['paths']
+    if not (isinstance(paths, list) and paths and all(isinstance(p, str) for p in paths)):
+        raise ValueError('layer {} of the plan: paths must be a non-empty list of str, such as '
+                         "['/l1'], got {!r}".format(i, paths))
+    cls = _family_class(entry['link']) if isinstance(entry['link'], str) else None
+    if cls is None:
+        raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
+                         '({})'.format(paths, entry['link'], _family_names()))
+    try:
+        in_size = _checks.positive_int('in_size', entry['in_size'])
+        out_size = _checks.positive_int('out_size', entry['out_size'])
+        if not isinstance(entry['nobias'], bool):
+            raise ValueError('nobias must be true or false, got {!r}'.format(entry['nobias']))
+        _checks.float_dtype('dtype', entry['dtype'])
+        if not entry['nobias']:
+            _checks.float_dtype('bias_dtype', entry['bias_dtype'])
+        options = _planned_options(cls, entry['options'])
+        # The link's own checks of its options, and the shapes they give.
+        unallocated = type(cls.__name__, (_Unallocated, cls), {})(
+            in_size, out_size, nobias=True, **options)
+        n_weights = sum(math.prod(shape)
+                        for shape in unallocated._weight_shapes(in_size).values())
+    except (TypeError, ValueError) as e:
+        raise ValueError('layer {} of the plan: {}'.format(paths, e)) from None
+    if n_weights > in_size * out_size:
+        raise ValueError(
+            'layer {} of the plan is {}({}), which would store {:,} weights, more than the {:,} '
+            'of the dense {} -> {} layer it replaces: compress_linears writes no such plan; '
+            'this one was edited or damaged'.format(
+                paths, cls.__name__, ', '.join('{}={}'.format(key, value) for key, value in
+                                               dict(options, in_size=in_size,
+                                                    out_size=out_size).items()),
+                n_weights, in_size * out_size, in_size, out_size))
+
+
+class _Unallocated:
+    """Mixed into a layer of the family, it checks its arguments and allocates no weights.
+
+    Every layer's constructor checks its options, then initialises its
+    weights through ``_initialize_params``: here, that only records ``in_size``.
+    """
+
+    def _initialize_params(self, in_size: int) -> None:
+        self._in_size = in_size
+
+
+def _planned_options(cls, options) -> Knobs:
+    """A plan's ``options`` as ``cls`` takes them (pairs as tuples); ``ValueError`` if not.
+
+    The options are the constructor's keyword-only arguments but ``nobias``
+    and the initializers, the same rule for every layer of the family.
+    """
+    if not isinstance(options, dict):
+        raise ValueError('options must be a dict of the options of {}, got {!r}'.format(
+            cls.__name__, options))
+    known = [p for p in inspect.signature(cls).parameters.values()
+             if p.kind is p.KEYWORD_ONLY and p.name != 'nobias'
+             and not p.name.startswith('initial')]
+    unknown = [key for key in options if key not in [p.name for p in known]]
+    if unknown:
+        raise ValueError('options has {}, which {} does not take: its options are {}'.format(
+            ', '.join(map(repr, unknown)), cls.__name__, ', '.join(p.name for p in known)))
+    missing = [p.name for p in known if p.default is p.empty and p.name not in options]
+    if missing:
+        raise ValueError('options lacks {}, which {} needs'.format(
+            ', '.join(missing), cls.__name__))
+    return {key: tuple(value) if isinstance(value, list) else value
+            for key, value in options.items()}
 
 
 def _planned_layer(entry, initialize: bool) -> chainer.Link:
     cls = _family_class(entry['link'])
-    options = {key: tuple(value) if isinstance(value, list) else value
-               for key, value in entry['options'].items()}
+    options = _planned_options(cls, entry['options'])
     with chainer.using_config('dtype', numpy.dtype(entry['dtype'])):
         if initialize:  # as the constructor draws them
             return cls(entry['in_size'], entry['out_size'], nobias=entry['nobias'], **options)
@@ -767,9 +846,14 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
         ConversionReport: What changed.
 
     Raises:
-        ValueError: The plan does not fit the model: a path it names is not
+        ValueError: The plan is damaged: a layer lacks a key, or has one of
+            the wrong type (``options`` not a dict, a dtype that is not a float
+            dtype, sizes that are not positive integers), an option its link
+            does not take or refuses, or options that would store more weights
+            than the dense layer (the message names the layer and the field).
+            Or the plan does not fit the model: a path it names is not
             there, or holds a link of other sizes, another bias, or another
-            layer than the plan's. Nothing is changed.
+            layer than the plan's. Nothing is changed, and nothing allocated.
     """
     entries = _check_plan(plan)
     if not isinstance(model, chainer.Link):

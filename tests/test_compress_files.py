@@ -1,0 +1,177 @@
+"""save_compressed, read_plan and load_compressed: the file, the stream, a damaged file or plan."""
+
+import io
+import json
+import os
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from chainer_sharedlinear import (
+    apply_plan,
+    compress_linears,
+    load_compressed,
+    pattern_names,
+    save_compressed,
+)
+from chainer_sharedlinear import compress as compress_module
+from chainer_sharedlinear.convert import family
+from tests.test_compress import MLP, trained_like
+
+
+def compressed(pattern='auto', **kwargs):
+    model = trained_like()
+    return model, compress_linears(model, 1 / 2, pattern=pattern, **kwargs)
+
+
+def state(model):
+    """Each link by path, and a copy of each parameter's array (``None`` if not initialised)."""
+    links = dict(model.namedlinks())
+    arrays = {path: None if param.array is None else param.array.copy()
+              for path, param in model.namedparams()}
+    return links, arrays
+
+
+def assert_unchanged(model, before):
+    links, arrays = state(model)
+    assert links.keys() == before[0].keys()
+    assert all(links[path] is before[0][path] for path in links)
+    assert arrays.keys() == before[1].keys()
+    for path, array in arrays.items():
+        if before[1][path] is None:
+            assert array is None, path
+        else:
+            np.testing.assert_array_equal(array, before[1][path], err_msg=path)
+
+
+def saved_arrays(model, plan):
+    stream = io.BytesIO()
+    save_compressed(stream, model, plan)
+    stream.seek(0)
+    with np.load(stream) as saved:
+        return {key: saved[key] for key in saved.files}
+
+
+def npz(arrays):
+    stream = io.BytesIO()
+    np.savez_compressed(stream, **arrays)
+    return stream.getvalue()
+
+
+# --- 10: a damaged or edited plan -------------------------------------------------------------
+
+def edited(pattern, edit):
+    model, report = compressed(pattern)
+    plan = json.loads(json.dumps(report.plan))
+    edit(plan['layers'][0])
+    return model, plan
+
+
+def setting(key, value):
+    def edit(entry):
+        entry[key] = value
+    return edit
+
+
+def option(key, value):
+    def edit(entry):
+        entry['options'][key] = value
+    return edit
+
+
+def deleting(key, *, in_options=False):
+    def edit(entry):
+        del (entry['options'] if in_options else entry)[key]
+    return edit
+
+
+LAYER = r"layer \['/layers/0'\] of the plan: "
+DAMAGED_PLANS = [
+    ('shared', deleting('bias_dtype'), 'layer 0 of the plan lacks bias_dtype'),
+    ('shared', deleting('dtype'), 'layer 0 of the plan lacks dtype'),
+    ('shared', setting('options', [['n_shared', 2]]), LAYER + 'options must be a dict'),
+    ('shared', setting('dtype', 'int8'),
+     LAYER + r"dtype must be a floating dtype \(float16, float32, float64\), got 'int8'"),
+    ('shared', setting('dtype', 'float33'), LAYER + "dtype must be a floating dtype.*'float33'"),
+    ('shared', setting('bias_dtype', 'int32'), LAYER + 'bias_dtype must be a floating dtype'),
+    ('shared', setting('bias_dtype', None), LAYER + 'bias_dtype must be a floating dtype'),
+    ('shared', setting('in_size', 0), LAYER + 'in_size must be at least 1, got 0'),
+    ('shared', setting('out_size', '20'), LAYER + "out_size must be a positive integer, got '20'"),
+    ('shared', setting('in_size', 24.0), LAYER + 'in_size must be a positive integer, got 24.0'),
+    ('shared', setting('nobias', 'no'), LAYER + "nobias must be true or false, got 'no'"),
+    ('shared', setting('paths', '/layers/0'),
+     "layer 0 of the plan: paths must be a non-empty list of str"),
+    ('shared', setting('paths', []), "layer 0 of the plan: paths must be a non-empty list"),
+    ('shared', setting('paths', [0]), "layer 0 of the plan: paths must be a non-empty list"),
+    ('shared', option('n_share', 2),
+     LAYER + "options has 'n_share', which SharedLinear does not take: its options are "
+     'n_shared$'),
+    ('shared', deleting('n_shared', in_options=True),
+     LAYER + 'options lacks n_shared, which SharedLinear needs'),
+    ('shared', option('n_shared', 0), LAYER + 'n_shared must be at least 1, got 0'),
+    ('shared', option('n_shared', 5), LAYER + 'in_size=24 is not divisible by n_shared=5'),
+    ('kronecker', option('n_terms', 10 ** 4),
+     LAYER[:-2] + r' is KroneckerLinear\(in_factors=\(.*n_terms=10000, in_size=24, '
+     r'out_size=20\), which would store [0-9,]+ weights, more than the 480 of the dense '
+     '24 -> 20 layer it replaces'),
+    ('kronecker', option('n_terms', 10 ** 9), LAYER[:-2] + ' is .*, which would store '
+     '[0-9,]+ weights, more than the 480 of the dense 24 -> 20 layer'),
+    ('kronecker', option('in_factors', [5, 5]),
+     LAYER + r'in_factors=\(5, 5\) do not multiply to 24'),
+    ('kronecker', option('n_terms', '2'), LAYER + "n_terms must be a positive integer, got '2'"),
+    ('hashed', option('n_weights', 481), LAYER + 'n_weights=481 is more than'),
+    ('lowrank', option('rank', 21), LAYER + r'rank=21 is more than min\(in_size, out_size\)'),
+    ('monarch', option('n_blocks', 10 ** 6), LAYER + 'n_blocks=1000000 is more than'),
+    ('clustered', option('n_clusters', 2 ** 16),
+     LAYER[:-2] + ' is ClusteredLinear.*which would store 65,536 weights, more than the 480'),
+]
+
+
+@pytest.mark.parametrize('pattern, edit, message', DAMAGED_PLANS,
+                         ids=['{}-{}'.format(i, plan[0]) for i, plan in enumerate(DAMAGED_PLANS)])
+def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, message):
+    if pattern not in pattern_names():
+        pytest.skip('{} is not in this version'.format(pattern))
+    model, plan = edited(pattern, edit)
+    fresh = MLP(lazy=True)
+    before = state(fresh)
+    with pytest.raises(ValueError, match=message):
+        apply_plan(fresh, plan)
+    assert_unchanged(fresh, before)
+
+    # save_compressed refuses it too, and writes nothing.
+    with pytest.raises(ValueError, match=message):
+        save_compressed(str(tmp_path / 'model.npz'), model, plan)
+    assert os.listdir(str(tmp_path)) == []
+
+    # A file whose plan was edited so is refused by load_compressed, before any change.
+    arrays = saved_arrays(model, json.loads(json.dumps(compress_linears(
+        trained_like(), 1 / 2, pattern=pattern).plan)))
+    arrays[compress_module.PLAN_KEY] = np.array(json.dumps(plan))
+    with pytest.raises(ValueError, match=message):
+        load_compressed(io.BytesIO(npz(arrays)), fresh)
+    assert_unchanged(fresh, before)
+
+
+def test_absurd_knobs_are_refused_before_anything_is_allocated():
+    model, plan = edited('kronecker', option('n_terms', 10 ** 9))
+    fresh = MLP(lazy=True)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match='which would store'):
+            apply_plan(fresh, plan)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 ** 20
+
+
+@pytest.mark.parametrize('cls', family(), ids=lambda cls: cls.__name__)
+def test_every_layer_of_the_family_refuses_an_option_it_does_not_take(cls):
+    entry = {'paths': ['/layers/0'], 'link': cls.__name__, 'options': {'initialW': 0},
+             'in_size': 24, 'out_size': 20, 'nobias': True, 'dtype': 'float32'}
+    plan = {'format': compress_module.PLAN_FORMAT, 'layers': [entry]}
+    with pytest.raises(ValueError, match="options has 'initialW', which {} does not take: its "
+                       'options are '.format(cls.__name__)):
+        apply_plan(MLP(), plan)

@@ -19,7 +19,9 @@ import fractions
 import inspect
 import json
 import math
+import os
 import typing as tp
+import uuid
 
 import chainer
 import chainer.links as L
@@ -894,23 +896,74 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
                               link.device))
 
 
-def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any]) -> None:
+def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
+                    overwrite: bool = False) -> None:
     """Saves a compressed model as ``chainer.serializers.save_npz`` does, with its plan.
 
     The plan is kept in the file as JSON under ``'chainer_sharedlinear.plan'``, which
     ``load_npz`` ignores: the file loads as any other into a model the plan
     was applied to, and :func:`load_compressed` rebuilds the layers from it.
 
+    A path is written as it is named (``'model.bin'`` is ``model.bin``, with no
+    ``.npz`` added), in one step: the file is written beside it under another
+    name, then renamed, so that a save that fails leaves no part of a file,
+    and an existing file as it was. A file object is written at its position.
+
     Args:
-        file (str or file-like): Where to save.
+        file (str, path-like or file object): Where to save.
         model (~chainer.Link): The compressed model.
         plan (dict): Its :class:`CompressionReport`'s ``plan``.
+        overwrite (bool): Whether to replace a file that is there already.
+
+    Raises:
+        FileExistsError: ``file`` is a path that exists, and ``overwrite`` is ``False``.
+        ValueError: ``plan`` is not a plan (see :func:`apply_plan`).
+
+    .. admonition:: Example
+
+        >>> import io, os, tempfile
+        >>> import chainer, chainer.links as L
+        >>> model = chainer.Sequential(L.Linear(8, 4))
+        >>> report = compress_linears(model, 1/2, pattern='shared')
+        >>> path = os.path.join(tempfile.mkdtemp(), 'model.bin')
+        >>> save_compressed(path, model, report.plan)
+        >>> os.path.exists(path)
+        True
+        >>> save_compressed(path, model, report.plan)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        FileExistsError: .../model.bin exists: save_compressed replaces a file only with \
+overwrite=True
+        >>> save_compressed(path, model, report.plan, overwrite=True)
+        >>> stream = io.BytesIO()
+        >>> save_compressed(stream, model, report.plan)
     """
     _check_plan(plan)
+    to_stream = hasattr(file, 'write')
+    if not to_stream:
+        file = os.fspath(file)
+        if os.path.lexists(file) and not overwrite:
+            raise FileExistsError('{} exists: save_compressed replaces a file only with '
+                                  'overwrite=True'.format(file))
     serializer = chainer.serializers.DictionarySerializer()
     serializer.save(model)
     serializer.target[PLAN_KEY] = numpy.array(json.dumps(plan))
-    numpy.savez_compressed(file, **serializer.target)
+    if to_stream:
+        numpy.savez_compressed(file, **serializer.target)
+        return
+    # numpy.savez_compressed adds '.npz' to a name, not to a file object.
+    partial = os.path.join(os.path.dirname(os.path.abspath(file)), '.{}.{}.partial'.format(
+        os.path.basename(file), uuid.uuid4().hex))
+    try:
+        with open(partial, 'xb') as f:
+            numpy.savez_compressed(f, **serializer.target)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, file)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
 
 
 def read_plan(file) -> tp.Dict[str, tp.Any]:

@@ -13,11 +13,12 @@ from chainer_sharedlinear import (
     compress_linears,
     load_compressed,
     pattern_names,
+    read_plan,
     save_compressed,
 )
 from chainer_sharedlinear import compress as compress_module
 from chainer_sharedlinear.convert import family
-from tests.test_compress import MLP, trained_like
+from tests.test_compress import MLP, X, trained_like
 
 
 def compressed(pattern='auto', **kwargs):
@@ -57,6 +58,66 @@ def npz(arrays):
     stream = io.BytesIO()
     np.savez_compressed(stream, **arrays)
     return stream.getvalue()
+
+
+# --- 6: the file is the path named, and nothing is overwritten without asking --------------
+
+def test_save_compressed_writes_the_path_it_is_given(tmp_path):
+    model, report = compressed()
+    path = tmp_path / 'model.bin'
+    save_compressed(str(path), model, report.plan)
+    assert os.listdir(str(tmp_path)) == ['model.bin']
+    fresh = MLP(lazy=True)
+    load_compressed(str(path), fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+
+def test_save_compressed_takes_a_path_object(tmp_path):
+    model, report = compressed()
+    save_compressed(tmp_path / 'model.npz', model, report.plan)
+    fresh = MLP(lazy=True)
+    load_compressed(tmp_path / 'model.npz', fresh)
+    assert read_plan(tmp_path / 'model.npz') == json.loads(json.dumps(report.plan))
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite(tmp_path):
+    model, report = compressed()
+    path = tmp_path / 'model.npz'
+    path.write_bytes(b'a file the user saved')
+    with pytest.raises(FileExistsError) as e:
+        save_compressed(str(path), model, report.plan)
+    assert str(path) in str(e.value) and 'overwrite=True' in str(e.value)
+    assert path.read_bytes() == b'a file the user saved'
+    assert os.listdir(str(tmp_path)) == ['model.npz']
+
+    save_compressed(str(path), model, report.plan, overwrite=True)
+    fresh = MLP(lazy=True)
+    load_compressed(str(path), fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def failing_savez(file, **arrays):
+    file.write(b'PK\x03\x04 the first bytes of a zip file')
+    raise Interrupted('the disk is full')
+
+
+@pytest.mark.parametrize('existing', [False, True])
+def test_a_failed_save_leaves_no_part_of_a_file(tmp_path, monkeypatch, existing):
+    model, report = compressed()
+    path = tmp_path / 'model.npz'
+    if existing:
+        path.write_bytes(b'the last good save')
+    monkeypatch.setattr(np, 'savez_compressed', failing_savez)
+    with pytest.raises(Interrupted):
+        save_compressed(str(path), model, report.plan, overwrite=True)
+    assert os.listdir(str(tmp_path)) == (['model.npz'] if existing else [])
+    if existing:
+        assert path.read_bytes() == b'the last good save'
 
 
 # --- 10: a damaged or edited plan -------------------------------------------------------------

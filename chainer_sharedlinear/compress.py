@@ -22,6 +22,8 @@ import math
 import os
 import typing as tp
 import uuid
+import zipfile
+import zlib
 
 import chainer
 import chainer.links as L
@@ -29,7 +31,13 @@ import numpy
 from chainer import backend, initializers
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.convert import ConversionReport, Include, _replace_links, family
+from chainer_sharedlinear.convert import (
+    ConversionReport,
+    Include,
+    _replace_child,
+    _replace_links,
+    family,
+)
 from chainer_sharedlinear.functions.clustered_linear import index_bits
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 from chainer_sharedlinear.functions.monarch_linear import block_sizes
@@ -825,6 +833,47 @@ def _is_planned(link, entry) -> bool:
             and _plain(dict(link._options())) == entry['options'])
 
 
+def _links_to_plan(model, entries, caller: str
+                   ) -> 'collections.OrderedDict[str, tp.Tuple[L.Linear, tp.Dict[str, tp.Any]]]':
+    """The ``L.Linear`` links that ``entries`` replace, by path, each with its entry.
+
+    ``ValueError`` if the plan does not fit the model; nothing is changed.
+    """
+    if not isinstance(model, chainer.Link):
+        raise TypeError('{} expects a chainer.Link (a Chain, ChainList or Sequential), '
+                        'got {}'.format(caller, type(model).__name__))
+    found = dict(model.namedlinks())
+    paths_of = collections.defaultdict(list)
+    for path, link in found.items():
+        paths_of[id(link)].append(path)
+    planned = collections.OrderedDict()
+    for entry in entries:
+        for path in entry['paths']:
+            link = found.get(path)
+            if link is None:
+                raise ValueError('the plan compresses {}, but the model has no link there; its '
+                                 'links are: {}'.format(path, ', '.join(found) or 'none'))
+            what = 'the plan has a {}(in_size={}, out_size={}, nobias={}) at {}'.format(
+                entry['link'], entry['in_size'], entry['out_size'], entry['nobias'], path)
+            if _is_planned(link, entry):
+                continue
+            if type(link) is not L.Linear:
+                raise ValueError('{}, but the model has {} there, which is neither that nor an '
+                                 'L.Linear'.format(what, link))
+            in_size = None if link.W.array is None else link.W.shape[1]
+            if (link.out_size != entry['out_size'] or in_size not in (None, entry['in_size'])
+                    or (link.b is None) != entry['nobias']):
+                raise ValueError('{}, but the model has L.Linear(in_size={}, out_size={}, '
+                                 'nobias={}) there'.format(what, in_size, link.out_size,
+                                                           link.b is None))
+            if sorted(paths_of[id(link)]) != sorted(entry['paths']):
+                raise ValueError('the plan has one layer at {}, but the model has that link at '
+                                 '{}'.format(', '.join(entry['paths']),
+                                             ', '.join(paths_of[id(link)])))
+            planned[path] = link, entry
+    return planned
+
+
 def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
                initialize: bool = False) -> ConversionReport:
     """Builds the layers of a plan on a model, in place, so that ``load_npz`` then fills them.
@@ -857,42 +906,10 @@ def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
             there, or holds a link of other sizes, another bias, or another
             layer than the plan's. Nothing is changed, and nothing allocated.
     """
-    entries = _check_plan(plan)
-    if not isinstance(model, chainer.Link):
-        raise TypeError('apply_plan expects a chainer.Link (a Chain, ChainList or Sequential), '
-                        'got {}'.format(type(model).__name__))
-    found = dict(model.namedlinks())
-    paths_of = collections.defaultdict(list)
-    for path, link in found.items():
-        paths_of[id(link)].append(path)
-    planned, include = {}, []
-    for entry in entries:
-        for path in entry['paths']:
-            link = found.get(path)
-            if link is None:
-                raise ValueError('the plan compresses {}, but the model has no link there; its '
-                                 'links are: {}'.format(path, ', '.join(found) or 'none'))
-            what = 'the plan has a {}(in_size={}, out_size={}, nobias={}) at {}'.format(
-                entry['link'], entry['in_size'], entry['out_size'], entry['nobias'], path)
-            if _is_planned(link, entry):
-                continue
-            if type(link) is not L.Linear:
-                raise ValueError('{}, but the model has {} there, which is neither that nor an '
-                                 'L.Linear'.format(what, link))
-            in_size = None if link.W.array is None else link.W.shape[1]
-            if (link.out_size != entry['out_size'] or in_size not in (None, entry['in_size'])
-                    or (link.b is None) != entry['nobias']):
-                raise ValueError('{}, but the model has L.Linear(in_size={}, out_size={}, '
-                                 'nobias={}) there'.format(what, in_size, link.out_size,
-                                                           link.b is None))
-            if sorted(paths_of[id(link)]) != sorted(entry['paths']):
-                raise ValueError('the plan has one layer at {}, but the model has that link at '
-                                 '{}'.format(', '.join(entry['paths']),
-                                             ', '.join(paths_of[id(link)])))
-            planned[id(link)] = entry
-            include.append(path)
-    return _replace_links(model, include, 'apply_plan', L.Linear, lambda link: None,
-                          lambda link: _planned_layer(planned[id(link)], initialize).to_device(
+    planned = _links_to_plan(model, _check_plan(plan), 'apply_plan')
+    entry_of = {id(link): entry for link, entry in planned.values()}
+    return _replace_links(model, list(planned), 'apply_plan', L.Linear, lambda link: None,
+                          lambda link: _planned_layer(entry_of[id(link)], initialize).to_device(
                               link.device))
 
 
@@ -966,31 +983,156 @@ overwrite=True
         raise
 
 
+def _read_saved(file, key: tp.Optional[str] = None) -> tp.Dict[str, numpy.ndarray]:
+    """The arrays of a file of :func:`save_compressed` (only ``key``, if given), by key.
+
+    A file object is read from its position and left there. A file that is
+    not a whole npz file is a ``ValueError`` that says so.
+    """
+    position = file.tell() if hasattr(file, 'seek') else None
+    try:
+        saved = numpy.load(file)
+        if not isinstance(saved, numpy.lib.npyio.NpzFile):
+            raise ValueError('it holds one array, not the arrays of a model')
+        with saved:
+            keys = saved.files if key is None else [key] if key in saved.files else []
+            return {k: saved[k] for k in keys}
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError) as e:
+        raise ValueError('cannot read {}: it is not a whole npz file of save_compressed '
+                         '({})'.format(_file_name(file), e)) from None
+    finally:
+        if position is not None:
+            file.seek(position)
+
+
+def _file_name(file) -> str:
+    if isinstance(file, (str, os.PathLike)):
+        return os.fspath(file)
+    return getattr(file, 'name', repr(file))
+
+
+def _plan_in(arrays, file) -> tp.Dict[str, tp.Any]:
+    if PLAN_KEY not in arrays:
+        raise ValueError('{} holds no plan: it was not saved by save_compressed. Apply the plan '
+                         'of the compression to the model, then load it with '
+                         'chainer.serializers.load_npz'.format(_file_name(file)))
+    try:
+        return json.loads(str(arrays[PLAN_KEY]))
+    except ValueError as e:
+        raise ValueError('the plan in {} is not JSON: {}'.format(_file_name(file), e)) from None
+
+
 def read_plan(file) -> tp.Dict[str, tp.Any]:
-    """The plan that :func:`save_compressed` kept in a file."""
-    with numpy.load(file) as saved:
-        if PLAN_KEY not in saved.files:
-            raise ValueError('{} holds no plan: it was not saved by save_compressed. Apply the '
-                             "plan of the compression to the model, then load it with "
-                             'chainer.serializers.load_npz'.format(file))
-        return json.loads(str(saved[PLAN_KEY]))
+    """The plan that :func:`save_compressed` kept in a file.
+
+    Args:
+        file (str, path-like or file object): The file; a file object is left
+            at the position it had.
+    """
+    return _plan_in(_read_saved(file, PLAN_KEY), file)
 
 
 def load_compressed(file, model: chainer.Link) -> ConversionReport:
     """Loads a file of :func:`save_compressed` into a fresh model: the plan, then the parameters.
 
     :func:`apply_plan` with the plan kept in the file, then
-    ``chainer.serializers.load_npz``. A model the plan does not fit is a
-    ``ValueError`` before anything is changed.
+    ``chainer.serializers.load_npz``. Everything is checked before the model
+    is changed: the file is read, the plan checked against the model, and
+    every array the planned model will ask for is found in the file with the
+    shape it needs, the planned layers' own checks included (their options,
+    sizes and index). A file that does not load leaves the model as it was.
 
     Args:
-        file (str): The file.
+        file (str, path-like or file object): The file.
         model (~chainer.Link): A fresh copy of the model that was compressed,
             lazy or not, or one the plan was applied to already.
 
     Returns:
         ConversionReport: What :func:`apply_plan` changed.
+
+    Raises:
+        ValueError: The file is not a whole npz file, holds no plan or a
+            damaged one (see :func:`apply_plan`), or lacks an array the
+            model needs or has one of another shape; or the plan does not fit
+            the model. The model is left as it was.
     """
-    report = apply_plan(model, read_plan(file))
-    chainer.serializers.load_npz(file, model)
+    arrays = _read_saved(file)
+    planned = _links_to_plan(model, _check_plan(_plan_in(arrays, file)), 'load_compressed')
+    built = {}
+    for link, entry in planned.values():
+        if id(link) not in built:
+            built[id(link)] = _planned_layer(entry, False).to_device(link.device)
+    layers_at = {path: built[id(link)] for path, (link, _) in planned.items()}
+    _check_loads(arrays, model, layers_at, file)
+
+    links_before = dict(model.namedlinks())
+    report = _replace_links(model, list(planned), 'load_compressed', L.Linear,
+                            lambda link: None, lambda link: built[id(link)])
+    try:
+        chainer.serializers.NpzDeserializer(arrays).load(model)
+    except BaseException:
+        links_now = dict(model.namedlinks())
+        for path in report.changed:
+            parent, _, name = path.rpartition('/')
+            _replace_child(links_now[parent or '/'], name, links_now[path], links_before[path])
+        raise
     return report
+
+
+class _NotInFile(KeyError):
+    """A key that a model asks for and a file lacks (a ``KeyError``, as ``load_npz`` raises)."""
+
+
+class _DryLoad(chainer.serializer.Deserializer):
+    """Loads a file of arrays into a model as ``load_npz`` would, and changes nothing.
+
+    Each array the model asks for must be in the file, of the shape of the
+    array it would fill; a layer's own reads (its saved integers, its index)
+    are answered from the file, so that its checks run. An array nothing is
+    to be filled with yet (an uninitialised parameter, a persistent value
+    that is ``None``) is looked for but not handed out: the model would
+    initialise it. Keys under a path of ``skipped`` are not looked for.
+    """
+
+    def __init__(self, arrays, path: str = '', skipped: tp.Tuple[str, ...] = (),
+                 unset: tp.FrozenSet[str] = frozenset()) -> None:
+        self.arrays, self.path, self.skipped, self.unset = arrays, path, skipped, unset
+
+    def __getitem__(self, key):
+        return _DryLoad(self.arrays, self.path + key.strip('/') + '/', self.skipped, self.unset)
+
+    def __call__(self, key, value):
+        key = self.path + key.lstrip('/')
+        if key.startswith(self.skipped):
+            return value
+        if key not in self.arrays:
+            raise _NotInFile(key)
+        saved = self.arrays[key]
+        if value is None:
+            return None if key in self.unset else saved
+        shape = getattr(value, 'shape', None)
+        if shape is not None and tuple(shape) != saved.shape:
+            raise ValueError('{} has shape {} in the file, and {} in the model'.format(
+                key, saved.shape, tuple(shape)))
+        return value
+
+
+def _check_loads(arrays, model, layers_at, file) -> None:
+    """``ValueError`` unless ``model``, with ``layers_at`` at their paths, loads ``arrays``."""
+    unset = {path.lstrip('/') for path, param in model.namedparams() if param.array is None}
+    unset.update((path.rstrip('/') + '/' + name).lstrip('/')
+                 for path, link in model.namedlinks() for name in link._persistent
+                 if getattr(link, name) is None)
+    try:
+        model.serialize(_DryLoad(arrays, skipped=tuple(path.lstrip('/') + '/'
+                                                       for path in layers_at),
+                                 unset=frozenset(unset)))
+        for path, layer in layers_at.items():
+            layer.serialize(_DryLoad(arrays, path.lstrip('/') + '/'))
+    except _NotInFile as e:
+        raise ValueError('cannot load {}: it has no {}, which the model needs (the file is '
+                         "another model's, or damaged)".format(_file_name(file), e.args[0])
+                         ) from None
+    except ValueError as e:
+        raise ValueError('{} does not load into the model: {}'.format(_file_name(file), e)
+                         ) from None

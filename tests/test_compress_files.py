@@ -5,6 +5,7 @@ import json
 import os
 import tracemalloc
 
+import chainer
 import numpy as np
 import pytest
 
@@ -118,6 +119,103 @@ def test_a_failed_save_leaves_no_part_of_a_file(tmp_path, monkeypatch, existing)
     assert os.listdir(str(tmp_path)) == (['model.npz'] if existing else [])
     if existing:
         assert path.read_bytes() == b'the last good save'
+
+
+# --- 7: a stream, and a file that does not load --------------------------------------------
+
+def test_a_stream_saves_and_loads(tmp_path):
+    model, report = compressed()
+    stream = io.BytesIO()
+    save_compressed(stream, model, report.plan)
+    stream.seek(0)
+    assert read_plan(stream) == json.loads(json.dumps(report.plan))
+    assert stream.tell() == 0  # read_plan leaves the stream where it was
+    fresh = MLP(lazy=True)
+    load_compressed(stream, fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+    # An open file, as well.
+    path = tmp_path / 'model.npz'
+    with open(str(path), 'wb') as f:
+        save_compressed(f, model, report.plan)
+    with open(str(path), 'rb') as f:
+        again = MLP(lazy=True)
+        load_compressed(f, again)
+    np.testing.assert_array_equal(again(X).array, model(X).array)
+
+
+def without(key):
+    return lambda arrays: npz({k: v for k, v in arrays.items() if k != key})
+
+
+def replaced(key, value):
+    return lambda arrays: npz(dict(arrays, **{key: value}))
+
+
+DAMAGES = {
+    'truncated': lambda arrays: npz(arrays)[:-200],
+    'not an npz file': lambda arrays: b'\x80\x04 nothing like an npz file',
+    'one array': lambda arrays: (lambda s: (np.save(s, np.zeros(3)), s.getvalue())[1])(
+        io.BytesIO()),
+    'no planned weight': without('layers/0/W'),
+    'no dense bias': without('layers/1/b'),
+    'no dense weight': without('layers/1/W'),
+    'a dense weight of another shape': replaced('layers/1/W', np.zeros((6, 21), np.float32)),
+    'a planned weight of another shape': replaced('layers/0/W', np.zeros((20, 6), np.float32)),
+    'another n_shared': replaced('layers/0/n_shared', np.array(2)),
+    'a plan that is not JSON': replaced(compress_module.PLAN_KEY, np.array('{"format": ')),
+}
+
+
+# Chainer's lazy L.Linear takes a W of any shape (docs/compress.md): that damage needs sizes.
+@pytest.mark.parametrize('damage, lazy', [
+    (damage, lazy) for damage in sorted(DAMAGES) for lazy in (False, True)
+    if not (lazy and damage == 'a dense weight of another shape')])
+def test_a_damaged_file_leaves_the_model_as_it_was(tmp_path, damage, lazy):
+    # Only the first layer is compressed: the second stays an L.Linear, lazy in a lazy model.
+    model, report = compressed('shared', include='/layers/0')
+    path = tmp_path / 'damaged.npz'
+    path.write_bytes(DAMAGES[damage](saved_arrays(model, report.plan)))
+    fresh = MLP(lazy=lazy)
+    before = state(fresh)
+    with pytest.raises(ValueError):
+        load_compressed(str(path), fresh)
+    assert_unchanged(fresh, before)
+    # And the same model then loads a whole file.
+    whole = tmp_path / 'whole.npz'
+    save_compressed(str(whole), model, report.plan)
+    load_compressed(str(whole), fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+
+
+def test_a_damaged_file_names_what_is_wrong(tmp_path):
+    model, report = compressed('shared', include='/layers/0')
+    arrays = saved_arrays(model, report.plan)
+    for damage, message in [
+            ('no dense bias', 'has no layers/1/b, which the model needs'),
+            ('a dense weight of another shape',
+             r'layers/1/W has shape \(6, 21\) in the file, and \(6, 20\) in the model'),
+            ('another n_shared', 'cannot load a SharedLinear saved with n_shared=2'),
+            ('truncated', 'not a whole npz file of save_compressed'),
+            ('a plan that is not JSON', 'is not JSON')]:
+        with pytest.raises(ValueError, match=message):
+            load_compressed(io.BytesIO(DAMAGES[damage](arrays)), MLP())
+
+
+def test_a_load_that_fails_after_the_checks_puts_the_links_back(tmp_path, monkeypatch):
+    model, report = compressed()
+    path = tmp_path / 'model.npz'
+    save_compressed(str(path), model, report.plan)
+    fresh = MLP(lazy=True)
+    before = state(fresh)
+
+    def failing_load(self, obj):
+        raise Interrupted('the device ran out of memory')
+
+    monkeypatch.setattr(chainer.serializers.NpzDeserializer, 'load', failing_load)
+    with pytest.raises(Interrupted):
+        load_compressed(str(path), fresh)
+    assert_unchanged(fresh, before)
 
 
 # --- 10: a damaged or edited plan -------------------------------------------------------------

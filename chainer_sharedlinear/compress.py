@@ -927,7 +927,8 @@ def save_compressed(file, model: chainer.Link, plan: tp.Dict[str, tp.Any], *,
     and an existing file as it was. A file object is written at its position.
 
     Args:
-        file (str, path-like or file object): Where to save.
+        file (str or file-like): Where to save: a path (a ``pathlib.Path`` too) or a
+            file object.
         model (~chainer.Link): The compressed model.
         plan (dict): Its :class:`CompressionReport`'s ``plan``.
         overwrite (bool): Whether to replace a file that is there already.
@@ -1026,8 +1027,8 @@ def read_plan(file) -> tp.Dict[str, tp.Any]:
     """The plan that :func:`save_compressed` kept in a file.
 
     Args:
-        file (str, path-like or file object): The file; a file object is left
-            at the position it had.
+        file (str or file-like): The file: a path (a ``pathlib.Path`` too),
+            or a file object, which is left at the position it had.
     """
     return _plan_in(_read_saved(file, PLAN_KEY), file)
 
@@ -1043,7 +1044,8 @@ def load_compressed(file, model: chainer.Link) -> ConversionReport:
     sizes and index). A file that does not load leaves the model as it was.
 
     Args:
-        file (str, path-like or file object): The file.
+        file (str or file-like): The file: a path (a ``pathlib.Path`` too) or a
+            file object.
         model (~chainer.Link): A fresh copy of the model that was compressed,
             lazy or not, or one the plan was applied to already.
 

@@ -721,8 +721,9 @@ def _check_plan(plan) -> tp.List[tp.Dict[str, tp.Any]]:
     """The layers of ``plan``; ``ValueError`` naming the layer and the field of a wrong one.
 
     Each layer is checked as data, before any model is touched or any weight
-    allocated: its keys, their types, its options against its link's
-    constructor, and its size, which may not exceed the dense layer's.
+    allocated: its keys, their types, and its options against its link's
+    constructor and the link's own checks. (Its size is checked where it would
+    replace a dense layer: :func:`_check_no_larger`.)
     """
     if not isinstance(plan, dict) or plan.get('format') != PLAN_FORMAT:
         raise ValueError('not a plan of compress_linears: expected a dict with '
@@ -753,30 +754,29 @@ def _check_entry(i: int, entry) -> None:
         raise ValueError('layer {} of the plan is a {}, which is not a layer of the family '
                          '({})'.format(paths, entry['link'], _family_names()))
     try:
-        in_size = _checks.positive_int('in_size', entry['in_size'])
-        out_size = _checks.positive_int('out_size', entry['out_size'])
+        _checks.positive_int('in_size', entry['in_size'])
+        _checks.positive_int('out_size', entry['out_size'])
         if not isinstance(entry['nobias'], bool):
             raise ValueError('nobias must be true or false, got {!r}'.format(entry['nobias']))
         _checks.float_dtype('dtype', entry['dtype'])
         if not entry['nobias']:
             _checks.float_dtype('bias_dtype', entry['bias_dtype'])
-        options = _planned_options(cls, entry['options'])
-        # The link's own checks of its options, and the shapes they give.
-        unallocated = type(cls.__name__, (_Unallocated, cls), {})(
-            in_size, out_size, nobias=True, **options)
-        n_weights = sum(math.prod(shape)
-                        for shape in unallocated._weight_shapes(in_size).values())
+        _planned_weights(entry)  # the link's own checks of its options, nothing allocated
     except (TypeError, ValueError) as e:
         raise ValueError('layer {} of the plan: {}'.format(paths, e)) from None
-    if n_weights > in_size * out_size:
-        raise ValueError(
-            'layer {} of the plan is {}({}), which would store {:,} weights, more than the {:,} '
-            'of the dense {} -> {} layer it replaces: compress_linears writes no such plan; '
-            'this one was edited or damaged'.format(
-                paths, cls.__name__, ', '.join('{}={}'.format(key, value) for key, value in
-                                               dict(options, in_size=in_size,
-                                                    out_size=out_size).items()),
-                n_weights, in_size * out_size, in_size, out_size))
+
+
+def _planned_weights(entry) -> int:
+    """The weights the layer of ``entry`` would store (not its bias), none allocated.
+
+    The link's constructor checks the options, and its ``_weight_shapes`` the
+    sizes: a ``ValueError`` says what is wrong.
+    """
+    cls = _family_class(entry['link'])
+    layer = type(cls.__name__, (_Unallocated, cls), {})(
+        entry['in_size'], entry['out_size'], nobias=True,
+        **_planned_options(cls, entry['options']))
+    return sum(math.prod(shape) for shape in layer._weight_shapes(entry['in_size']).values())
 
 
 class _Unallocated:
@@ -870,8 +870,29 @@ def _links_to_plan(model, entries, caller: str
                 raise ValueError('the plan has one layer at {}, but the model has that link at '
                                  '{}'.format(', '.join(entry['paths']),
                                              ', '.join(paths_of[id(link)])))
+            _check_no_larger(entry)
             planned[path] = link, entry
     return planned
+
+
+def _check_no_larger(entry) -> None:
+    """``ValueError`` if the layer of ``entry`` would store more weights than the dense layer.
+
+    compress_linears writes no such layer; an n_terms of 10**9 would be tens
+    of GiB. (A layer of the family that the model has already is not built,
+    and may be of any size.)
+    """
+    in_size, out_size = entry['in_size'], entry['out_size']
+    n_weights = _planned_weights(entry)
+    if n_weights > in_size * out_size:
+        raise ValueError(
+            'layer {} of the plan is {}({}), which would store {:,} weights, more than the {:,} '
+            'of the dense {} -> {} layer it replaces: compress_linears writes no such plan; '
+            'this one was edited or damaged'.format(
+                entry['paths'], entry['link'], ', '.join(
+                    '{}={}'.format(key, value) for key, value in
+                    dict(entry['options'], in_size=in_size, out_size=out_size).items()),
+                n_weights, in_size * out_size, in_size, out_size))
 
 
 def apply_plan(model: chainer.Link, plan: tp.Dict[str, tp.Any], *,

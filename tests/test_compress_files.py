@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear import (
+    LowRankLinear,
     apply_plan,
     compress_linears,
     load_compressed,
@@ -270,25 +271,45 @@ DAMAGED_PLANS = [
      LAYER + 'options lacks n_shared, which SharedLinear needs'),
     ('shared', option('n_shared', 0), LAYER + 'n_shared must be at least 1, got 0'),
     ('shared', option('n_shared', 5), LAYER + 'in_size=24 is not divisible by n_shared=5'),
-    ('kronecker', option('n_terms', 10 ** 4),
-     LAYER[:-2] + r' is KroneckerLinear\(in_factors=\(.*n_terms=10000, in_size=24, '
-     r'out_size=20\), which would store [0-9,]+ weights, more than the 480 of the dense '
-     '24 -> 20 layer it replaces'),
-    ('kronecker', option('n_terms', 10 ** 9), LAYER[:-2] + ' is .*, which would store '
-     '[0-9,]+ weights, more than the 480 of the dense 24 -> 20 layer'),
     ('kronecker', option('in_factors', [5, 5]),
      LAYER + r'in_factors=\(5, 5\) do not multiply to 24'),
     ('kronecker', option('n_terms', '2'), LAYER + "n_terms must be a positive integer, got '2'"),
     ('hashed', option('n_weights', 481), LAYER + 'n_weights=481 is more than'),
     ('lowrank', option('rank', 21), LAYER + r'rank=21 is more than min\(in_size, out_size\)'),
     ('monarch', option('n_blocks', 10 ** 6), LAYER + 'n_blocks=1000000 is more than'),
+]
+# Layers that would store more than the dense layer they replace: refused where they would
+# replace it (apply_plan, load_compressed), before anything is allocated.
+TOO_LARGE = [
+    ('kronecker', option('n_terms', 10 ** 4),
+     LAYER[:-2] + r' is KroneckerLinear\(in_factors=\[.*n_terms=10000, in_size=24, '
+     r'out_size=20\), which would store [0-9,]+ weights, more than the 480 of the dense '
+     '24 -> 20 layer it replaces'),
+    ('kronecker', option('n_terms', 10 ** 9), LAYER[:-2] + ' is .*, which would store '
+     '[0-9,]+ weights, more than the 480 of the dense 24 -> 20 layer'),
     ('clustered', option('n_clusters', 2 ** 16),
      LAYER[:-2] + ' is ClusteredLinear.*which would store 65,536 weights, more than the 480'),
 ]
 
 
-@pytest.mark.parametrize('pattern, edit, message', DAMAGED_PLANS,
-                         ids=['{}-{}'.format(i, plan[0]) for i, plan in enumerate(DAMAGED_PLANS)])
+def cases(plans):
+    return pytest.mark.parametrize('pattern, edit, message', plans, ids=[
+        '{}-{}'.format(i, plan[0]) for i, plan in enumerate(plans)])
+
+
+def refused_on_load(pattern, model, plan, message):
+    """A file whose plan was edited so is refused by load_compressed, before any change."""
+    arrays = saved_arrays(model, json.loads(json.dumps(compress_linears(
+        trained_like(), 1 / 2, pattern=pattern).plan)))
+    arrays[compress_module.PLAN_KEY] = np.array(json.dumps(plan))
+    fresh = MLP(lazy=True)
+    before = state(fresh)
+    with pytest.raises(ValueError, match=message):
+        load_compressed(io.BytesIO(npz(arrays)), fresh)
+    assert_unchanged(fresh, before)
+
+
+@cases(DAMAGED_PLANS)
 def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, message):
     if pattern not in pattern_names():
         pytest.skip('{} is not in this version'.format(pattern))
@@ -298,19 +319,49 @@ def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, 
     with pytest.raises(ValueError, match=message):
         apply_plan(fresh, plan)
     assert_unchanged(fresh, before)
-
     # save_compressed refuses it too, and writes nothing.
     with pytest.raises(ValueError, match=message):
         save_compressed(str(tmp_path / 'model.npz'), model, plan)
     assert os.listdir(str(tmp_path)) == []
+    refused_on_load(pattern, model, plan, message)
 
-    # A file whose plan was edited so is refused by load_compressed, before any change.
-    arrays = saved_arrays(model, json.loads(json.dumps(compress_linears(
-        trained_like(), 1 / 2, pattern=pattern).plan)))
-    arrays[compress_module.PLAN_KEY] = np.array(json.dumps(plan))
+
+@cases(TOO_LARGE)
+def test_a_layer_larger_than_the_dense_one_is_refused_where_it_would_replace_it(
+        pattern, edit, message):
+    if pattern not in pattern_names():
+        pytest.skip('{} is not in this version'.format(pattern))
+    model, plan = edited(pattern, edit)
+    fresh = MLP(lazy=True)
+    before = state(fresh)
     with pytest.raises(ValueError, match=message):
-        load_compressed(io.BytesIO(npz(arrays)), fresh)
+        apply_plan(fresh, plan)
     assert_unchanged(fresh, before)
+    refused_on_load(pattern, model, plan, message)
+
+
+def test_a_layer_the_model_has_already_may_be_larger_than_a_dense_one(tmp_path):
+    # A low-rank layer of full rank stores (24 + 20) * 20 weights, more than 24 * 20: the
+    # model's own code builds it, so the plan builds nothing there.
+    model = trained_like()
+    with model.init_scope():
+        model.layers[0] = LowRankLinear(24, 20, rank=20)
+    report = compress_linears(model, 1 / 2, pattern='shared')
+    plan = json.loads(json.dumps(report.plan))
+    entry = {'paths': ['/layers/0'], 'link': 'LowRankLinear', 'pattern': None, 'knobs': {},
+             'options': {'rank': 20}, 'in_size': 24, 'out_size': 20, 'nobias': False,
+             'dtype': 'float32', 'bias_dtype': 'float32'}
+    plan['layers'] = [entry] + [e for e in plan['layers'] if e['paths'] != ['/layers/0']]
+    path = tmp_path / 'model.npz'
+    save_compressed(str(path), model, plan)
+    fresh = MLP()
+    with fresh.init_scope():
+        fresh.layers[0] = LowRankLinear(24, 20, rank=20)
+    load_compressed(str(path), fresh)
+    np.testing.assert_array_equal(fresh(X).array, model(X).array)
+    # Where the model has an L.Linear, it would replace it: refused.
+    with pytest.raises(ValueError, match='which would store 880 weights, more than the 480'):
+        apply_plan(MLP(), plan)
 
 
 def test_absurd_knobs_are_refused_before_anything_is_allocated():

@@ -12,6 +12,7 @@ import numbers
 import typing as tp
 
 import chainer
+import numpy
 from chainer import utils
 from chainer.utils import type_check
 
@@ -261,3 +262,23 @@ def n_blocks(value, in_size: tp.Optional[int], out_size: int) -> int:
                 'n_blocks={} is more than {}={}: each block needs at least one {} '
                 '(n_blocks <= min(in_size, out_size))'.format(value, name, size, word))
     return value
+
+
+def float_dtype(name: str, value) -> numpy.dtype:
+    """``value`` as a :class:`numpy.dtype`; ``ValueError`` naming ``name`` unless it is a float.
+
+    >>> float_dtype('dtype', 'float16')
+    dtype('float16')
+    >>> float_dtype('dtype', 'int8')
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype must be a floating dtype (float16, float32, float64), got 'int8'
+    """
+    try:  # numpy.dtype(None) is float64: None is no dtype here
+        dtype = None if value is None else numpy.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != 'f':
+        raise ValueError('{} must be a floating dtype (float16, float32, float64), got {!r}'
+                         .format(name, value))
+    return dtype

@@ -28,13 +28,20 @@ What the file holds, layer by layer:
 
 Chainer's ``Reshape`` has a converter here too (:func:`convert_reshape`):
 the reshapes with which every layer, ``F.linear`` included, flattens an
-input of several batch or feature axes and restores them keep the batch
-axes free, where onnx_chainer's would write the export's batch size.
+input of several batch or feature axes and restores them, and those that
+split the features of an attention into heads and merge them, keep the
+batch axes free, where onnx_chainer's would write the export's batch size.
+
+What a Transformer needs from Chainer besides has converters too:
+``LayerNormalization`` (:func:`convert_layer_normalization`), which
+onnx_chainer lacks, and ``SplitAxis`` from opset 13
+(:func:`convert_split_axis`), where onnx_chainer's writes an invalid node.
 
 Each converter is in the module of its pattern, as ``onnx_chainer`` keeps its
 own in ``onnx_chainer.functions``: ``shared``, ``tied`` (with the ``Gather``
 and ``Gemm`` that the tied, hashed and clustered layers share), ``hashed``,
-``clustered``, ``kronecker``, ``monarch`` and ``reshape``; the hash's graph is
+``clustered``, ``kronecker``, ``monarch``, ``reshape``, ``normalization``
+and ``split``; the hash's graph is
 ``hash_graph``, the pieces every converter uses ``graph``, the dict of them
 ``mapping``, and :func:`export` is in ``export``.
 
@@ -50,8 +57,10 @@ from chainer_sharedlinear.onnx_export.hash_graph import _HashNodes  # noqa: F401
 from chainer_sharedlinear.onnx_export.hashed import convert_hashed_linear
 from chainer_sharedlinear.onnx_export.kronecker import convert_kronecker_linear
 from chainer_sharedlinear.onnx_export.monarch import convert_monarch_linear
+from chainer_sharedlinear.onnx_export.normalization import convert_layer_normalization
 from chainer_sharedlinear.onnx_export.reshape import convert_reshape
 from chainer_sharedlinear.onnx_export.shared import convert_shared_linear
+from chainer_sharedlinear.onnx_export.split import convert_split_axis
 from chainer_sharedlinear.onnx_export.tied import convert_tied_linear
 
 #: The ``external_converters`` for :func:`onnx_chainer.export` that this
@@ -63,9 +72,11 @@ __all__ = [
     'convert_clustered_linear',
     'convert_hashed_linear',
     'convert_kronecker_linear',
+    'convert_layer_normalization',
     'convert_monarch_linear',
     'convert_reshape',
     'convert_shared_linear',
+    'convert_split_axis',
     'convert_tied_linear',
     'converters',
     'export',

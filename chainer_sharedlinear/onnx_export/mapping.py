@@ -4,8 +4,10 @@ from chainer_sharedlinear.onnx_export.clustered import convert_clustered_linear
 from chainer_sharedlinear.onnx_export.hashed import convert_hashed_linear
 from chainer_sharedlinear.onnx_export.kronecker import convert_kronecker_linear
 from chainer_sharedlinear.onnx_export.monarch import convert_monarch_linear
+from chainer_sharedlinear.onnx_export.normalization import convert_layer_normalization
 from chainer_sharedlinear.onnx_export.reshape import convert_reshape
 from chainer_sharedlinear.onnx_export.shared import convert_shared_linear
+from chainer_sharedlinear.onnx_export.split import convert_split_axis
 from chainer_sharedlinear.onnx_export.tied import convert_tied_linear
 
 # Keyed by FunctionNode class name, as onnx_chainer looks them up; the package
@@ -18,4 +20,6 @@ converters = {
     'KroneckerLinearFunction': convert_kronecker_linear,
     'MonarchLinearFunction': convert_monarch_linear,
     'Reshape': convert_reshape,
+    'LayerNormalization': convert_layer_normalization,
+    'SplitAxis': convert_split_axis,
 }

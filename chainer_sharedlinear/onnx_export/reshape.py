@@ -25,9 +25,13 @@ def convert_reshape(params) -> tp.Tuple:
       ``batch_shape`` at run time (``Shape``, ``Slice``) from the input of the
       flatten that made the ``n`` rows, found back along the nodes' first
       inputs (``_flattened_source``); without one, the first of them is
-      inferred (``-1``) and the others are the export's.
+      inferred (``-1``) and the others are the export's;
+    - a reshape of the last axes that keeps the first ``k`` as they are (an
+      attention's split of the features into heads, and their merge), writes
+      ``0`` for those ``k``, which ONNX's ``Reshape`` copies from its input
+      at run time (``_kept_axes``).
 
-    Both give the node's own output at the export's shapes. Any other
+    Each gives the node's own output at the export's shapes. Any other
     reshape is converted by onnx_chainer's converter, as without this one.
     """
     _, onnx_helper = _import_onnx()
@@ -54,7 +58,29 @@ def convert_reshape(params) -> tp.Tuple:
                                                                         numpy.int64))], axis=0)
         gb.op_output_named('Reshape', [params.input_names[0], shape], params.output_names)
         return gb.nodes()
+    kept = 0 if out_shape is None or 0 in out_shape else _kept_axes(in_shape, out_shape)
+    if kept:
+        shape = numpy.array((0,) * kept + out_shape[kept:], numpy.int64)
+        gb.op_output_named('Reshape', [params.input_names[0], params.context.add_const(
+            shape, 'shape')], params.output_names)
+        return gb.nodes()
     return mapping.converters['Reshape'](params)
+
+
+def _kept_axes(in_shape, out_shape) -> int:
+    """How many of the first axes ``in_shape`` and ``out_shape`` have the same.
+
+    >>> _kept_axes((2, 5, 16), (2, 5, 4, 4)), _kept_axes((2, 5, 4, 4), (2, 5, 16))
+    (2, 2)
+    >>> _kept_axes((2, 6), (3, 4))
+    0
+    """
+    kept = 0
+    for before, after in zip(in_shape, out_shape):
+        if before != after:
+            break
+        kept += 1
+    return kept
 
 
 # Flatten takes inputs of every type from opset 9, of float types only before.

@@ -599,6 +599,22 @@ def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
     assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry
 
 
+@pytest.mark.parametrize('opset_version', [7, 11])
+@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300])
+def test_the_clustered_index_decodes_at_every_bit_width(ort, opset_version, n_clusters):
+    # 23 x 7 entries: the last group of bytes is cut short at every width but 1 bit.
+    from chainer_sharedlinear.functions.clustered_linear import index_bits
+    layer = ClusteredLinear(23, 7, n_clusters=n_clusters)
+    rng = np.random.default_rng(n_clusters)
+    layer.W.array[...] = rng.standard_normal(n_clusters).astype(np.float32)
+    layer.index[...] = rng.integers(0, n_clusters, (7, 23))
+    layer.index[0, :2] = [0, n_clusters - 1]
+    x = _standard_normal((3, 23), 0)
+    onnx_model = _export_and_compare(ort, chainer.Sequential(layer), x, opset_version, atol=1e-5)
+    stored = [a for a in _tensors(onnx_model).values() if a.dtype == np.uint8]
+    assert sum(a.nbytes for a in stored) <= -(-7 * 23 * index_bits(n_clusters) // 8) + 16
+
+
 # --- Batch axes at run time, Monarch's padding, what export says (issue 30) ----------------
 
 

@@ -40,6 +40,11 @@ def convert_tied_linear(params) -> tp.Tuple:
 
 def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:
     """``Gather`` of the virtual weight from ``table`` by ``index``, then ``x · Vᵀ + b``."""
+    return _virtual_gemm(onnx, gb, params, gb.op('Gather', [table, index], axis=0))
+
+
+def _virtual_gemm(onnx, gb, params, V) -> tp.Tuple:
+    """``x · Vᵀ + b`` for the virtual weight ``V`` of a tied layer, in ``W``'s dtype."""
     func, context = params.func, params.context
     x, W = func.inputs[:2]
     bias_name = _bias_name(params, 1)
@@ -48,7 +53,6 @@ def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:
     # The node's arithmetic: the product in the accumulation dtype, the output in x's.
     dtype = _dtypes.accumulation_dtype(x_dtype, W.dtype)
     cast = _caster(onnx, gb)
-    V = gb.op('Gather', [table, index], axis=0)
     if numpy.dtype(W.dtype) != dtype:
         V = cast(V, dtype)
     rows = params.input_names[0] if x_dtype == dtype else cast(params.input_names[0], dtype)

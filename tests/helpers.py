@@ -304,3 +304,32 @@ class FamilyFunction:
     @property
     def batch_shape(self):
         return (4,) if getattr(self, 'n_batch_axes', 1) == 1 else (2, 3)
+
+
+# --- ONNX: onnxruntime sessions of exported models -----------------------------------------
+
+ONNX_NEEDS = ('needs the "onnx" extra (onnx==1.14.1, onnxruntime): '
+              'pip install ".[onnx]", as scripts/test.sh does')
+
+
+def onnxruntime_or_skip():
+    """The ``onnxruntime`` module; the test is skipped, saying why, without the ``onnx`` extra."""
+    import pytest
+    pytest.importorskip('onnx', reason=ONNX_NEEDS)
+    return pytest.importorskip('onnxruntime', reason=ONNX_NEEDS)
+
+
+def onnx_session(onnx_model):
+    """An onnxruntime session of ``onnx_model`` on the CPU, with its default options."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # not the warning about initializers listed as inputs
+    return onnxruntime.InferenceSession(onnx_model.SerializeToString(), options,
+                                        providers=['CPUExecutionProvider'])
+
+
+def run_onnx(onnx_model, *inputs):
+    """The outputs of ``onnx_model`` on ``inputs``, given to its first inputs in order."""
+    session = onnx_session(onnx_model)
+    names = [i.name for i in session.get_inputs()][:len(inputs)]
+    return session.run(None, dict(zip(names, inputs)))

@@ -20,28 +20,12 @@ from chainer_sharedlinear import (
     shared_linear,
 )
 from chainer_sharedlinear.onnx_export import converters, export
-
-_NEEDS = ('needs the "onnx" extra (onnx==1.14.1, onnxruntime): '
-          'pip install ".[onnx]", as scripts/test.sh does')
+from tests.helpers import onnx_session, onnxruntime_or_skip, run_onnx
 
 
 @pytest.fixture
 def ort():
-    pytest.importorskip('onnx', reason=_NEEDS)
-    return pytest.importorskip('onnxruntime', reason=_NEEDS)
-
-
-def _session(ort, onnx_model):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # not the warning about initializers listed as inputs
-    return ort.InferenceSession(onnx_model.SerializeToString(), options,
-                                providers=['CPUExecutionProvider'])
-
-
-def _run(ort, onnx_model, *inputs):
-    session = _session(ort, onnx_model)
-    names = [i.name for i in session.get_inputs()][:len(inputs)]
-    return session.run(None, dict(zip(names, inputs)))
+    return onnxruntime_or_skip()
 
 
 def _standard_normal(shape, seed, dtype=np.float32):
@@ -86,7 +70,7 @@ def test_export_matches_chainer(ort, opset_version, n_shared, nobias):
         warnings.simplefilter('ignore', UserWarning)
         onnx_model = export(model, x, opset_version=opset_version)
 
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     assert y.dtype == np.float32 and y.shape == (4, 5)
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
@@ -112,7 +96,7 @@ def test_export_with_several_batch_axes(ort):
     model = Model()
     x = _standard_normal((2, 3, 12), 0)
     onnx_model = export(model, x)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     assert y.shape == (2, 3, 5)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     _assert_no_tiled_weight(onnx_model, model)
@@ -125,7 +109,7 @@ def test_export_of_a_converted_dense_model(ort):
     share_linears(model, 4)  # the last layer (10 inputs) stays dense
     x = _standard_normal((6, 24), 1)
     onnx_model = export(model, x)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     _assert_no_tiled_weight(onnx_model, model)
 
@@ -134,7 +118,7 @@ def test_the_exported_graph_takes_another_batch_size(ort):
     model = TwoLayers(3, False)
     onnx_model = export(model, _standard_normal((2, 24), 0), input_shapes=[('batch', 24)])
     x = _standard_normal((7, 24), 1)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
 
 
@@ -144,7 +128,7 @@ def test_input_wider_than_the_weight(ort):
     x = _standard_normal((2, 12), 0, np.float64)
     expected = model(x).array
     assert expected.dtype == np.float64
-    y, = _run(ort, export(model, x), x)
+    y, = run_onnx(export(model, x), x)
     assert y.dtype == np.float64
     np.testing.assert_allclose(y, expected, rtol=1e-12)
 
@@ -169,7 +153,7 @@ def test_weight_wider_than_the_input(ort, bias):
     onnx_model = export(model, x)
     assert [node.op_type for node in onnx_model.graph.node if node.op_type != 'Constant'] == (
         ['Reshape', 'Cast', 'ReduceSum', 'Gemm', 'Cast'] + (['Add'] if bias else []))
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     assert y.dtype == np.float16
     # Both sum in float32, in other orders, and round to float16 (11 significant
     # bits): one unit in the last place at most.
@@ -184,7 +168,7 @@ def test_onnx_chainer_export_with_the_converters_argument(ort):
         onnx_chainer.export(model, x)
     with pytest.warns(FutureWarning, match='external_converters is experimental'):
         onnx_model = onnx_chainer.export(model, x, external_converters=converters)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
 
 
@@ -241,7 +225,7 @@ def _export_and_compare(ort, model, x, opset_version, atol):
     """Exports ``model`` and checks that onnxruntime gives Chainer's float32 output."""
     expected = model(x).array
     onnx_model = _export_quietly(model, x, opset_version)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     assert y.dtype == np.float32 and y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=atol)
     return onnx_model
@@ -292,7 +276,7 @@ def test_export_of_hashed_layers_below_opset_11_stores_the_map_and_says_so(ort, 
                                          r'index map is stored.*288 bytes where W takes 160'
                       .format(opset_version)):
         onnx_model = export(model, x, opset_version=opset_version)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     # Each map in the smallest integer type that holds it: into [W, -W], the signs folded in.
     maps = {a.shape: a for a in _tensors(onnx_model).values() if a.ndim == 2}
@@ -309,7 +293,7 @@ def test_a_hashed_layer_can_ship_its_map_instead(ort):
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         onnx_model = export(model, x, hash_in_graph=False)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     maps = {a.shape: a for a in _tensors(onnx_model).values() if a.ndim == 2}
     assert maps[(12, 24)].dtype == np.uint8 and maps[(20, 12)].dtype == np.uint16
@@ -503,7 +487,7 @@ def test_export_of_kronecker_layers_takes_another_batch_size(ort):
     model = _Two(KroneckerLinear(24, 12, n_terms=2), KroneckerLinear(12, 6))
     onnx_model = export(model, _standard_normal((2, 24), 0), input_shapes=[('batch', 24)])
     x = _standard_normal((7, 24), 1)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-5)
 
 
@@ -529,7 +513,7 @@ def test_kronecker_factors_wider_than_the_input(ort, n_terms, bias):
     x = _standard_normal((5, 12), 3, np.float16)
     expected = model(x).array
     assert expected.dtype == np.float16
-    y, = _run(ort, export(model, x), x)
+    y, = run_onnx(export(model, x), x)
     assert y.dtype == np.float16
     # Both compute in float32, in other orders, and round to float16; the bias is
     # then added in float16: a unit in the last place, or two.
@@ -580,7 +564,7 @@ def test_export_of_a_tied_linear_model_without_signs(ort):
     model = Model()
     x = _standard_normal((3, 4), 1)
     onnx_model = export(model, x)
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     assert 'Neg' not in {node.op_type for node in onnx_model.graph.node}
     folded, = [a for a in _tensors(onnx_model).values() if a.ndim == 2]
@@ -613,6 +597,22 @@ def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
                                      _standard_normal((3, 100), 0), 11, atol=1e-5)
     biggest = max(_tensors(onnx_model).values(), key=lambda array: array.nbytes)
     assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry
+
+
+@pytest.mark.parametrize('opset_version', [7, 11])
+@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300])
+def test_the_clustered_index_decodes_at_every_bit_width(ort, opset_version, n_clusters):
+    # 23 x 7 entries: the last group of bytes is cut short at every width but 1 bit.
+    from chainer_sharedlinear.functions.clustered_linear import index_bits
+    layer = ClusteredLinear(23, 7, n_clusters=n_clusters)
+    rng = np.random.default_rng(n_clusters)
+    layer.W.array[...] = rng.standard_normal(n_clusters).astype(np.float32)
+    layer.index[...] = rng.integers(0, n_clusters, (7, 23))
+    layer.index[0, :2] = [0, n_clusters - 1]
+    x = _standard_normal((3, 23), 0)
+    onnx_model = _export_and_compare(ort, chainer.Sequential(layer), x, opset_version, atol=1e-5)
+    stored = [a for a in _tensors(onnx_model).values() if a.dtype == np.uint8]
+    assert sum(a.nbytes for a in stored) <= -(-7 * 23 * index_bits(n_clusters) // 8) + 16
 
 
 # --- Batch axes at run time, Monarch's padding, what export says (issue 30) ----------------
@@ -681,7 +681,7 @@ def test_the_graph_exported_at_one_batch_size_runs_at_others(ort, name, n_batch_
                                                               sample_shape):
     model = _model_of(name, n_batch_axes)
     onnx_model = _export_quietly(model, _standard_normal(sample_shape, 0))
-    session = _session(ort, onnx_model)
+    session = onnx_session(onnx_model)
     for batch in (1, 5):
         x = _standard_normal((batch,) + sample_shape[1:], batch)
         y, = session.run(None, {session.get_inputs()[0].name: x})
@@ -696,7 +696,7 @@ def test_a_second_batch_axis_declared_dynamic_takes_any_size(ort, name):
     model = _model_of(name, 2)
     onnx_model = export(model, _standard_normal((2, 3, 12), 0),
                         input_shapes=[('batch', 'sequence', 12)])
-    session = _session(ort, onnx_model)
+    session = onnx_session(onnx_model)
     for shape in ((5, 7, 12), (1, 1, 12)):
         x = _standard_normal(shape, 1)
         y, = session.run(None, {session.get_inputs()[0].name: x})
@@ -705,7 +705,7 @@ def test_a_second_batch_axis_declared_dynamic_takes_any_size(ort, name):
 
 def test_an_empty_batch_runs_too(ort):
     model = _model_of('Shared', 2)
-    session = _session(ort, export(model, _standard_normal((2, 3, 12), 0)))
+    session = onnx_session(export(model, _standard_normal((2, 3, 12), 0)))
     y, = session.run(None, {session.get_inputs()[0].name: np.zeros((0, 3, 12), np.float32)})
     assert y.shape == (0, 3, 6)
 
@@ -715,7 +715,7 @@ def test_a_reshape_that_is_no_flatten_is_onnx_chainer_s(ort):
     model = chainer.Sequential(lambda x: F.reshape(x, (6, 4)), SharedLinear(4, 2, n_shared=2))
     x = _standard_normal((2, 12), 0)
     onnx_model = export(model, x, input_shapes=[(2, 12)])
-    y, = _run(ort, onnx_model, x)
+    y, = run_onnx(onnx_model, x)
     np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
     shape, = [a for a in _tensors(onnx_model).values() if a.dtype == np.int64 and a.size == 2]
     np.testing.assert_array_equal(shape, [6, 4])
@@ -776,5 +776,5 @@ def test_export_of_a_classifier_says_to_export_its_predictor(ort):
     # What the message says works.
     model = L.Classifier(predictor)
     x = _standard_normal((2, 24), 0)
-    y, = _run(ort, export(model.predictor, x), x)
+    y, = run_onnx(export(model.predictor, x), x)
     np.testing.assert_allclose(y, predictor(x).array, rtol=1e-5, atol=1e-6)

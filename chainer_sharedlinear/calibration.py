@@ -53,7 +53,7 @@ class LayerStatistics:
     @property
     def in_size(self) -> int:
         """int: The number of features of an input."""
-        return int(self.column_sums.shape[0])
+        return int(self.gram.shape[0])
 
     def mean(self):
         """The mean input ``Xᵀ1 / n_samples``, ``(in_size,)``."""

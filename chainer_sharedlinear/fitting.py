@@ -250,7 +250,8 @@ def round_to_codebook(matrix, codebook, gram, *, error_feedback: bool = True,
     block_size = _checks.positive_int('block_size', block_size)
     diagonal = xp.diagonal(gram)
     scale = float(diagonal.mean()) or 1.0
-    permutation = xp.argsort(-diagonal, kind='stable')
+    # On the host: CuPy's argsort has no stable kind, and ties must not reorder columns.
+    permutation = xp.asarray(numpy.argsort(-backend.CpuDevice().send(diagonal), kind='stable'))
     work = work[:, permutation]
     hessian = gram[permutation][:, permutation] + damping * scale * xp.eye(gram.shape[0])
     inverse_factor = _cholesky(xp.linalg.inv(hessian))

@@ -297,3 +297,25 @@ def test_the_bias_must_fit():
     with pytest.raises(ValueError, match=r'bias must have the shape \(out_size,\) = \(1,\), got '
                                          r'\(2,\)'):
         corrected_bias(stats, np.ones((1, 2)), np.ones((1, 2)), np.ones(2))
+
+
+@pytest.mark.gpu
+def test_fitting_on_the_gpu_is_fitting_on_the_cpu():
+    import cupy
+    x = correlated_inputs(200, 20, offset=1.0)
+    stats = statistics_of(x)
+    on_gpu = LayerStatistics(cupy.asarray(stats.gram), stats.n_samples,
+                             cupy.asarray(stats.column_sums))
+    w = np.random.RandomState(1).randn(10, 20)
+    u, v = whitened_svd(stats, w, 4)
+    gpu_u, gpu_v = whitened_svd(on_gpu, cupy.asarray(w), 4)
+    np.testing.assert_allclose((gpu_u @ gpu_v).get(), u @ v, rtol=1e-6, atol=1e-9)
+    assert output_error(on_gpu, w, u @ v) == pytest.approx(output_error(stats, w, u @ v))
+    codebook = cluster(w, 8)[0]
+    np.testing.assert_array_equal(
+        round_to_codebook(cupy.asarray(w), codebook, on_gpu.gram).get(),
+        round_to_codebook(w, codebook, stats.gram))
+    np.testing.assert_allclose(corrected_bias(on_gpu, w, u @ v).get(),
+                               corrected_bias(stats, w, u @ v))
+    fit = fit_low_rank_codebooks(on_gpu, cupy.asarray(w), 4, 16)
+    assert isinstance(fit.weight(), cupy.ndarray)

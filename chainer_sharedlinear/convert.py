@@ -252,13 +252,7 @@ def _replace_links(model, include, caller, kind, why_not, convert) -> Conversion
                 '{}.to_linear'.format(type(model).__name__)))
 
     links = dict(model.namedlinks())
-    candidates: 'collections.OrderedDict[int, _Candidate]' = collections.OrderedDict()
-    for path, link in links.items():
-        if isinstance(link, kind):
-            if id(link) in candidates:
-                candidates[id(link)].paths.append(path)
-            else:
-                candidates[id(link)] = _Candidate(link, path)
+    candidates = _candidates(links, kind)
     named = _named_links(include, links, candidates, kind)
 
     # Everything is made before anything is changed, so that an error leaves
@@ -303,6 +297,18 @@ def _replace_links(model, include, caller, kind, why_not, convert) -> Conversion
         hooks={c.paths[0]: tuple(c.hooks) for c in candidates.values() if c.hooks},
         dropped_hooks={c.paths[0]: dict(c.dropped_hooks)
                        for c in candidates.values() if c.dropped_hooks})
+
+
+def _candidates(links, kind) -> 'collections.OrderedDict[int, _Candidate]':
+    """The links of ``kind`` among ``links`` (path to link), by id, each with all its paths."""
+    candidates: 'collections.OrderedDict[int, _Candidate]' = collections.OrderedDict()
+    for path, link in links.items():
+        if isinstance(link, kind):
+            if id(link) in candidates:
+                candidates[id(link)].paths.append(path)
+            else:
+                candidates[id(link)] = _Candidate(link, path)
+    return candidates
 
 
 def _named_links(include, links, candidates, kind) -> tp.Set[int]:

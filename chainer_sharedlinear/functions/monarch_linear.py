@@ -82,8 +82,9 @@ class _Layout:
     - ``L``'s products are laid out ``(N, n_blocks, s)``, one transpose of
       small ``(n_blocks, s)`` matrices from the output's order.
 
-    That transpose, and its inverse on the output's gradient, are the only
-    copies a step makes. Every product is taken in the accumulation dtype of
+    That transpose and its inverse on the output's gradient are the only
+    copies a step makes, with the padding where ``n_blocks`` does not divide
+    the sizes. Every product is taken in the accumulation dtype of
     ``x``, ``R`` and ``L``.
     """
 
@@ -193,7 +194,9 @@ class _Layout:
         ``Z`` is :meth:`z`, if kept; ``dtypes`` those of ``x``, ``R``, ``L``.
         """
         ops = self.ops
-        block_grads = self.block_gradients(indexes, self.output_gradient_blocks(gy), Z)
+        block_grads = {}
+        if any(i in indexes for i in (0, 1, 2)):
+            block_grads = self.block_gradients(indexes, self.output_gradient_blocks(gy), Z)
         if 0 in block_grads:
             block_grads[0] = self._input_features(block_grads[0])
         grads = [ops.cast(block_grads[i], dtypes[i]) for i in (0, 1, 2) if i in indexes]

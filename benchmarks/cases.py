@@ -13,7 +13,9 @@ with a fixed output gradient, in several implementations (:data:`IMPLEMENTATIONS
     the 2016 algorithm, on the shared link's own ``W`` and ``b``.
 ``floor``
     The layer's own array code in plain NumPy or CuPy, with no Chainer around
-    it; the bar Chainer's bookkeeping cannot beat.
+    it; the bar Chainer's bookkeeping cannot beat. For ``MonarchLinear``, its
+    block products alone (:func:`monarch_block_products`): the bar its layout
+    cannot beat either.
 """
 
 import collections
@@ -27,7 +29,7 @@ from benchmarks.tiled_linear import TiledLinearFunction
 from chainer_sharedlinear.functions._ops import ArrayOps
 from chainer_sharedlinear.functions.fold import fold, unfold
 from chainer_sharedlinear.functions.kronecker_linear import KroneckerLinearFunction, _Products
-from chainer_sharedlinear.functions.monarch_linear import MonarchLinearFunction, _Layout
+from chainer_sharedlinear.functions.monarch_linear import _Layout
 from chainer_sharedlinear.functions.tied_linear import TiedWeight, TiedWeightGrad
 from chainer_sharedlinear.links import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
 
@@ -210,17 +212,24 @@ def kronecker_floor_forward_backward(x, A, B, b, gy):
     return y, gx, gA, gB, gb
 
 
-def monarch_floor_forward_backward(x, R, L, b, gy, out_size):
-    """Forward and backward of a Monarch layer in plain arrays, its node's own code.
+def monarch_block_products(layout, gY):
+    """The six batched products of a Monarch layer's step, alone: its floor.
 
-    Returns ``y``, ``gx``, ``gR``, ``gL`` and ``gb`` (``None`` without a bias).
+    ``layout`` is the layer's ``_Layout`` of ``x``, ``R`` and ``L``, and
+    ``gY`` the output's gradient by output block
+    (``layout.output_gradient_blocks(gy)``), both made before the step: what is
+    timed is the two products of the forward pass and the four of the
+    backward, on operands already laid out as they need. The layer's time
+    over this one is what its layout (the padding and the permutation of the
+    output and of its gradient) and Chainer cost together.
+
+    Returns:
+        tuple: The output by output block, ``(n_blocks, N, s)``, and the
+        gradients of the input blocks ``(n_blocks, N, p)``, of ``R`` and of ``L``.
     """
-    node = MonarchLinearFunction(out_size)
-    y, = node.forward((x, R, L) if b is None else (x, R, L, b))
-    layout = _Layout(ArrayOps.of(x), x, R, L, out_size)
-    gx, gR, gL = layout.gradients((0, 1, 2), gy, node._Z, (x.dtype, R.dtype, L.dtype))
-    gb = None if b is None else gy.sum(axis=0)
-    return y, gx, gR, gL, gb
+    Z = layout.z()
+    block_grads = layout.block_gradients((0, 1, 2), gY, Z)
+    return (layout.output_blocks(Z),) + tuple(block_grads[i] for i in (0, 1, 2))
 
 
 def _floor_step(case, layer, x, gy):
@@ -234,8 +243,9 @@ def _floor_step(case, layer, x, gy):
         bucket, sign = layer.index_map()
         return lambda: hashed_floor_forward_backward(x, W, b, gy, bucket, sign)
     if case.layer == 'MonarchLinear':
-        R, L_ = layer.R.array, layer.L.array
-        return lambda: monarch_floor_forward_backward(x, R, L_, b, gy, case.out_size)
+        layout = _Layout(ArrayOps.of(x), x, layer.R.array, layer.L.array, case.out_size)
+        gY = layout.output_gradient_blocks(gy)
+        return lambda: monarch_block_products(layout, gY)
     A, B = layer.A.array, layer.B.array
     return lambda: kronecker_floor_forward_backward(x, A, B, b, gy)
 

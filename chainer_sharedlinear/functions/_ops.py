@@ -45,10 +45,10 @@ class ArrayOps:
         """
         return self.xp.matmul(self._even_rows(a), self._even_rows(b))
 
-    def batch_matmul_batch_first(self, a, b):
-        """``batch_matmul(a, b)``, ``(n, N, q)`` for ``a`` of ``(n, N, p)``, as a view of an
-        array laid out ``(N, n, q)``: the ``n`` products of each row of ``N`` side by side,
-        where a reshape to ``(N, n·q)`` is one more view, not a copy.
+    def batch_matmul_interleaved(self, a, b):
+        """``batch_matmul(a, b)``, ``(n, M, K)``, as a view of an array laid out ``(M, n, K)``:
+        row ``i`` of the ``n`` products side by side, so that the array read as
+        ``(M, n·K)`` or as ``(M·n, K)`` is a view, not a copy.
         """
         xp = self.xp
         out = xp.empty((a.shape[1], a.shape[0], b.shape[2]), xp.result_type(a, b))
@@ -84,7 +84,7 @@ class VariableOps:
 
     matmul = staticmethod(F.matmul)
     batch_matmul = staticmethod(F.matmul)
-    batch_matmul_batch_first = staticmethod(F.matmul)
+    batch_matmul_interleaved = staticmethod(F.matmul)
     reshape = staticmethod(F.reshape)
     transpose = staticmethod(F.transpose)
     sum = staticmethod(F.sum)

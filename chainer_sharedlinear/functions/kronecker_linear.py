@@ -68,7 +68,11 @@ class _Products:
     """The layout of ``Σ_r A[r] · X · B[r]ᵀ`` as matrix products, for the forward pass
     and for both backward passes, on arrays or on variables (``ops``).
 
-    Every product is taken in the accumulation dtype of ``x``, ``A`` and ``B``.
+    The terms are interleaved in the inner axis of the products with ``A``
+    (``j·n_terms + r``, the order in which the product with ``B`` lays them
+    out), so that every reshape between two products is a view on arrays:
+    a step copies nothing. Every product is taken in the accumulation dtype
+    of ``x``, ``A`` and ``B``.
     """
 
     def __init__(self, ops, x, A, B) -> None:
@@ -80,27 +84,19 @@ class _Products:
         self.dtype = dtype
         # X: each input row as an (n1, n2) matrix, the rows stacked: (N·n1, n2).
         self.X = ops.reshape(ops.cast(x, dtype), (self.batch * self.n1, self.n2))
-        # B's terms stacked: (R·m2, n2). A's side by side, [A[0] A[1] …]: (m1, R·n1).
+        # B's terms stacked: (R·m2, n2). A's interleaved, column j·R + r of A[r]'s j: (m1, n1·R).
         self.B_stacked = ops.reshape(ops.cast(B, dtype), (self.n_terms * self.m2, self.n2))
-        A = ops.cast(A, dtype)
-        if self.n_terms == 1:
-            self.A_side_by_side = ops.reshape(A, (self.m1, self.n1))
-        else:
-            self.A_side_by_side = ops.reshape(ops.transpose(A, (1, 0, 2)),
-                                              (self.m1, self.n_terms * self.n1))
+        self.A_interleaved = ops.reshape(ops.transpose(ops.cast(A, dtype), (1, 2, 0)),
+                                         (self.m1, self.n1 * self.n_terms))
 
     def t(self):
-        """``T[n, r·n1 + j, k] = Σ_l X[n, j, l] B[r, k, l]``: one product for all terms."""
-        ops, batch, n1, n_terms, m2 = self.ops, self.batch, self.n1, self.n_terms, self.m2
-        T = ops.matmul(self.X, ops.transpose(self.B_stacked))  # (N·n1, R·m2)
-        if n_terms == 1:
-            return ops.reshape(T, (batch, n1, m2))
-        T = ops.transpose(ops.reshape(T, (batch, n1, n_terms, m2)), (0, 2, 1, 3))
-        return ops.reshape(T, (batch, n_terms * n1, m2))
+        """``T[n, j·R + r, k] = Σ_l X[n, j, l] B[r, k, l]``: one product for all terms."""
+        T = self.ops.matmul(self.X, self.ops.transpose(self.B_stacked))  # (N·n1, R·m2)
+        return self.ops.reshape(T, (self.batch, self.n1 * self.n_terms, self.m2))
 
     def y(self, T):
         """``Y[n] = Σ_r A[r] T[n, r]``, ``(N, m1·m2)``."""
-        return self.ops.reshape(self.ops.matmul(self.A_side_by_side, T),
+        return self.ops.reshape(self.ops.matmul(self.A_interleaved, T),
                                 (self.batch, self.m1 * self.m2))
 
     def gradients(self, indexes, gy, T=None, dtypes=None):
@@ -113,21 +109,17 @@ class _Products:
         gY = ops.reshape(ops.cast(gy, self.dtype), (batch, m1, m2))
         grads = []
         if 0 in indexes or 2 in indexes:
-            # Z[n, r·n1 + j, k] = Σ_i A[r, i, j] gY[n, i, k], laid out (N·n1, R·m2).
-            Z = ops.matmul(ops.transpose(self.A_side_by_side), gY)
-            if n_terms == 1:
-                Z = ops.reshape(Z, (batch * n1, m2))
-            else:
-                Z = ops.reshape(ops.transpose(ops.reshape(Z, (batch, n_terms, n1, m2)),
-                                              (0, 2, 1, 3)), (batch * n1, n_terms * m2))
+            # Z[n, j·R + r, k] = Σ_i A[r, i, j] gY[n, i, k], laid out (N·n1, R·m2).
+            Z = ops.reshape(ops.matmul(ops.transpose(self.A_interleaved), gY),
+                            (batch * n1, n_terms * m2))
         if 0 in indexes:
             gx = ops.reshape(ops.matmul(Z, self.B_stacked), (batch, n1 * n2))
             grads.append(ops.cast(gx, dtypes[0]))
         if 1 in indexes:
-            # gA[r, i, j] = Σ_n Σ_k gY[n, i, k] T[n, r·n1 + j, k]
+            # gA[r, i, j] = Σ_n Σ_k gY[n, i, k] T[n, j·R + r, k]
             T = self.t() if T is None else T
             gA = ops.sum(ops.matmul(gY, ops.transpose(T, (0, 2, 1))), axis=0)
-            gA = ops.transpose(ops.reshape(gA, (m1, n_terms, n1)), (1, 0, 2))
+            gA = ops.transpose(ops.reshape(gA, (m1, n1, n_terms)), (2, 0, 1))
             grads.append(ops.cast(gA, dtypes[1]))
         if 2 in indexes:
             # gB[r, k, l] = Σ_n Σ_j Z[n, j, r·m2 + k] X[n, j, l]

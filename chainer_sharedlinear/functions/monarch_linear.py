@@ -70,9 +70,21 @@ class _Layout:
     """The layout of ``P L Pᵀ R`` as batched matrix products, for the forward pass and for
     both backward passes, on arrays or on variables (``ops``).
 
-    Blocks are the leading axis of every batched product: the input as
-    ``(n_blocks, N, p)``, the middle as ``(n_blocks, N, q)``, the output as
-    ``(n_blocks, N, s)``. Every product is taken in the accumulation dtype of
+    Blocks are the leading axis of every batched product, and each product
+    finds its operands, on arrays, as views laid out as BLAS takes them:
+
+    - the input blocks, ``(n_blocks, N, p)``, are a view of ``x`` (a padded
+      copy where ``n_blocks`` does not divide ``in_size``);
+    - the middle is one ``(n_blocks·q, N)`` array, a row per middle feature
+      ``f``, held as ``(n_blocks, q, N)``: ``R``'s blocks write its
+      consecutive rows, and ``L``'s blocks read every ``n_blocks``-th row,
+      which is ``P``, as another view;
+    - ``L``'s products are laid out ``(N, n_blocks, s)``, one transpose of
+      small ``(n_blocks, s)`` matrices from the output's order.
+
+    That transpose and its inverse on the output's gradient are the only
+    copies a step makes, with the padding where ``n_blocks`` does not divide
+    the sizes. Every product is taken in the accumulation dtype of
     ``x``, ``R`` and ``L``.
     """
 
@@ -117,59 +129,77 @@ class _Layout:
                             (batch, n_short * (p - 1)))
         return ops.concat((full, short), axis=1)
 
-    def _interleave(self, Z):
-        """``Pᵀ``: middle feature ``f = k·q + j`` of input block ``k`` to output block
-        ``f mod n_blocks``, place ``f // n_blocks``."""
-        ops, batch = self.ops, self.batch
-        Z = ops.reshape(ops.transpose(Z, (1, 0, 2)), (batch, self.q, self.n_blocks))
-        return ops.contiguous(ops.transpose(Z, (2, 0, 1)))
+    def _by_output_block(self, H):
+        """``Pᵀ``: the middle ``(n_blocks, q, N)`` by input block ``k``, row ``j``, to
+        the same by output block: feature ``f = k·q + j`` to block ``f mod n_blocks``,
+        row ``f // n_blocks``."""
+        ops = self.ops
+        return ops.transpose(ops.reshape(H, (self.q, self.n_blocks, self.batch)), (1, 0, 2))
 
-    def _deinterleave(self, gZ):
-        """The inverse of :meth:`_interleave`."""
-        ops, batch = self.ops, self.batch
-        gZ = ops.reshape(ops.transpose(gZ, (1, 2, 0)), (batch, self.n_blocks, self.q))
-        return ops.transpose(gZ, (1, 0, 2))
+    def _by_input_block(self, Z):
+        """The inverse of :meth:`_by_output_block`."""
+        ops = self.ops
+        return ops.reshape(ops.transpose(Z, (1, 0, 2)), (self.n_blocks, self.q, self.batch))
 
     def z(self):
-        """``Pᵀ R x``, by output block: ``(n_blocks, N, q)``."""
+        """``Pᵀ R x``, transposed, by output block: ``(n_blocks, q, N)``."""
         ops = self.ops
-        return self._interleave(
-            ops.batch_matmul_batch_first(self.X, ops.transpose(self.R, (0, 2, 1))))
+        return self._by_output_block(ops.batch_matmul(self.R, ops.transpose(self.X, (0, 2, 1))))
+
+    def output_blocks(self, Z):
+        """``L Z``, transposed, by output block: ``(n_blocks, N, s)``."""
+        ops = self.ops
+        return ops.batch_matmul_interleaved(ops.transpose(Z, (0, 2, 1)),
+                                            ops.transpose(self.L, (0, 2, 1)))
 
     def y(self, Z):
         """``P L Z``: ``(N, out_size)``, output ``t`` of block ``l`` at ``t · n_blocks + l``."""
         ops, batch, n_padded = self.ops, self.batch, self.n_blocks * self.s
-        Y = ops.batch_matmul(Z, ops.transpose(self.L, (0, 2, 1)))
-        y = ops.reshape(ops.transpose(Y, (1, 2, 0)), (batch, n_padded))
+        y = ops.reshape(ops.transpose(self.output_blocks(Z), (1, 2, 0)), (batch, n_padded))
         if self.out_size == n_padded:
             return y
         return ops.get_item(y, (slice(None), slice(0, self.out_size)))
+
+    def output_gradient_blocks(self, gy):
+        """``Pᵀ`` of the output's gradient, by output block as :meth:`output_blocks`."""
+        ops, batch, n_padded = self.ops, self.batch, self.n_blocks * self.s
+        gY = ops.cast(gy, self.dtype)
+        if self.out_size < n_padded:
+            gY = ops.pad_last(gY, n_padded - self.out_size)
+        gY = ops.contiguous(
+            ops.transpose(ops.reshape(gY, (batch, self.s, self.n_blocks)), (0, 2, 1)))
+        return ops.transpose(gY, (1, 0, 2))
+
+    def block_gradients(self, indexes, gY, Z=None):
+        """The gradients of the input blocks, ``R`` and ``L`` asked for in ``indexes``
+        (0, 1, 2), from :meth:`output_gradient_blocks`; ``Z`` is :meth:`z`, if kept."""
+        ops = self.ops
+        grads = {}
+        if 0 in indexes or 1 in indexes:
+            gH = self._by_input_block(ops.batch_matmul_interleaved(
+                ops.transpose(self.L, (0, 2, 1)), ops.transpose(gY, (0, 2, 1))))
+        if 0 in indexes:
+            grads[0] = ops.batch_matmul_interleaved(ops.transpose(gH, (0, 2, 1)), self.R)
+        if 1 in indexes:
+            grads[1] = ops.batch_matmul(gH, self.X)
+        if 2 in indexes:
+            Z = self.z() if Z is None else Z
+            grads[2] = ops.batch_matmul(ops.transpose(gY, (0, 2, 1)),
+                                        ops.transpose(Z, (0, 2, 1)))
+        return grads
 
     def gradients(self, indexes, gy, Z=None, dtypes=None):
         """The gradients of ``x``, ``R``, ``L`` and the bias asked for in ``indexes``.
 
         ``Z`` is :meth:`z`, if kept; ``dtypes`` those of ``x``, ``R``, ``L``.
         """
-        ops, batch, n_padded = self.ops, self.batch, self.n_blocks * self.s
-        gY = ops.cast(gy, self.dtype)
-        if self.out_size < n_padded:
-            gY = ops.pad_last(gY, n_padded - self.out_size)
-        gY = ops.contiguous(
-            ops.transpose(ops.reshape(gY, (batch, self.s, self.n_blocks)), (2, 0, 1)))
-        grads = []
-        if 0 in indexes or 1 in indexes:
-            # By input block: (n_blocks, N, q).
-            gZ = self._deinterleave(ops.batch_matmul(gY, self.L))
-        if 0 in indexes:
-            gx = self._input_features(ops.batch_matmul_batch_first(gZ, self.R))
-            grads.append(ops.cast(gx, dtypes[0]))
-        if 1 in indexes:
-            gR = ops.batch_matmul(ops.transpose(gZ, (0, 2, 1)), self.X)
-            grads.append(ops.cast(gR, dtypes[1]))
-        if 2 in indexes:
-            Z = self.z() if Z is None else Z
-            gL = ops.batch_matmul(ops.transpose(gY, (0, 2, 1)), Z)
-            grads.append(ops.cast(gL, dtypes[2]))
+        ops = self.ops
+        block_grads = {}
+        if any(i in indexes for i in (0, 1, 2)):
+            block_grads = self.block_gradients(indexes, self.output_gradient_blocks(gy), Z)
+        if 0 in block_grads:
+            block_grads[0] = self._input_features(block_grads[0])
+        grads = [ops.cast(block_grads[i], dtypes[i]) for i in (0, 1, 2) if i in indexes]
         if 3 in indexes:
             grads.append(ops.sum(gy, axis=0))
         return grads

@@ -19,6 +19,8 @@ from benchmarks import benchmark, cases, measure, tiled_linear
 from benchmarks.cases import Case, hashed, kronecker, monarch, shared
 from benchmarks.report import format_table, noisy_cases, plot
 from chainer_sharedlinear import HashedLinear, KroneckerLinear, MonarchLinear, SharedLinear
+from chainer_sharedlinear.functions._ops import ArrayOps
+from chainer_sharedlinear.functions.monarch_linear import _Layout, input_positions
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -107,21 +109,29 @@ def test_kronecker_floor_computes_what_kronecker_linear_does(n_terms):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize('in_size, out_size, n_blocks', [(12, 6, 3), (13, 7, 3)])
+@pytest.mark.parametrize('in_size, out_size, n_blocks', [(12, 6, 3), (13, 7, 3), (10, 12, 2)])
 @pytest.mark.parametrize('nobias', [True, False])
-def test_monarch_floor_computes_what_monarch_linear_does(in_size, out_size, n_blocks, nobias):
+def test_monarch_floor_computes_the_block_products_of_monarch_linear(in_size, out_size, n_blocks,
+                                                                    nobias):
     rng = np.random.default_rng(0)
     x, gy = rng.standard_normal((4, in_size)), rng.standard_normal((4, out_size))
     with chainer.using_config('dtype', np.float64):
         link = MonarchLinear(in_size, out_size, n_blocks=n_blocks, nobias=nobias,
                              initial_bias=1.0)
     y, gx = _link_grads(link, x, gy)
-    b = None if nobias else link.b.array
-    y_floor, gx_floor, gR, gL, gb = cases.monarch_floor_forward_backward(
-        x, link.R.array, link.L.array, b, gy, out_size)
-    for mine, theirs in ((y_floor, y), (gx_floor, gx), (gR, link.R.grad), (gL, link.L.grad)):
+    layout = _Layout(ArrayOps.of(x), x, link.R.array, link.L.array, out_size)
+    Y, gX, gR, gL = cases.monarch_block_products(layout, layout.output_gradient_blocks(gy))
+
+    # Output t of block l is output feature t·n_blocks + l; input place i of block k is
+    # input feature input_positions[k, i] (-1: padding).
+    y_blocks = Y.transpose(1, 2, 0).reshape(4, -1)[:, :out_size]
+    positions = input_positions(in_size, n_blocks)
+    gx_blocks = np.zeros_like(gx)
+    gx_blocks[:, positions[positions >= 0]] = gX.transpose(1, 0, 2)[:, positions >= 0]
+    bias = 0 if nobias else link.b.array
+    for mine, theirs in ((y_blocks + bias, y), (gx_blocks, gx), (gR, link.R.grad),
+                         (gL, link.L.grad)):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-14)
-    assert gb is None if nobias else np.allclose(gb, link.b.grad, rtol=1e-12)
 
 
 def test_floor_takes_a_float32_layer():

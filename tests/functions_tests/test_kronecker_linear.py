@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import kronecker_linear, shared_linear
+from chainer_sharedlinear.functions._ops import ArrayOps
 from tests.helpers import (
     BACKENDS,
     FLOATS,
@@ -203,6 +204,28 @@ def test_float16_inputs_are_computed_in_float32():
     for half, single in zip(grads(np.float16), grads(np.float32)):
         assert half.dtype == np.float16 and np.isfinite(half).all()
         np.testing.assert_allclose(half, single, rtol=2 ** -10, atol=0)
+
+
+@pytest.mark.parametrize('n_terms', [1, 4])
+def test_a_step_copies_no_activation_between_its_products(monkeypatch, n_terms):
+    # Every reshape between two products is a view: a copy of an activation (the
+    # (N·n1, R·m2) products with B, as large as R times the input) would be a pass over
+    # memory that the arithmetic does not need. Only A, of the weights' size, is
+    # rearranged.
+    copied = []
+    reshape = ArrayOps.reshape
+
+    def spy(a, shape):
+        laid_out = reshape(a, shape)
+        if not np.shares_memory(laid_out, a):
+            copied.append(a.shape)
+        return laid_out
+    monkeypatch.setattr(ArrayOps, 'reshape', staticmethod(spy))
+    rng = np.random.default_rng(0)
+    x, gy = rng.standard_normal((8, 6 * 5)), rng.standard_normal((8, 3 * 7))
+    A, B = rng.standard_normal((n_terms, 3, 6)), rng.standard_normal((n_terms, 7, 5))
+    grads_of(kronecker_linear, (x, A, B), gy)
+    assert [shape for shape in copied if np.prod(shape) != A.size] == []
 
 
 @pytest.mark.parametrize('type_check', [True, False])

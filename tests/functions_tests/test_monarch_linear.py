@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chainer_sharedlinear import monarch_linear
+from chainer_sharedlinear.functions._ops import ArrayOps
 from tests.helpers import (
     BACKENDS,
     FamilyFunction,
@@ -191,6 +192,25 @@ def test_float16_inputs_are_computed_in_float32():
     assert np.isfinite(y).all()
     expected = monarch_linear(*(a.astype(np.float32) for a in (x, R, L))).array
     np.testing.assert_allclose(y, expected, rtol=2 ** -10, atol=0)
+
+
+@pytest.mark.parametrize('sizes', [(64, 64, 8), (60, 50, 8), (23, 17, 4), (10, 30, 4)])
+def test_the_batched_products_take_their_operands_without_a_copy(monkeypatch, sizes):
+    # The layout lays each operand out as BLAS takes it: a copy of one (an activation
+    # of N x features) would be a pass over memory that the arithmetic does not need.
+    operands = []
+    even_rows = ArrayOps._even_rows
+
+    def spy(self, a):
+        laid_out = even_rows(self, a)
+        operands.append((a.shape, laid_out is a))
+        return laid_out
+    monkeypatch.setattr(ArrayOps, '_even_rows', spy)
+    x, R, L, b = _problem(np.float32, np.float32, sizes, False, (16,))
+    grads_of(lambda *a: monarch_linear(*a, out_size=sizes[1]), (x, R, L, b),
+             np.ones((16, sizes[1]), np.float32))
+    assert len(operands) == 12  # two of each of the six products of a step
+    assert [shape for shape, as_it_is in operands if not as_it_is] == []
 
 
 # --- What is refused --------------------------------------------------------------------

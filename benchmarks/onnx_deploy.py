@@ -2,7 +2,8 @@
 
 Run ``.venv/bin/python benchmarks/onnx_deploy.py`` from a clone (``--help`` lists the
 options). Each pattern compresses every layer of one randomly initialised MLP to
-``--budget`` of its bytes (``compress_linears(model, budget, pattern=...)``), which
+``--budget`` of its bytes (``compress_linears(model, budget, pattern=...)``, or
+``ClusteredLowRankLinear.from_linear`` for ``clustered_lowrank``: :func:`compressed`), which
 :func:`chainer_sharedlinear.onnx_export.export` writes to a file. Per file, the
 table gives:
 
@@ -39,8 +40,12 @@ import numpy  # noqa: E402
 
 from benchmarks.measure import time_round_robin  # noqa: E402
 
-#: The patterns the table compares with the dense model, in its order.
-PATTERNS = ('shared', 'lowrank', 'monarch', 'kronecker', 'clustered', 'hashed')
+#: The patterns the table compares with the dense model, in its order: those of
+#: ``compress_linears``, and ``clustered_lowrank``, which it has not (:func:`compressed`).
+PATTERNS = ('shared', 'lowrank', 'monarch', 'kronecker', 'clustered', 'hashed',
+            'clustered_lowrank')
+# The codebooks of clustered_lowrank: 16 values, 4 bits an entry.
+_LOW_RANK_CLUSTERS = 16
 SIZES = (784, 1000, 1000, 10)
 BATCHES = (1, 256)
 
@@ -80,13 +85,32 @@ def mlp(sizes=SIZES, seed: int = 0) -> chainer.Sequential:
     return chainer.Sequential(*layers[:-1])
 
 
+def compressed(model: chainer.Sequential, budget: float, pattern: str) -> None:
+    """Replaces each ``L.Linear`` of ``model`` by ``pattern``'s layer at ``budget`` of its bytes.
+
+    ``compress_linears(model, budget, pattern=pattern)``; for ``clustered_lowrank``,
+    ``ClusteredLowRankLinear.from_linear`` with codebooks of 16 values at the
+    highest rank whose indices fit the budget.
+    """
+    from chainer_sharedlinear import ClusteredLowRankLinear, compress_linears
+    if pattern != 'clustered_lowrank':
+        compress_linears(model, budget, pattern=pattern)
+        return
+    for position, layer in enumerate(model):
+        if isinstance(layer, L.Linear):
+            out_size, in_size = layer.W.shape
+            # Half a byte an entry of the factors, rank · (in_size + out_size) of them.
+            rank = int(budget * 4 * in_size * out_size / (0.5 * (in_size + out_size)))
+            model[position] = ClusteredLowRankLinear.from_linear(
+                layer, rank=max(1, min(rank, in_size, out_size)), n_clusters=_LOW_RANK_CLUSTERS)
+
+
 def exported(pattern: tp.Optional[str], budget: float, path: str) -> None:
     """Writes the ONNX file of :func:`mlp` to ``path``, compressed by ``pattern`` if any."""
-    from chainer_sharedlinear import compress_linears
     from chainer_sharedlinear.onnx_export import export
     model = mlp()
     if pattern is not None:
-        compress_linears(model, budget, pattern=pattern)
+        compressed(model, budget, pattern)
     export(model, numpy.zeros((1, SIZES[0]), numpy.float32), path)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from chainer_sharedlinear import (
     ClusteredLinear,
+    ClusteredLowRankLinear,
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
@@ -402,9 +403,11 @@ class _Toeplitz(chainer.Chain):
     lambda: ClusteredLinear(1000, 900, n_clusters=16),
     lambda: ClusteredLinear(1000, 900, n_clusters=300),
     lambda: ClusteredLinear(37, 11, n_clusters=2, nobias=True),
+    lambda: ClusteredLowRankLinear(1000, 900, rank=100, n_clusters=16),
+    lambda: ClusteredLowRankLinear(1000, 900, rank=60, n_clusters=300),
 ], ids=['Linear', 'Hashed/64', 'Hashed/8', 'Hashed-small', 'Shared10', 'Kronecker',
         'Kronecker4', 'tied-uint16', 'tied-uint8-signed', 'LowRank56', 'Clustered16',
-        'Clustered300', 'Clustered2'])
+        'Clustered300', 'Clustered2', 'ClusteredLowRank16', 'ClusteredLowRank300'])
 def test_the_onnx_file_of_a_layer_is_about_the_size_of_its_npz(ort, layer):
     layer = layer()
     model = layer if isinstance(layer, _Toeplitz) else chainer.Sequential(layer)
@@ -583,8 +586,11 @@ def test_export_of_a_tied_linear_model_without_signs(ort):
     lambda: ClusteredLinear(37, 11, n_clusters=5, nobias=True),  # 5 bits: entries span bytes
     lambda: ClusteredLinear(30, 20, n_clusters=300),  # 9 bits
     lambda: ClusteredLinear(3, 2, n_clusters=1),
+    lambda: ClusteredLowRankLinear(30, 20, rank=4, n_clusters=16),
+    lambda: ClusteredLowRankLinear(37, 11, rank=3, n_clusters=5, nobias=True),
+    lambda: ClusteredLowRankLinear(30, 20, rank=4, n_clusters=300),
 ], ids=['LowRank', 'LowRank-nobias', 'Clustered16', 'Clustered5', 'Clustered300',
-        'Clustered1'])
+        'Clustered1', 'ClusteredLowRank16', 'ClusteredLowRank5', 'ClusteredLowRank300'])
 def test_export_of_low_rank_and_clustered_layers_matches_chainer(ort, layer, opset_version):
     layer = _trained(layer(), seed=4)
     _export_and_compare(ort, chainer.Sequential(layer),
@@ -599,8 +605,8 @@ def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
     assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry
 
 
-@pytest.mark.parametrize('opset_version', [7, 11])
-@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300])
+@pytest.mark.parametrize('opset_version', [7, 9, 11])
+@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300, 5000, 65536])
 def test_the_clustered_index_decodes_at_every_bit_width(ort, opset_version, n_clusters):
     # 23 x 7 entries: the last group of bytes is cut short at every width but 1 bit.
     from chainer_sharedlinear.functions.clustered_linear import index_bits
@@ -659,6 +665,7 @@ _LAYERS_OF_12_TO_6 = {
     'Monarch-padded': lambda: MonarchLinear(12, 7, n_blocks=5),
     'LowRank': lambda: LowRankLinear(12, 6, rank=2),
     'Clustered': lambda: ClusteredLinear(12, 6, n_clusters=4),
+    'ClusteredLowRank': lambda: ClusteredLowRankLinear(12, 6, rank=2, n_clusters=4),
     'tied': None,
 }
 

@@ -2,7 +2,8 @@
 
 Run ``.venv/bin/python benchmarks/onnx_deploy.py`` from a clone (``--help`` lists the
 options). Each pattern compresses every layer of one randomly initialised MLP to
-``--budget`` of its bytes (``compress_linears(model, budget, pattern=...)``), which
+``--budget`` of its bytes (``compress_linears(model, budget, pattern=...)``, or
+``ClusteredLowRankLinear.from_linear`` for ``clustered_lowrank``: :func:`compressed`), which
 :func:`chainer_sharedlinear.onnx_export.export` writes to a file. Per file, the
 table gives:
 
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import typing as tp
+import warnings
 
 if not __package__:
     # Run as a file, Python puts benchmarks/ itself on sys.path; the imports below need the
@@ -39,8 +41,16 @@ import numpy  # noqa: E402
 
 from benchmarks.measure import time_round_robin  # noqa: E402
 
-#: The patterns the table compares with the dense model, in its order.
-PATTERNS = ('shared', 'lowrank', 'monarch', 'kronecker', 'clustered', 'hashed')
+#: The patterns the table compares with the dense model, in its order: those of
+#: ``compress_linears``, and ``clustered_lowrank``, which it has not (:func:`compressed`).
+PATTERNS = ('shared', 'lowrank', 'monarch', 'kronecker', 'clustered', 'hashed',
+            'clustered_lowrank')
+#: The opset the files are written at: the first with ``BitwiseXor``, which the hashed
+#: layer's graph needs to load at a small cost (opset 11, onnx_chainer's default, folds
+#: the hash through gigabytes).
+OPSET_VERSION = 18
+# The codebooks of clustered_lowrank: 16 values, 4 bits an entry.
+_LOW_RANK_CLUSTERS = 16
 SIZES = (784, 1000, 1000, 10)
 BATCHES = (1, 256)
 
@@ -80,14 +90,38 @@ def mlp(sizes=SIZES, seed: int = 0) -> chainer.Sequential:
     return chainer.Sequential(*layers[:-1])
 
 
-def exported(pattern: tp.Optional[str], budget: float, path: str) -> None:
+def compressed(model: chainer.Sequential, budget: float, pattern: str) -> None:
+    """Replaces each ``L.Linear`` of ``model`` by ``pattern``'s layer at ``budget`` of its bytes.
+
+    ``compress_linears(model, budget, pattern=pattern)``; for ``clustered_lowrank``,
+    ``ClusteredLowRankLinear.from_linear`` with codebooks of 16 values at the
+    highest rank whose indices fit the budget.
+    """
+    from chainer_sharedlinear import ClusteredLowRankLinear, compress_linears
+    if pattern != 'clustered_lowrank':
+        compress_linears(model, budget, pattern=pattern)
+        return
+    for position, layer in enumerate(model):
+        if isinstance(layer, L.Linear):
+            out_size, in_size = layer.W.shape
+            # Half a byte an entry of the factors, rank · (in_size + out_size) of them.
+            rank = int(budget * 4 * in_size * out_size / (0.5 * (in_size + out_size)))
+            model[position] = ClusteredLowRankLinear.from_linear(
+                layer, rank=max(1, min(rank, in_size, out_size)), n_clusters=_LOW_RANK_CLUSTERS)
+
+
+def exported(pattern: tp.Optional[str], budget: float, path: str,
+             opset_version: int = OPSET_VERSION) -> None:
     """Writes the ONNX file of :func:`mlp` to ``path``, compressed by ``pattern`` if any."""
-    from chainer_sharedlinear import compress_linears
     from chainer_sharedlinear.onnx_export import export
     model = mlp()
     if pattern is not None:
-        compress_linears(model, budget, pattern=pattern)
-    export(model, numpy.zeros((1, SIZES[0]), numpy.float32), path)
+        compressed(model, budget, pattern)
+    with warnings.catch_warnings():
+        # onnx_chainer says it was tested up to opset 11 only.
+        warnings.filterwarnings('ignore', message='ONNX-Chainer has been tested only')
+        export(model, numpy.zeros((1, SIZES[0]), numpy.float32), path,
+               opset_version=opset_version)
 
 
 def session_memory(path: str) -> dict:
@@ -125,7 +159,7 @@ def latency_ratios(path: str, dense_path: str, batch: int, rounds: int,
 
 def measure(pattern: tp.Optional[str], folder: str, dense_path: str, args) -> dict:
     path = os.path.join(folder, '{}.onnx'.format(pattern or 'dense'))
-    exported(pattern, args.budget, path)
+    exported(pattern, args.budget, path, args.opset_version)
     loads = [session_memory(path) for _ in range(args.loads)]
     row = {'pattern': pattern or 'dense', 'file_bytes': os.path.getsize(path)}
     for key in ('seconds', 'peak', 'held'):
@@ -158,6 +192,8 @@ def _parse_args(argv):
     parser.add_argument('--patterns', nargs='+', default=list(PATTERNS), choices=PATTERNS)
     parser.add_argument('--budget', type=float, default=1 / 8,
                         help='the fraction of each layer\'s bytes kept (default 1/8)')
+    parser.add_argument('--opset-version', type=int, default=OPSET_VERSION,
+                        help='the opset of every file (default {})'.format(OPSET_VERSION))
     parser.add_argument('--loads', type=int, default=3,
                         help='fresh processes that create a session, per file (default 3)')
     parser.add_argument('--rounds', type=int, default=200,
@@ -175,10 +211,10 @@ def main(argv=None) -> int:
         for pattern in args.patterns:
             rows.append(measure(pattern, folder, dense_path, args))
             print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    print('MLP {} at {:.4g} of its bytes; onnxruntime {}, default session options; {} CPUs; '
-          'latency: medians of the rounds\' ratios (their quartiles), on a machine that may '
-          'be busy'.format('-'.join(map(str, SIZES)), args.budget, _ort_version(),
-                        len(os.sched_getaffinity(0))))
+    print('MLP {} at {:.4g} of its bytes, opset {}; onnxruntime {}, default session options; '
+          '{} CPUs; latency: medians of the rounds\' ratios (their quartiles), on a machine '
+          'that may be busy'.format('-'.join(map(str, SIZES)), args.budget, args.opset_version,
+                                    _ort_version(), len(os.sched_getaffinity(0))))
     print(format_table(rows))
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 
 from chainer_sharedlinear import (
     ClusteredLinear,
+    ClusteredLowRankLinear,
     HashedLinear,
     KroneckerLinear,
     LowRankLinear,
@@ -250,7 +251,7 @@ def _trained(layer, seed):
     return layer
 
 
-@pytest.mark.parametrize('opset_version', [11, 13])
+@pytest.mark.parametrize('opset_version', [11, 13, 18])
 @pytest.mark.parametrize('nobias', [False, True])
 def test_export_of_hashed_layers_matches_chainer(ort, opset_version, nobias):
     model = _Two(_trained(HashedLinear(24, 12, n_weights=40, seed=3, nobias=nobias), 0),
@@ -265,6 +266,8 @@ def test_export_of_hashed_layers_matches_chainer(ort, opset_version, nobias):
         assert array.size < 5 * 12, name
     ops = {node.op_type for node in onnx_model.graph.node}
     assert {'Range', 'Gather', 'Concat', 'Neg'} <= ops
+    # From opset 18 the hash is computed in uint32 with BitwiseXor, no longer in uint64.
+    assert ('BitwiseXor' in ops) == (opset_version >= 18)
 
 
 @pytest.mark.parametrize('opset_version', [7, 9])
@@ -300,32 +303,41 @@ def test_a_hashed_layer_can_ship_its_map_instead(ort):
     assert 'Range' not in {node.op_type for node in onnx_model.graph.node}
 
 
-def _hash_session(ort, build, out_type):
-    """onnxruntime's session of the graph that ``build(nodes, 'z')`` makes of ``_HashNodes``."""
+def _hash_session(ort, build, out_type, bitwise=False):
+    """onnxruntime's session of the graph that ``build(nodes, 'z')`` makes of the hash's nodes.
+
+    ``_HashNodes`` at opset 11 on uint64 values, or with ``bitwise``
+    ``_BitwiseHashNodes`` at opset 18 on uint32 values.
+    """
     import onnx
 
-    from chainer_sharedlinear.onnx_export import _HashNodes
-    nodes = _HashNodes(onnx, 'h_')
-    z = onnx.helper.make_tensor_value_info('z', onnx.TensorProto.UINT64, ['n', 1])
+    from chainer_sharedlinear.onnx_export.hash_graph import _BitwiseHashNodes, _HashNodes
+    nodes = (_BitwiseHashNodes if bitwise else _HashNodes)(onnx, 'h_')
+    z = onnx.helper.make_tensor_value_info(
+        'z', onnx.TensorProto.UINT32 if bitwise else onnx.TensorProto.UINT64, ['n', 1])
     out = build(nodes, 'z')
     graph = onnx.helper.make_graph(
         nodes.nodes, 'hash', [z] if 'z' in {i for n in nodes.nodes for i in n.input} else [],
         [onnx.helper.make_tensor_value_info(out, out_type, ['rows', 'columns'])])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid('', 11)])
+    model = onnx.helper.make_model(graph, opset_imports=[
+        onnx.helper.make_opsetid('', 18 if bitwise else 11)])
     onnx.checker.check_model(model, full_check=True)
     return ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
 
 
-def test_the_in_graph_mixer_is_lowbias32_on_every_uint32(ort):
+@pytest.mark.parametrize('bitwise', [False, True], ids=['opset11-uint64', 'opset18-uint32'])
+def test_the_in_graph_mixer_is_lowbias32_on_every_uint32(ort, bitwise):
     import onnx
 
     from chainer_sharedlinear.functions.hashed_linear import mix32
-    session = _hash_session(ort, lambda nodes, z: nodes.mix(z), onnx.TensorProto.UINT64)
+    dtype = np.uint32 if bitwise else np.uint64
+    session = _hash_session(ort, lambda nodes, z: nodes.mix(z),
+                            onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), bitwise)
     rng = np.random.default_rng(0)
     # Every product of the mixer passes 2**32 for these; the extremes too.
     z = np.concatenate([[0, 1, 2 ** 16 - 1, 2 ** 16, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1],
                         rng.integers(0, 2 ** 32, 100000)]).astype(np.uint32)
-    got, = session.run(None, {'z': z.astype(np.uint64)[:, None]})
+    got, = session.run(None, {'z': z.astype(dtype)[:, None]})
     np.testing.assert_array_equal(got[:, 0], mix32(z))
 
 
@@ -339,18 +351,20 @@ def test_the_in_graph_xor_is_exact_on_every_pair_of_bytes_and_past_31_bits(ort):
     np.testing.assert_array_equal(got[:, 0], z ^ key)
 
 
+@pytest.mark.parametrize('bitwise', [False, True], ids=['opset11-uint64', 'opset18-uint32'])
 @pytest.mark.parametrize('out_size, in_size, n_weights, seed', [
     (3, 70000, 2 ** 17 + 3, 2 ** 32 - 1),  # columns past 16 bits, the largest seed
     (50, 300, 14999, 123),
     (1, 1, 1, 0),
 ])
-def test_the_in_graph_hash_is_signed_hashed_index(ort, out_size, in_size, n_weights, seed):
+def test_the_in_graph_hash_is_signed_hashed_index(ort, out_size, in_size, n_weights, seed,
+                                                  bitwise):
     import onnx
 
     from chainer_sharedlinear.functions.hashed_linear import hashed_index, signed_hashed_index
     session = _hash_session(
         ort, lambda nodes, z: nodes.signed_index(out_size, in_size, n_weights, seed),
-        onnx.TensorProto.INT64)
+        onnx.TensorProto.INT32 if bitwise else onnx.TensorProto.INT64, bitwise)
     got, = session.run(None, {})
     expected = signed_hashed_index(out_size, in_size, n_weights, seed)
     np.testing.assert_array_equal(got, expected)
@@ -402,9 +416,11 @@ class _Toeplitz(chainer.Chain):
     lambda: ClusteredLinear(1000, 900, n_clusters=16),
     lambda: ClusteredLinear(1000, 900, n_clusters=300),
     lambda: ClusteredLinear(37, 11, n_clusters=2, nobias=True),
+    lambda: ClusteredLowRankLinear(1000, 900, rank=100, n_clusters=16),
+    lambda: ClusteredLowRankLinear(1000, 900, rank=60, n_clusters=300),
 ], ids=['Linear', 'Hashed/64', 'Hashed/8', 'Hashed-small', 'Shared10', 'Kronecker',
         'Kronecker4', 'tied-uint16', 'tied-uint8-signed', 'LowRank56', 'Clustered16',
-        'Clustered300', 'Clustered2'])
+        'Clustered300', 'Clustered2', 'ClusteredLowRank16', 'ClusteredLowRank300'])
 def test_the_onnx_file_of_a_layer_is_about_the_size_of_its_npz(ort, layer):
     layer = layer()
     model = layer if isinstance(layer, _Toeplitz) else chainer.Sequential(layer)
@@ -583,8 +599,11 @@ def test_export_of_a_tied_linear_model_without_signs(ort):
     lambda: ClusteredLinear(37, 11, n_clusters=5, nobias=True),  # 5 bits: entries span bytes
     lambda: ClusteredLinear(30, 20, n_clusters=300),  # 9 bits
     lambda: ClusteredLinear(3, 2, n_clusters=1),
+    lambda: ClusteredLowRankLinear(30, 20, rank=4, n_clusters=16),
+    lambda: ClusteredLowRankLinear(37, 11, rank=3, n_clusters=5, nobias=True),
+    lambda: ClusteredLowRankLinear(30, 20, rank=4, n_clusters=300),
 ], ids=['LowRank', 'LowRank-nobias', 'Clustered16', 'Clustered5', 'Clustered300',
-        'Clustered1'])
+        'Clustered1', 'ClusteredLowRank16', 'ClusteredLowRank5', 'ClusteredLowRank300'])
 def test_export_of_low_rank_and_clustered_layers_matches_chainer(ort, layer, opset_version):
     layer = _trained(layer(), seed=4)
     _export_and_compare(ort, chainer.Sequential(layer),
@@ -599,8 +618,8 @@ def test_a_clustered_file_holds_the_index_at_its_bit_width(ort):
     assert biggest.dtype == np.uint8 and biggest.nbytes == 100 * 80 // 2  # 4 bits an entry
 
 
-@pytest.mark.parametrize('opset_version', [7, 11])
-@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300])
+@pytest.mark.parametrize('opset_version', [7, 9, 11])
+@pytest.mark.parametrize('n_clusters', [2, 3, 4, 5, 16, 40, 100, 129, 300, 5000, 65536])
 def test_the_clustered_index_decodes_at_every_bit_width(ort, opset_version, n_clusters):
     # 23 x 7 entries: the last group of bytes is cut short at every width but 1 bit.
     from chainer_sharedlinear.functions.clustered_linear import index_bits
@@ -659,6 +678,7 @@ _LAYERS_OF_12_TO_6 = {
     'Monarch-padded': lambda: MonarchLinear(12, 7, n_blocks=5),
     'LowRank': lambda: LowRankLinear(12, 6, rank=2),
     'Clustered': lambda: ClusteredLinear(12, 6, n_clusters=4),
+    'ClusteredLowRank': lambda: ClusteredLowRankLinear(12, 6, rank=2, n_clusters=4),
     'tied': None,
 }
 

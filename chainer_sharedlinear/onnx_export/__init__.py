@@ -51,7 +51,10 @@ releases removed ``onnx.mapping``, which ``onnx_chainer`` imports).
 """
 
 from chainer_sharedlinear.onnx_export import mapping
-from chainer_sharedlinear.onnx_export.clustered import convert_clustered_linear
+from chainer_sharedlinear.onnx_export.clustered import (
+    convert_clustered_linear,
+    convert_tied_weight,
+)
 from chainer_sharedlinear.onnx_export.export import export
 from chainer_sharedlinear.onnx_export.hash_graph import _HashNodes  # noqa: F401 (the tests' import)
 from chainer_sharedlinear.onnx_export.hashed import convert_hashed_linear
@@ -78,6 +81,7 @@ __all__ = [
     'convert_shared_linear',
     'convert_split_axis',
     'convert_tied_linear',
+    'convert_tied_weight',
     'converters',
     'export',
 ]

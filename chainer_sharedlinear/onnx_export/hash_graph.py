@@ -103,3 +103,42 @@ class _HashNodes:
                         self.op('Mul', negative, self.const(n_weights)))
         return self.op('Reshape', self._cast(index, numpy.int64),
                        self.const([out_size, in_size], numpy.int64))
+
+
+class _BitwiseHashNodes(_HashNodes):
+    """The nodes that compute ``signed_hashed_index`` with the bitwise operators of opset 18.
+
+    Every value is a ``uint32``, as in the hash itself: ``BitwiseXor``,
+    ``BitShift``, and ``Mul``, whose product wraps modulo ``2**32`` as the
+    hash's does. The map is an ``int32`` where ``2 · n_weights`` fits in it.
+    Each step makes one array of 4 bytes a virtual weight, which onnxruntime
+    holds until it has folded the whole graph, against some 150 bytes a
+    weight for :class:`_HashNodes`'s byte-wise xor.
+    """
+
+    def const(self, value, dtype=numpy.uint32) -> str:
+        return super().const(value, dtype)
+
+    def arange(self, size: int, shape) -> str:
+        int64 = functools.partial(self.const, dtype=numpy.int64)
+        values = self.op('Range', int64(0), int64(size), int64(1))
+        return self.op('Reshape', self._cast(values, numpy.uint32), int64(shape))
+
+    def mul32(self, z: str, multiplier: int) -> str:
+        return self.op('Mul', z, self.const(multiplier))
+
+    def xor(self, a: str, b: str) -> str:
+        return self.op('BitwiseXor', a, b)
+
+    def signed_index(self, out_size: int, in_size: int, n_weights: int, seed: int) -> str:
+        rows = self.mix(self.xor(self.arange(out_size, [-1, 1]), self.const(int(seed_key(seed)))))
+        hashes = self.mix(self.xor(rows, self.arange(in_size, [1, -1])))
+        negative = self.shift(self.mix(self.xor(hashes, self.const(_SIGN_KEY)), last_shift=False),
+                              31)
+        bucket = self.op('Mod', hashes, self.const(n_weights), fmod=0)
+        if 2 * n_weights <= 2 ** 31:
+            return self._cast(self.op('Add', bucket, self.op('Mul', negative,
+                                                             self.const(n_weights))), numpy.int32)
+        int64 = functools.partial(self.const, dtype=numpy.int64)
+        return self.op('Add', self._cast(bucket, numpy.int64),
+                       self.op('Mul', self._cast(negative, numpy.int64), int64(n_weights)))

@@ -8,15 +8,16 @@ from chainer_sharedlinear.onnx_export.graph import (
     _to_numpy,
     _warn_the_exporter,
 )
-from chainer_sharedlinear.onnx_export.hash_graph import _HashNodes
+from chainer_sharedlinear.onnx_export.hash_graph import _BitwiseHashNodes, _HashNodes
 from chainer_sharedlinear.onnx_export.tied import (
     _gather_gemm,
     _index_constant,
     _smallest_index_dtype,
 )
 
-# Range, which the in-graph hash needs, is in opset 11.
+# Range, which the in-graph hash needs, is in opset 11; BitwiseXor in opset 18.
 _RANGE_OPSET = 11
+_BITWISE_OPSET = 18
 
 
 def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
@@ -24,9 +25,11 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
 
     The graph computes each virtual weight's place in the table ``[W, -W]``
     (its second input) from the sizes and the seed, exactly as
-    ``signed_hashed_index`` does, with
-    operators of opset 11 on 64-bit unsigned integers (``_HashNodes`` says how);
-    then ``Gather`` and ``Gemm``. With ``hash_in_graph=False``, or below
+    ``signed_hashed_index`` does: from opset 18 with ``BitwiseXor`` on 32-bit
+    unsigned integers (``_BitwiseHashNodes``), which onnxruntime folds at a
+    small part of the time and memory, before with operators of opset 11 on
+    64-bit unsigned integers (``_HashNodes`` says how); then ``Gather`` and
+    ``Gemm``. With ``hash_in_graph=False``, or below
     opset 11 (with a warning), the map is stored as a constant of the
     smallest integer type that holds it.
     """
@@ -51,6 +54,7 @@ def convert_hashed_linear(params, hash_in_graph: bool = True) -> tp.Tuple:
                             _index_constant(onnx, gb, index))
     # onnx_chainer names a node's values after the node, 'HashedLinearFunction_3': its
     # number alone makes short names that no other value has.
-    hash_nodes = _HashNodes(onnx, 'hash{}_'.format(onnx_helper.get_func_name().split('_')[-1]))
+    nodes = _BitwiseHashNodes if params.opset_version >= _BITWISE_OPSET else _HashNodes
+    hash_nodes = nodes(onnx, 'hash{}_'.format(onnx_helper.get_func_name().split('_')[-1]))
     index = hash_nodes.signed_index(out_size, in_size, func.n_weights, func.seed)
     return tuple(hash_nodes.nodes) + _gather_gemm(onnx, gb, params, params.input_names[1], index)

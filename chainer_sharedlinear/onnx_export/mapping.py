@@ -1,6 +1,9 @@
 """The converters of this package, by the class name of the node each converts."""
 
-from chainer_sharedlinear.onnx_export.clustered import convert_clustered_linear
+from chainer_sharedlinear.onnx_export.clustered import (
+    convert_clustered_linear,
+    convert_tied_weight,
+)
 from chainer_sharedlinear.onnx_export.hashed import convert_hashed_linear
 from chainer_sharedlinear.onnx_export.kronecker import convert_kronecker_linear
 from chainer_sharedlinear.onnx_export.monarch import convert_monarch_linear
@@ -17,6 +20,7 @@ converters = {
     'TiedLinearFunction': convert_tied_linear,
     'HashedLinearFunction': convert_hashed_linear,
     'ClusteredLinearFunction': convert_clustered_linear,
+    'TiedWeight': convert_tied_weight,
     'KroneckerLinearFunction': convert_kronecker_linear,
     'MonarchLinearFunction': convert_monarch_linear,
     'Reshape': convert_reshape,

@@ -27,15 +27,20 @@ def convert_tied_linear(params) -> tp.Tuple:
     onnx, onnx_helper = _import_onnx()
     func, context = params.func, params.context
     _check_opset('TiedLinearFunction', params.opset_version)
-    W = func.inputs[1]
     gb = onnx_helper.GraphBuilder()
-    table = gb.op('Reshape', [params.input_names[1], context.add_const(
-        numpy.array([-1], numpy.int64), 'flat')])
-    index = _to_numpy(func.index)
-    if func.sign is not None:
+    V = _signed_gather(onnx, gb, context, params.input_names[1],
+                       utils.size_of_shape(func.inputs[1].shape), func.index, func.sign)
+    return _virtual_gemm(onnx, gb, params, V)
+
+
+def _signed_gather(onnx, gb, context, w_name: str, n_weights: int, index, sign) -> str:
+    """``sign · W.ravel()[index]``: one ``Gather`` from ``[W, -W]``, the signs in the index."""
+    table = gb.op('Reshape', [w_name, context.add_const(numpy.array([-1], numpy.int64), 'flat')])
+    index = _to_numpy(index)
+    if sign is not None:
         table = gb.op('Concat', [table, gb.op('Neg', [table])], axis=0)
-        index = index + utils.size_of_shape(W.shape) * (_to_numpy(func.sign) < 0)
-    return _gather_gemm(onnx, gb, params, table, _index_constant(onnx, gb, index))
+        index = index + n_weights * (_to_numpy(sign) < 0)
+    return gb.op('Gather', [table, _index_constant(onnx, gb, index)], axis=0)
 
 
 def _gather_gemm(onnx, gb, params, table, index) -> tp.Tuple:

@@ -20,7 +20,7 @@ from chainer_sharedlinear import (
 )
 from chainer_sharedlinear import compress as compress_module
 from chainer_sharedlinear.convert import family
-from tests.test_compress import MLP, X, trained_like
+from tests.compress_tests.test_compress import MLP, X, trained_like
 
 
 def compressed(pattern='auto', **kwargs):

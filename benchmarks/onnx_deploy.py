@@ -86,7 +86,7 @@ def exported(pattern: tp.Optional[str], budget: float, path: str) -> None:
     from chainer_sharedlinear.onnx_export import export
     model = mlp()
     if pattern is not None:
-        compress_linears(model, budget, pattern=pattern)
+        compress_linears(model, budget, pattern=pattern, allocation='layer')
     export(model, numpy.zeros((1, SIZES[0]), numpy.float32), path)
 
 

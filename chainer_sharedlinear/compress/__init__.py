@@ -35,6 +35,7 @@ from chainer_sharedlinear.compress.patterns import (  # NOQA
     _from_linear,
     _kronecker_pairs,
     knobs_at_budget,
+    multiply_adds,
     pattern_names,
 )
 from chainer_sharedlinear.compress.plan import (  # NOQA
@@ -49,6 +50,6 @@ from chainer_sharedlinear.compress.report import CompressedLayer, CompressionRep
 
 __all__ = [
     'CompressedLayer', 'CompressionReport', 'Knobs', 'PLAN_FORMAT', 'PLAN_KEY', 'apply_plan',
-    'compress_linears', 'knobs_at_budget', 'load_compressed', 'pattern_names', 'read_plan',
-    'save_compressed', 'stored_bytes',
+    'compress_linears', 'knobs_at_budget', 'load_compressed', 'multiply_adds', 'pattern_names',
+    'read_plan', 'save_compressed', 'stored_bytes',
 ]

@@ -19,7 +19,7 @@ from chainer import backend
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.compress.weight_errors import _kronecker_errors
 from chainer_sharedlinear.convert import family
-from chainer_sharedlinear.functions.clustered_linear import index_bits
+from chainer_sharedlinear.functions.clustered_linear import index_bits, packed_size
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs
 from chainer_sharedlinear.functions.monarch_linear import block_sizes
 
@@ -137,6 +137,37 @@ def _clustered_settings(in_size, out_size, itemsize, weight_bytes):
     return [{'n_clusters': most}]
 
 
+#: The bit widths of a ``clustered_lowrank`` layer's indices that :func:`knobs_at_budget` tries.
+CLUSTERED_LOW_RANK_BITS = tuple(range(2, 9))
+
+
+def _clustered_low_rank_weight_bytes(in_size, out_size, itemsize, knobs):
+    # ClusteredLowRankLinear.stored_bytes: two codebooks, two packed indices.
+    bits = index_bits(knobs['n_clusters'])
+    return (2 * knobs['n_clusters'] * itemsize + packed_size(out_size * knobs['rank'], bits)
+            + packed_size(knobs['rank'] * in_size, bits))
+
+
+def _clustered_low_rank_settings(in_size, out_size, itemsize, weight_bytes):
+    settings = []
+    for bits in CLUSTERED_LOW_RANK_BITS:
+        knobs = {'rank': 0, 'n_clusters': 2 ** bits}
+        left = weight_bytes - 2 * knobs['n_clusters'] * itemsize
+        knobs['rank'] = min(max(0, left * 8 // ((in_size + out_size) * bits)),
+                            in_size, out_size)
+        while knobs['rank'] and _clustered_low_rank_weight_bytes(
+                in_size, out_size, itemsize, knobs) > weight_bytes:
+            knobs['rank'] -= 1  # the packing rounds each index up to a byte
+        if knobs['rank']:
+            settings.append(knobs)
+    if not settings:
+        raise ValueError('rank 1 at {} bits takes {} bytes'.format(
+            CLUSTERED_LOW_RANK_BITS[0], _clustered_low_rank_weight_bytes(
+                in_size, out_size, itemsize,
+                {'rank': 1, 'n_clusters': 2 ** CLUSTERED_LOW_RANK_BITS[0]})))
+    return settings
+
+
 def _monarch_weight_bytes(in_size, out_size, itemsize, knobs):
     p, q, s = block_sizes(in_size, out_size, knobs['n_blocks'])
     return knobs['n_blocks'] * q * (p + s) * itemsize
@@ -162,6 +193,39 @@ def _shared_weight_bytes(in_size, out_size, itemsize, knobs):
     return out_size * (in_size // knobs['n_shared']) * itemsize
 
 
+def _dense_multiply_adds(in_size, out_size, knobs):
+    return in_size * out_size  # the layer gathers the dense weight, then one product
+
+
+def _shared_multiply_adds(in_size, out_size, knobs):
+    return out_size * (in_size // knobs['n_shared'])  # the input folded first
+
+
+def _kronecker_multiply_adds(in_size, out_size, knobs):
+    # KroneckerLinear: X (batch·n1, n2) times the stacked B, then A side by side.
+    (n1, n2), (m1, m2) = knobs['in_factors'], knobs['out_factors']
+    return knobs['n_terms'] * m2 * (n1 * n2 + m1 * n1)
+
+
+def _phm_multiply_adds(in_size, out_size, knobs):
+    return _kronecker_multiply_adds(in_size, out_size, _phm_options(
+        dict(knobs, in_size=in_size, out_size=out_size)))
+
+
+def _low_rank_multiply_adds(in_size, out_size, knobs):
+    return knobs['rank'] * (in_size + out_size)
+
+
+def _monarch_multiply_adds(in_size, out_size, knobs):
+    p, q, s = block_sizes(in_size, out_size, knobs['n_blocks'])
+    return knobs['n_blocks'] * q * (p + s)  # each stored weight once
+
+
+def _clustered_low_rank_order(knobs):
+    # docs/clustered-low-rank-linear.md: on the outputs 4 bits win, 3 and 5 close behind.
+    return abs(index_bits(knobs['n_clusters']) - 4)
+
+
 def _from_knobs(knobs):
     return {key: value for key, value in knobs.items() if key not in ('in_size', 'out_size')}
 
@@ -177,12 +241,17 @@ class _Pattern:
     settings: tp.Callable[[int, int, int, int], tp.List[Knobs]]
     #: ``(in_size, out_size, itemsize, knobs)`` to the bytes of the weights (not the bias).
     weight_bytes: tp.Callable[[int, int, int, Knobs], int]
+    #: ``(in_size, out_size, knobs)`` to the multiply-adds of one input's forward pass
+    #: (the dense layer's: ``in_size · out_size``), the bias not counted.
+    multiply_adds: tp.Callable[[int, int, Knobs], int] = _dense_multiply_adds
     #: The knobs (with ``in_size`` and ``out_size`` added) as options of ``from_linear``.
     options: tp.Callable[[Knobs], Knobs] = _from_knobs
     #: ``(in_size, out_size, knobs)`` to the Kronecker setting of the same layer, for a
     #: pattern whose nearest layer is a truncated decomposition: its error then comes
     #: from singular values (:func:`_kronecker_errors`) without building it.
     as_kronecker: tp.Optional[tp.Callable[[Knobs], Knobs]] = None
+    #: A sort key of the settings of equal standing, the best first; else the most bytes first.
+    order: tp.Optional[tp.Callable[[Knobs], tp.Any]] = None
 
 
 def _one_knob(name, per_element):
@@ -192,17 +261,23 @@ def _one_knob(name, per_element):
 
 
 _PATTERNS: 'collections.OrderedDict[str, _Pattern]' = collections.OrderedDict([
-    ('shared', _Pattern('SharedLinear', _shared_settings, _shared_weight_bytes)),
+    ('shared', _Pattern('SharedLinear', _shared_settings, _shared_weight_bytes,
+                        _shared_multiply_adds)),
     ('hashed', _Pattern('HashedLinear', _hashed_settings, _one_knob('n_weights', lambda i, o: 1))),
     ('kronecker', _Pattern('KroneckerLinear', _kronecker_settings, _kronecker_weight_bytes,
-                           _kronecker_options, as_kronecker=_kronecker_options)),
-    ('phm', _Pattern('KroneckerLinear', _phm_settings, _phm_weight_bytes, _phm_options,
-                     as_kronecker=_phm_options)),
+                           _kronecker_multiply_adds, _kronecker_options,
+                           as_kronecker=_kronecker_options)),
+    ('phm', _Pattern('KroneckerLinear', _phm_settings, _phm_weight_bytes, _phm_multiply_adds,
+                     _phm_options, as_kronecker=_phm_options)),
     ('lowrank', _Pattern('LowRankLinear', _low_rank_settings,
-                         _one_knob('rank', lambda i, o: i + o),
+                         _one_knob('rank', lambda i, o: i + o), _low_rank_multiply_adds,
                          as_kronecker=_low_rank_as_kronecker)),
     ('clustered', _Pattern('ClusteredLinear', _clustered_settings, _clustered_weight_bytes)),
-    ('monarch', _Pattern('MonarchLinear', _monarch_settings, _monarch_weight_bytes)),
+    ('monarch', _Pattern('MonarchLinear', _monarch_settings, _monarch_weight_bytes,
+                         _monarch_multiply_adds)),
+    ('clustered_lowrank', _Pattern('ClusteredLowRankLinear', _clustered_low_rank_settings,
+                                   _clustered_low_rank_weight_bytes, _low_rank_multiply_adds,
+                                   order=_clustered_low_rank_order)),
 ])
 
 
@@ -222,7 +297,8 @@ def _pattern(name) -> _Pattern:
 
 
 def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
-                    dtype='float32', nobias: bool = False, weight=None) -> Knobs:
+                    dtype='float32', nobias: bool = False, weight=None,
+                    allow_more_multiply_adds: bool = False) -> Knobs:
     """The knobs of ``pattern`` for a layer that stores at most ``budget`` of the dense bytes.
 
     The dense layer ``L.Linear(in_size, out_size)`` stores
@@ -250,6 +326,16 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
       the most of those that fit (the fewest blocks among equals); the bytes
       do not fall steadily with ``b``, since the blocks are padded where ``b``
       does not divide the sizes.
+    - ``clustered_lowrank``: ``{'rank': r, 'n_clusters': 2**bits}``, for each
+      bit width from 2 to 8 the highest rank that fits; 4 bits first, then
+      3 and 5, and so on (the bits that win on the outputs,
+      docs/clustered-low-rank-linear.md).
+
+    No setting costs more multiply-adds an input than the dense layer's
+    ``in_size · out_size`` unless ``allow_more_multiply_adds``: a Kronecker
+    layer of many terms may store little and compute much (at 1/8 of a
+    1000 -> 1000 layer, 29 terms of ``(25×40)⊗(10×100)`` would cost 3.6
+    million against the dense 1.0 million).
 
     ``weight`` (the trained ``(out_size, in_size)`` weight) chooses among
     settings of the same kind: the Kronecker factors and PHM's ``n`` whose
@@ -266,6 +352,8 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
         dtype: The dtype of the weights (its size counts).
         nobias (bool): Whether the layer has no bias.
         weight (:ref:`ndarray`): The trained weight, or ``None``.
+        allow_more_multiply_adds (bool): Whether a setting may cost more
+            multiply-adds than the dense layer.
 
     Returns:
         dict: The knobs, as in the list above.
@@ -281,8 +369,18 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
         {'n_shared': 8}
         >>> knobs_at_budget('hashed', 784, 1000, 1/8)  # the bias takes 1000 of 98,125 numbers
         {'n_weights': 97125}
-        >>> knobs_at_budget('phm', 1000, 1000, 1/8)
+        >>> knobs_at_budget('phm', 1000, 1000, 1/8, allow_more_multiply_adds=True)
         {'n': 10}
+        >>> knobs_at_budget('phm', 1000, 1000, 1/8)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: phm cannot store a 1000 -> 1000 layer in 1/8 of its 4004000 bytes with at \
+most its 1,000,000 multiply-adds: each setting that fits costs more (...)
+        >>> knobs_at_budget('clustered_lowrank', 1000, 1000, 1/32)
+        {'rank': 120, 'n_clusters': 16}
+        >>> knobs = knobs_at_budget('kronecker', 1000, 1000, 1/8)
+        >>> multiply_adds('kronecker', 1000, 1000, knobs) <= 1000 * 1000
+        True
         >>> knobs_at_budget('shared', 7, 10, 1/8)
         Traceback (most recent call last):
         ...
@@ -290,11 +388,31 @@ def knobs_at_budget(pattern: str, in_size: int, out_size: int, budget, *,
 0 for the weights after the bias): n_shared must divide in_size=7 (1, 7), and the largest, 7, \
 still stores 40 bytes of weights
     """
-    settings, _ = _settings(pattern, in_size, out_size, budget, dtype, nobias, weight)
+    settings, _ = _settings(pattern, in_size, out_size, budget, dtype, nobias, weight,
+                            allow_more_multiply_adds)
     return _from_knobs(settings[0])
 
 
-def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight
+def multiply_adds(pattern: str, in_size: int, out_size: int, knobs: Knobs) -> int:
+    """The multiply-adds of one input through the layer of ``pattern`` and ``knobs``.
+
+    The products of the layer's forward pass as its function computes them,
+    the bias not counted; the dense layer's are ``in_size · out_size``, which
+    ``hashed`` and ``clustered`` also cost (they gather the dense weight).
+
+    .. admonition:: Example
+
+        >>> multiply_adds('lowrank', 1000, 1000, {'rank': 10})
+        20000
+        >>> multiply_adds('kronecker', 1000, 1000, {'in_factors': (25, 40),
+        ...               'out_factors': (10, 100), 'n_terms': 29})
+        3625000
+    """
+    return int(_pattern(pattern).multiply_adds(in_size, out_size, knobs))
+
+
+def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight,
+              allow_more_multiply_adds=False
               ) -> tp.Tuple[tp.List[Knobs], tp.Optional[tp.List[float]]]:
     """The settings of ``pattern`` that fit, the best first (see :func:`knobs_at_budget`).
 
@@ -317,8 +435,20 @@ def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight
                              pattern, in_size, out_size, fraction, dense, allowed,
                              max(0, allowed - bias_bytes), e)) from None
     settings = [dict(knobs, in_size=in_size, out_size=out_size) for knobs in settings]
+    if not allow_more_multiply_adds:
+        cheap = [knobs for knobs in settings
+                 if entry.multiply_adds(in_size, out_size, knobs) <= in_size * out_size]
+        if not cheap:
+            raise ValueError(
+                '{} cannot store a {} -> {} layer in {} of its {} bytes with at most its {:,} '
+                'multiply-adds: each setting that fits costs more (allow_more_multiply_adds '
+                'allows it)'.format(pattern, in_size, out_size, fraction, dense,
+                                    in_size * out_size))
+        settings = cheap
     # Most bytes first; among equals, the first the pattern gave (the squarest factors).
-    settings.sort(key=lambda knobs: -entry.weight_bytes(in_size, out_size, itemsize, knobs))
+    settings.sort(key=lambda knobs: (
+        entry.order(knobs) if entry.order else 0,
+        -entry.weight_bytes(in_size, out_size, itemsize, knobs)))
     if weight is None or entry.as_kronecker is None:
         return settings, None
     weight = backend.CpuDevice().send(getattr(weight, 'array', weight))

@@ -25,12 +25,20 @@ class CompressedLayer:
             already of the family, the layer's options).
         stored_bytes (int): What the layer stores (:func:`stored_bytes`).
         dense_bytes (int): What the ``L.Linear`` it stands for stores.
+        output_error (float): With calibration data, the relative output error
+            ``‖X (W − V)ᵀ − 1 δᵀ‖ / ‖X Wᵀ‖`` on them (``δ`` the bias's change);
+            else NaN.
+        multiply_adds (int): The multiply-adds of one input through the layer
+            (``None`` where the pattern is not known).
+        dense_multiply_adds (int): The dense layer's, ``in_size · out_size``.
         error (float): The relative Frobenius error of the new layer's
             ``dense_weight()`` against the trained weight, ``‖V - W‖ / ‖W‖``,
             where ``W`` is the weight the ``L.Linear`` computed with in test
             mode (through ``weight_hooks``); NaN for a layer already of the
             family, whose trained weight is not known.
-        errors (dict): With ``pattern='auto'``, the error of each pattern tried.
+        errors (dict): The least error of each pattern tried (with
+            ``pattern='auto'``, or with ``allocation='model'``), on the outputs
+            with calibration data.
         refused (dict): With ``pattern='auto'``, each pattern that did not fit, and why.
         weight_hooks (tuple of str): The link hooks that made the weight fitted
             (``SpectralNormalization``, ``WeightStandardization``), applied as in
@@ -49,6 +57,9 @@ class CompressedLayer:
     refused: tp.Dict[str, str] = dataclasses.field(default_factory=dict)
     weight_hooks: tp.Tuple[str, ...] = ()
     link: str = ''
+    output_error: float = math.nan
+    multiply_adds: tp.Optional[int] = None
+    dense_multiply_adds: tp.Optional[int] = None
 
     @property
     def ratio(self) -> float:
@@ -64,8 +75,13 @@ class CompressedLayer:
                 self.path, self.link, knobs, bytes_)
         hooks = ''.join(', fitted to the weight {} makes'.format(name)
                         for name in self.weight_hooks)
-        return '{}: {} {}, {}, error {:.4f}{}'.format(
-            self.path, self.pattern, knobs, bytes_, self.error, hooks)
+        if self.multiply_adds is not None:
+            bytes_ += ', {:,} of {:,} multiply-adds'.format(self.multiply_adds,
+                                                            self.dense_multiply_adds)
+        output = '' if math.isnan(self.output_error) else ', output error {:.4f}'.format(
+            self.output_error)
+        return '{}: {} {}, {}, error {:.4f}{}{}'.format(
+            self.path, self.pattern, knobs, bytes_, self.error, output, hooks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +90,8 @@ class CompressionReport:
 
     Attributes:
         budget (fractions.Fraction): The fraction of the dense bytes asked for.
+        allocation (str): ``'model'``: the budget was the selected layers'
+            together; ``'layer'``: each layer's.
         layers (tuple of CompressedLayer): The layers this call compressed, in
             the model's order.
         skipped (dict): The ``L.Linear`` links left as they were, by path, each
@@ -104,6 +122,7 @@ class CompressionReport:
     stored_bytes: int = 0
     dense_bytes: int = 0
     uncounted: tp.Tuple[str, ...] = ()
+    allocation: str = 'layer'
 
     @property
     def ratio(self) -> float:
@@ -111,12 +130,14 @@ class CompressionReport:
         return self.stored_bytes / self.dense_bytes if self.dense_bytes else 1.0
 
     def __str__(self) -> str:
+        of = ("the selected layers' bytes together" if self.allocation == 'model'
+              else "each layer's bytes")
         if self.layers:
-            lines = ['{} compressed, {} skipped, at a budget of {} of the dense bytes'.format(
-                len(self.layers), len(self.skipped), self.budget)]
+            lines = ['{} compressed, {} skipped, at a budget of {} of {}'.format(
+                len(self.layers), len(self.skipped), self.budget, of)]
         else:
-            lines = ['NOTHING WAS COMPRESSED at a budget of {} of the dense bytes: {} '
-                     'skipped (why below)'.format(self.budget, len(self.skipped) or 'no L.Linear')]
+            lines = ['NOTHING WAS COMPRESSED at a budget of {} of {}: {} skipped (why '
+                     'below)'.format(self.budget, of, len(self.skipped) or 'no L.Linear')]
         lines += ['  {}'.format(row) for row in self.already + self.layers]
         lines += ['  skipped {}: {}'.format(path, why) for path, why in self.skipped.items()]
         lines += ['  hook {} of {}: dropped, {}'.format(name, path, why)

@@ -14,7 +14,7 @@ One module per concern:
 - :mod:`~chainer_sharedlinear.compress.patterns`: each pattern's link, the
   settings that fit a budget and their bytes (``_PATTERNS``: adding a pattern
   is adding an entry there), and :func:`knobs_at_budget`;
-- :mod:`~chainer_sharedlinear.compress.weight_errors`: a layer's error against
+- :mod:`~chainer_sharedlinear.compress.weight_fit`: a layer's error against
   the trained weight;
 - :mod:`~chainer_sharedlinear.compress.counting`: :func:`stored_bytes`;
 - :mod:`~chainer_sharedlinear.compress.calibration`: the statistics of the

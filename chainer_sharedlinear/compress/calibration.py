@@ -112,7 +112,7 @@ class _StatisticsHook(chainer.LinkHook):
 
 
 def gather_statistics(model: chainer.Link, calibration, *,
-                      include: Include = None) -> 'collections.OrderedDict[str, LayerStatistics]':
+                      include: Include = None) -> tp.Dict[str, LayerStatistics]:
     """Runs ``model`` on ``calibration`` and returns the statistics of its layers' inputs.
 
     The model runs in test mode (``chainer.config.train`` off) with no graph
@@ -139,7 +139,7 @@ def gather_statistics(model: chainer.Link, calibration, *,
             path or collection of paths, or a callable ``include(path, link)``.
 
     Returns:
-        collections.OrderedDict: The :class:`LayerStatistics` of each selected
+        dict: The :class:`LayerStatistics` of each selected
         layer by its (first) path, in the model's order.
 
     .. admonition:: Example

@@ -32,7 +32,7 @@ from chainer_sharedlinear.compress.patterns import (
     _family_class,
     _from_linear,
 )
-from chainer_sharedlinear.compress.weight_errors import _kronecker_errors, _relative_error
+from chainer_sharedlinear.compress.weight_fit import _kronecker_errors, _relative_error
 from chainer_sharedlinear.links.clustered_linear import cluster
 
 

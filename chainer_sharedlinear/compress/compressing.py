@@ -31,7 +31,7 @@ from chainer_sharedlinear.compress.plan import (
     _plan_entry,
 )
 from chainer_sharedlinear.compress.report import CompressedLayer, CompressionReport
-from chainer_sharedlinear.compress.weight_errors import _relative_error
+from chainer_sharedlinear.compress.weight_fit import _relative_error
 from chainer_sharedlinear.convert import (
     Include,
     _candidates,
@@ -69,7 +69,7 @@ def compress_linears(model: chainer.Link, budget, *,
     of the layers least within the total, an exact multiple-choice knapsack
     (:func:`~chainer_sharedlinear.compress.allocation.allocate`) over each
     layer's candidates: each pattern's settings at the budgets of
-    :data:`LADDER` (from all of a layer's bytes down to 1/1024), and the dense
+    ``LADDER`` (from all of a layer's bytes down to 1/1024), and the dense
     layer. Use it to compress a model: the layers that matter most (a small
     output layer) keep more. With ``allocation='layer'`` each layer stores at
     most ``budget`` of its own bytes (:func:`stored_bytes`, the bias included),
@@ -127,7 +127,7 @@ def compress_linears(model: chainer.Link, budget, *,
         include: Which ``L.Linear`` links to compress, as in
             :func:`~chainer_sharedlinear.convert_linears`.
         patterns (list of str): The patterns ``'auto'`` chooses from: with
-            ``allocation='model'``, :data:`MODEL_PATTERNS` by default; with
+            ``allocation='model'``, ``MODEL_PATTERNS`` by default; with
             ``'layer'``, all of :func:`pattern_names`.
         calibration: The model's input on which to fit and score, or ``None``.
         allocation (str): ``'model'`` or ``'layer'``, above.
@@ -429,8 +429,9 @@ def _auto(fit, fraction, names, path, allow_more_multiply_adds, auto=True):
         except ValueError as e:
             refused[name] = str(e)
             continue
-        errors[name], = fit.scores(name, settings[:1])
-        if best is None or errors[name] < errors[best[0]]:  # the first of equals
+        if auto:  # a pattern named alone is not scored: its layer is built once
+            errors[name], = fit.scores(name, settings[:1])
+        if best is None or (auto and errors[name] < errors[best[0]]):  # the first of equals
             best = name, _from_knobs(settings[0])
     if best is None:
         raise ValueError(('no pattern fits: ' if auto else '') + '; '.join(refused.values()))

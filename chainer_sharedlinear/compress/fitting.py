@@ -204,7 +204,7 @@ def round_to_codebook(matrix, codebook, gram, *, error_feedback: bool = True,
     Args:
         matrix: The matrix, NumPy or CuPy.
         codebook: The values, ``(n_clusters,)``, any order (such as the
-            centroids of :func:`~chainer_sharedlinear.links.clustered_linear.cluster`).
+            centroids of ``chainer_sharedlinear.links.clustered_linear.cluster``).
         gram: ``XᵀX`` of the inputs the matrix multiplies, ``(in_size, in_size)``.
         error_feedback (bool): ``False`` for the nearest value of each entry.
         damping (float): ``d``, above 0.
@@ -313,7 +313,7 @@ def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
     """A rank-``rank`` weight of least output error whose factors take ``n_clusters`` values.
 
     The factors of :func:`whitened_svd`, each given the k-means codebook of its
-    entries (:func:`~chainer_sharedlinear.links.clustered_linear.cluster`). Without
+    entries (``chainer_sharedlinear.links.clustered_linear.cluster``). Without
     error feedback, each entry takes its nearest value. With it, ``V`` is
     rounded by :func:`round_to_codebook` on the layer's inputs; ``U`` is then
     fitted again to the dense outputs through the rounded ``V`` (least squares on

@@ -17,7 +17,7 @@ import numpy
 from chainer import backend
 
 from chainer_sharedlinear import _checks
-from chainer_sharedlinear.compress.weight_errors import _kronecker_errors
+from chainer_sharedlinear.compress.weight_fit import _kronecker_errors
 from chainer_sharedlinear.convert import family
 from chainer_sharedlinear.functions.clustered_linear import index_bits, packed_size
 from chainer_sharedlinear.functions.kronecker_linear import factor_pairs

@@ -2,8 +2,8 @@
 
 Run ``.venv/bin/python benchmarks/onnx_deploy.py`` from a clone (``--help`` lists the
 options). Each pattern compresses every layer of one randomly initialised MLP to
-``--budget`` of its bytes (``compress_linears(model, budget, pattern=...)``, or
-``ClusteredLowRankLinear.from_linear`` for ``clustered_lowrank``: :func:`compressed`), which
+``--budget`` of its bytes (``compress_linears(model, budget, pattern=...,
+allocation='layer')``: :func:`compressed`), which
 :func:`chainer_sharedlinear.onnx_export.export` writes to a file. Per file, the
 table gives:
 
@@ -49,8 +49,6 @@ PATTERNS = ('shared', 'lowrank', 'monarch', 'kronecker', 'clustered', 'hashed',
 #: layer's graph needs to load at a small cost (opset 11, onnx_chainer's default, folds
 #: the hash through gigabytes).
 OPSET_VERSION = 18
-# The codebooks of clustered_lowrank: 16 values, 4 bits an entry.
-_LOW_RANK_CLUSTERS = 16
 SIZES = (784, 1000, 1000, 10)
 BATCHES = (1, 256)
 
@@ -93,21 +91,10 @@ def mlp(sizes=SIZES, seed: int = 0) -> chainer.Sequential:
 def compressed(model: chainer.Sequential, budget: float, pattern: str) -> None:
     """Replaces each ``L.Linear`` of ``model`` by ``pattern``'s layer at ``budget`` of its bytes.
 
-    ``compress_linears(model, budget, pattern=pattern)``; for ``clustered_lowrank``,
-    ``ClusteredLowRankLinear.from_linear`` with codebooks of 16 values at the
-    highest rank whose indices fit the budget.
+    One budget a layer (``allocation='layer'``), so that every layer is of the pattern.
     """
-    from chainer_sharedlinear import ClusteredLowRankLinear, compress_linears
-    if pattern != 'clustered_lowrank':
-        compress_linears(model, budget, pattern=pattern)
-        return
-    for position, layer in enumerate(model):
-        if isinstance(layer, L.Linear):
-            out_size, in_size = layer.W.shape
-            # Half a byte an entry of the factors, rank · (in_size + out_size) of them.
-            rank = int(budget * 4 * in_size * out_size / (0.5 * (in_size + out_size)))
-            model[position] = ClusteredLowRankLinear.from_linear(
-                layer, rank=max(1, min(rank, in_size, out_size)), n_clusters=_LOW_RANK_CLUSTERS)
+    from chainer_sharedlinear import compress_linears
+    compress_linears(model, budget, pattern=pattern, allocation='layer')
 
 
 def exported(pattern: tp.Optional[str], budget: float, path: str,

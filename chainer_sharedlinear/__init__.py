@@ -25,6 +25,7 @@ from chainer_sharedlinear.compress import (  # NOQA
     compress_linears,
     knobs_at_budget,
     load_compressed,
+    multiply_adds,
     pattern_names,
     read_plan,
     save_compressed,
@@ -66,7 +67,7 @@ __all__ = [
     'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'bcast_model',
     'compress_linears',
     'convert_linears', 'hashed_linear', 'knobs_at_budget', 'kronecker_linear', 'load_compressed',
-    'low_rank_linear', 'monarch_linear', 'pattern_names', 'read_plan', 'register',
+    'low_rank_linear', 'monarch_linear', 'multiply_adds', 'pattern_names', 'read_plan', 'register',
     'save_compressed', 'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear',
     'unshare_linears',
 ]

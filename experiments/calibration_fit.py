@@ -3,7 +3,7 @@
 
 Trains the MNIST MLP 784-1000-1000-10 dense on Fashion-MNIST (Adam, batch 100), or
 loads it from ``OUT/dense-seedN.npz``, gathers the statistics of its layers' inputs on
-``--calibration`` training images (:mod:`chainer_sharedlinear.calibration`), and
+``--calibration`` training images (:mod:`chainer_sharedlinear.compress.calibration`), and
 replaces every layer by a low-rank one in each ``--budgets`` of the model's bytes:
 
 - ``svd``: the plain truncated SVD of the weight, float32 factors;
@@ -13,7 +13,7 @@ replaces every layer by a low-rank one in each ``--budgets`` of the model's byte
 
 ``uniform``: each layer gets the budget's fraction of its own bytes (the rank that
 fits; rank 0 leaves the bias alone). ``allocated``: the model's bytes shared by
-:func:`chainer_sharedlinear.allocation.allocate` over each layer's ranks and the dense
+:func:`chainer_sharedlinear.compress.allocation.allocate` over each layer's ranks and the dense
 layer, on the output errors. Prints one row per method and budget: the validation
 accuracy of the whole 10,000 images, the model's ratio, and each layer's rank.
 """
@@ -29,8 +29,8 @@ import chainer.functions as F
 import chainer.links as L
 import numpy
 
-from chainer_sharedlinear import allocation, fitting
-from chainer_sharedlinear.calibration import gather_statistics
+from chainer_sharedlinear.compress import allocation, fitting
+from chainer_sharedlinear.compress.calibration import gather_statistics
 
 # The example's datasets and helpers; the experiments are not meant to be copied.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

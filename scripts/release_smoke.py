@@ -31,8 +31,8 @@ EXPORTS = ('ClusteredLinear', 'ClusteredLowRankLinear', 'CompressedLayer', 'Comp
            'LowRankLinear', 'MonarchLinear', 'SharedLinear', 'apply_plan', 'bcast_model',
            'compress_linears', 'convert_linears', 'hashed_linear', 'knobs_at_budget',
            'kronecker_linear', 'load_compressed', 'low_rank_linear', 'monarch_linear',
-           'pattern_names', 'read_plan', 'register', 'save_compressed', 'share_linears',
-           'shared_linear', 'stored_bytes', 'tied_linear', 'unshare_linears')
+           'multiply_adds', 'pattern_names', 'read_plan', 'register', 'save_compressed',
+           'share_linears', 'shared_linear', 'stored_bytes', 'tied_linear', 'unshare_linears')
 FUNCTIONS = ('hashed_index', 'hashed_linear', 'kronecker_linear', 'low_rank_linear',
              'monarch_linear', 'shared_linear', 'tied_linear')
 # The nodes stay in their modules, as chainer.functions.connection.linear.LinearFunction does.

@@ -128,7 +128,7 @@ def test_a_compressed_file_loads_without_k_means(k_means_runs, tmp_path):
         return chainer.Sequential(L.Linear(40, 30), L.Linear(30, 20))
 
     compressed = model()
-    report = compress_linears(compressed, 1 / 4, pattern='clustered')
+    report = compress_linears(compressed, 1 / 4, pattern='clustered', allocation='layer')
     assert len(k_means_runs) == 2  # one per layer, by from_linear
     path = str(tmp_path / 'model.npz')
     save_compressed(path, compressed, report.plan)

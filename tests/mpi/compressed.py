@@ -47,7 +47,7 @@ def make_compressed_model(seed):
     """An ``L.Classifier`` of :class:`MLP` drawn from ``seed``, both layers clustered."""
     np.random.seed(seed)  # Chainer's default initializers draw from NumPy's generator
     model = L.Classifier(MLP())
-    compress_linears(model, 1 / 4, pattern='clustered')
+    compress_linears(model, 1 / 4, pattern='clustered', allocation='layer')
     assert all(isinstance(getattr(model.predictor, name), ClusteredLinear) for name in LAYERS)
     return model
 

@@ -4,7 +4,11 @@ import chainer.links as L
 import numpy as np
 import pytest
 
-from chainer_sharedlinear.calibration import CalibrationError, LayerStatistics, gather_statistics
+from chainer_sharedlinear.compress.calibration import (
+    CalibrationError,
+    LayerStatistics,
+    gather_statistics,
+)
 
 
 def mlp(seed=0):

@@ -7,7 +7,7 @@ depends on ``X`` only through its Gram matrix ``XᵀX``, its column sums
 calibration inputs and keeps these three for each selected layer
 (:class:`LayerStatistics`), never the activations themselves: what fitting a
 replacement to the layer's outputs rather than to its weight needs
-(:mod:`chainer_sharedlinear.fitting`).
+(:mod:`chainer_sharedlinear.compress.fitting`).
 """
 
 import collections
@@ -67,7 +67,7 @@ class CalibrationError(ValueError):
 class _StatisticsHook(chainer.LinkHook):
     """Adds the inputs of the links it watches to their running statistics."""
 
-    name = 'chainer_sharedlinear.calibration'
+    name = 'chainer_sharedlinear.compress.calibration'
 
     def __init__(self, paths: tp.Dict[int, str]) -> None:
         self.paths = paths  # id of a watched link -> the path it is reported under
@@ -112,7 +112,7 @@ class _StatisticsHook(chainer.LinkHook):
 
 
 def gather_statistics(model: chainer.Link, calibration, *,
-                      include: Include = None) -> 'collections.OrderedDict[str, LayerStatistics]':
+                      include: Include = None) -> tp.Dict[str, LayerStatistics]:
     """Runs ``model`` on ``calibration`` and returns the statistics of its layers' inputs.
 
     The model runs in test mode (``chainer.config.train`` off) with no graph
@@ -139,7 +139,7 @@ def gather_statistics(model: chainer.Link, calibration, *,
             path or collection of paths, or a callable ``include(path, link)``.
 
     Returns:
-        collections.OrderedDict: The :class:`LayerStatistics` of each selected
+        dict: The :class:`LayerStatistics` of each selected
         layer by its (first) path, in the model's order.
 
     .. admonition:: Example
@@ -160,7 +160,7 @@ def gather_statistics(model: chainer.Link, calibration, *,
         >>> gather_statistics(model, [])
         Traceback (most recent call last):
         ...
-        chainer_sharedlinear.calibration.CalibrationError: the calibration data holds no \
+        chainer_sharedlinear.compress.calibration.CalibrationError: the calibration data holds no \
 batch: give the model's input, an array or an iterable of batches
     """
     if not isinstance(model, chainer.Link):

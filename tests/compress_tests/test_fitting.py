@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear import fitting
-from chainer_sharedlinear.calibration import LayerStatistics
-from chainer_sharedlinear.fitting import (
+from chainer_sharedlinear.compress import fitting
+from chainer_sharedlinear.compress.calibration import LayerStatistics
+from chainer_sharedlinear.compress.fitting import (
     cholesky_of_gram,
     corrected_bias,
     fit_low_rank_codebooks,

@@ -17,6 +17,7 @@ from chainer_sharedlinear import (
     compress_linears,
     knobs_at_budget,
     load_compressed,
+    multiply_adds,
     pattern_names,
     read_plan,
     save_compressed,
@@ -94,8 +95,29 @@ def test_every_setting_stores_at_most_its_budget(pattern, in_size, out_size, bud
 def test_the_whole_budget_is_a_dense_layers_bytes():
     assert knobs_at_budget('hashed', 13, 17, 1) == {'n_weights': 13 * 17}
     assert knobs_at_budget('shared', 13, 17, 1) == {'n_shared': 1}
-    assert knobs_at_budget('kronecker', 12, 6, 1) == {
+    assert knobs_at_budget('kronecker', 12, 6, 1, allow_more_multiply_adds=True) == {
         'in_factors': (3, 4), 'out_factors': (2, 3), 'n_terms': 4}  # 4 x 18 weights: all 72
+
+
+@pytest.mark.parametrize('pattern', ['kronecker', 'lowrank', 'monarch', 'clustered_lowrank'])
+@pytest.mark.parametrize('budget', [1, 1 / 2, 1 / 8, 1 / 32])
+def test_no_setting_costs_more_multiply_adds_than_the_dense_layer(pattern, budget):
+    # Issue 32: 29 terms of (25x40)(x)(10x100) stored 1/8 and cost 3.6 times dense.
+    for in_size, out_size in [(1000, 1000), (784, 1000), (24, 20), (12, 6)]:
+        try:
+            knobs = knobs_at_budget(pattern, in_size, out_size, budget)
+        except ValueError as e:
+            assert 'cannot store' in str(e)
+            continue
+        assert multiply_adds(pattern, in_size, out_size, knobs) <= in_size * out_size
+    more = knobs_at_budget('kronecker', 1000, 1000, 1 / 8, allow_more_multiply_adds=True)
+    assert multiply_adds('kronecker', 1000, 1000, more) > 1000 * 1000
+
+
+def test_kronecker_multiply_adds_are_its_products():
+    # KroneckerLinear: X (n1, n2) times the stacked B (r·m2, n2), then A (m1, r·n1).
+    knobs = {'in_factors': (25, 40), 'out_factors': (10, 100), 'n_terms': 29}
+    assert multiply_adds('kronecker', 1000, 1000, knobs) == 29 * (25 * 40 * 100 + 10 * 25 * 100)
 
 
 @requires('lowrank')
@@ -193,7 +215,10 @@ def _brute_force_errors(linear, budget):
                 most = min(in_factors[0] * out_factors[0], in_factors[1] * out_factors[1])
                 terms = [in_factors[0]] if pattern == 'phm' else range(1, most + 1)
                 settings += [dict(in_factors=in_factors, out_factors=out_factors, n_terms=n)
-                             for n in terms if n <= most]
+                             for n in terms if n <= most and multiply_adds(
+                                 'kronecker', in_size, out_size,
+                                 dict(in_factors=in_factors, out_factors=out_factors,
+                                      n_terms=n)) <= in_size * out_size]
             layers = [KroneckerLinear.from_linear(linear, **knobs) for knobs in settings]
         else:
             try:
@@ -214,7 +239,7 @@ def test_auto_picks_the_least_error_a_brute_force_finds(budget):
     linear = trained_like((24, 20)).layers[0]
     expected = _brute_force_errors(linear, budget)
     model = chainer.Sequential(linear)
-    row, = compress_linears(model, budget).layers
+    row, = compress_linears(model, budget, allocation='layer').layers
     assert set(row.errors) == set(expected)
     for pattern, error in expected.items():
         assert row.errors[pattern] == pytest.approx(error, rel=1e-5), pattern
@@ -227,7 +252,7 @@ def test_auto_picks_the_least_error_a_brute_force_finds(budget):
 
 def test_auto_chooses_among_the_patterns_given():
     model = trained_like()
-    report = compress_linears(model, 1 / 4, patterns=['shared', 'hashed'])
+    report = compress_linears(model, 1 / 4, patterns=['shared', 'hashed'], allocation='layer')
     assert {row.pattern for row in report.layers} <= {'shared', 'hashed'}
     for row in report.layers:
         assert row.error == min(row.errors.values())
@@ -236,27 +261,30 @@ def test_auto_chooses_among_the_patterns_given():
 
 def test_patterns_is_only_for_auto():
     with pytest.raises(ValueError, match="patterns is for pattern='auto'"):
-        compress_linears(trained_like(), 1 / 4, pattern='shared', patterns=['hashed'])
+        compress_linears(trained_like(), 1 / 4, pattern='shared', patterns=['hashed'],
+                         allocation='layer')
 
 
 # --- the report ----------------------------------------------------------------------------
 
 def test_the_report_has_a_row_per_layer_the_totals_and_what_was_skipped():
     model = MLP((24, 7, 3))
-    report = compress_linears(model, 1 / 8, pattern='shared')
+    report = compress_linears(model, 1 / 8, pattern='shared', allocation='layer')
     row, = report.layers
     # 1/8 of (24·7 + 7) float32 is 87 bytes: the bias takes 28, W (7, 24 / 12) takes 56.
     assert (row.path, row.pattern, row.knobs) == ('/layers/0', 'shared', {'n_shared': 12})
     assert row.stored_bytes == stored_bytes(model.layers[0]) == 84
     assert row.dense_bytes == (24 * 7 + 7) * 4
     assert row.ratio == 84 / 700
+    assert (row.multiply_adds, row.dense_multiply_adds) == (7 * 2, 7 * 24)
     # The whole model's bytes: the layer left dense counts, (7·3 + 3)·4 on both sides.
     assert (report.stored_bytes, report.dense_bytes) == (84 + 96, 700 + 96)
     assert report.ratio == 180 / 796
     assert list(report.skipped) == ['/layers/1']
     assert 'n_shared must divide in_size=7 (1, 7)' in report.skipped['/layers/1']
     text = str(report)
-    assert '/layers/0: shared n_shared=12, 84 of 700 bytes (0.1200), error ' in text
+    assert ('/layers/0: shared n_shared=12, 84 of 700 bytes (0.1200), 14 of 168 '
+            'multiply-adds, error ') in text  # W (7, 2) on the folded input
     assert 'skipped /layers/1: shared cannot store a 7 -> 3 layer in 1/8' in text
     assert report.plan['layers'][0]['knobs'] == {'n_shared': 12}
 
@@ -264,7 +292,7 @@ def test_the_report_has_a_row_per_layer_the_totals_and_what_was_skipped():
 def test_the_error_is_the_relative_frobenius_error_of_the_virtual_weight():
     model = trained_like()
     weights = [layer.W.array.copy() for layer in model.layers]
-    report = compress_linears(model, 1 / 4, pattern='hashed')
+    report = compress_linears(model, 1 / 4, pattern='hashed', allocation='layer')
     for row, weight, layer in zip(report.layers, weights, model.layers):
         assert row.error == pytest.approx(
             np.linalg.norm(layer.dense_weight() - weight) / np.linalg.norm(weight), rel=1e-6)
@@ -273,7 +301,7 @@ def test_the_error_is_the_relative_frobenius_error_of_the_virtual_weight():
 def test_a_lazy_layer_is_refused_in_one_line_and_nothing_changes():
     model = MLP(lazy=True)
     with pytest.raises(ValueError) as e:
-        compress_linears(model, 1 / 8)
+        compress_linears(model, 1 / 8, allocation='layer')
     message = str(e.value)
     assert '\n' not in message
     assert '/layers/0 is a lazy L.Linear(None, 20)' in message
@@ -285,7 +313,8 @@ def test_a_lazy_layer_that_include_leaves_out_is_no_error():
     model = MLP()
     with model.init_scope():
         model.extra = L.Linear(None, 3)
-    report = compress_linears(model, 1 / 4, pattern='hashed', include=['layers/0', 'layers/1'])
+    report = compress_linears(model, 1 / 4, pattern='hashed', include=['layers/0', 'layers/1'],
+                              allocation='layer')
     assert [row.path for row in report.layers] == ['/layers/0', '/layers/1']
 
 
@@ -299,7 +328,7 @@ def test_a_callable_is_told_the_budget_and_the_path():
         return SharedLinear.from_linear(linear, 2)
 
     model = trained_like()
-    report = compress_linears(model, 1 / 2, pattern=halve)
+    report = compress_linears(model, 1 / 2, pattern=halve, allocation='layer')
     assert calls == [('/layers/0', fractions.Fraction(1, 2)),
                      ('/layers/1', fractions.Fraction(1, 2))]
     row, = report.layers
@@ -310,7 +339,8 @@ def test_a_callable_is_told_the_budget_and_the_path():
 def test_a_callable_must_return_a_layer_of_the_family():
     model = trained_like()
     with pytest.raises(TypeError, match='not a layer of the family'):
-        compress_linears(model, 1 / 2, pattern=lambda linear, budget, path: L.Linear(24, 20))
+        compress_linears(model, 1 / 2, pattern=lambda linear, budget, path: L.Linear(24, 20),
+                         allocation='layer')
     assert all(type(layer) is L.Linear for layer in model.layers)
 
 
@@ -322,7 +352,8 @@ X = np.random.RandomState(1).normal(size=(5, 24)).astype(np.float32)
 @pytest.mark.parametrize('pattern', ('auto',) + pattern_names())
 def test_the_plan_rebuilds_the_model_from_its_file(tmp_path, pattern):
     model = trained_like()
-    report = compress_linears(model, 1 / 2, pattern=pattern)
+    report = compress_linears(model, 1 / 2, pattern=pattern, allocation='layer',
+                              allow_more_multiply_adds=True)  # PHM costs more than dense
     assert report.layers
     path = str(tmp_path / 'model.npz')
     chainer.serializers.save_npz(path, model)
@@ -340,7 +371,7 @@ def test_a_tied_layer_is_one_entry_of_the_plan(tmp_path):
     model = trained_like((24, 24, 24))
     with model.init_scope():
         model.layers.add_link(model.layers[0])  # /layers/2 is /layers/0
-    report = compress_linears(model, 1 / 2, pattern='hashed')
+    report = compress_linears(model, 1 / 2, pattern='hashed', allocation='layer')
     entries = report.plan['layers']
     assert [entry['paths'] for entry in entries] == [['/layers/0', '/layers/2'], ['/layers/1']]
     fresh = MLP((24, 24, 24))
@@ -352,7 +383,7 @@ def test_a_tied_layer_is_one_entry_of_the_plan(tmp_path):
 
 def test_save_and_load_compressed_keep_the_plan_in_the_file(tmp_path):
     model = trained_like()
-    report = compress_linears(model, 1 / 2)
+    report = compress_linears(model, 1 / 2, allocation='layer')
     path = str(tmp_path / 'model.npz')
     save_compressed(path, model, report.plan)
     assert read_plan(path) == json.loads(json.dumps(report.plan))
@@ -375,7 +406,7 @@ def test_save_and_load_compressed_keep_the_plan_in_the_file(tmp_path):
     ((24, 20, 6), 'nobias', 'nobias=True) there'),
 ])
 def test_a_plan_that_does_not_fit_the_model_is_refused(sizes, lazy, message):
-    report = compress_linears(trained_like(), 1 / 2, pattern='hashed')
+    report = compress_linears(trained_like(), 1 / 2, pattern='hashed', allocation='layer')
     model = MLP(sizes, nobias=lazy == 'nobias')
     with pytest.raises(ValueError) as e:
         apply_plan(model, report.plan)
@@ -401,19 +432,21 @@ def test_a_malformed_plan_is_refused(plan, message):
 
 def test_a_file_of_another_plan_is_refused_by_the_layers_checks(tmp_path):
     model = trained_like()
-    compress_linears(model, 1 / 2, pattern='shared', include='layers/0')
+    compress_linears(model, 1 / 2, pattern='shared', include='layers/0',
+                              allocation='layer')
     path = str(tmp_path / 'model.npz')
     chainer.serializers.save_npz(path, model)
     other = MLP()
     apply_plan(other, compress_linears(trained_like(), 1 / 4, pattern='shared',
-                                       include='layers/0').plan)
+                                       include='layers/0',
+                              allocation='layer').plan)
     with pytest.raises(ValueError, match='saved with n_shared=3'):
         chainer.serializers.load_npz(path, other)
 
 
 def test_a_compressed_file_into_an_unconverted_model(tmp_path):
     model = trained_like()
-    report = compress_linears(model, 1 / 2, pattern='kronecker')
+    report = compress_linears(model, 1 / 2, pattern='kronecker', allocation='layer')
     path = str(tmp_path / 'model.npz')
     save_compressed(path, model, report.plan)
     # Chainer's load_npz: a Kronecker layer saves A and B, not the W that L.Linear asks for.
@@ -433,7 +466,7 @@ def test_a_file_without_a_plan(tmp_path):
 
 
 def test_a_plan_applied_twice_changes_nothing_the_second_time():
-    report = compress_linears(trained_like(), 1 / 2, pattern='hashed')
+    report = compress_linears(trained_like(), 1 / 2, pattern='hashed', allocation='layer')
     model = MLP()
     assert len(apply_plan(model, report.plan).changed) == 2
     assert apply_plan(model, report.plan).changed == ()
@@ -468,7 +501,7 @@ def test_a_third_is_a_third():
     assert knobs_at_budget('lowrank', 60, 60, 1 / 3, nobias=True) == {'rank': 10}
     assert knobs_at_budget('shared', 60, 60, 1 / 3, nobias=True) == {'n_shared': 3}
     report = compress_linears(chainer.Sequential(dense(60, 60, nobias=True)), 1 / 3,
-                              pattern='lowrank')
+                              pattern='lowrank', allocation='layer')
     assert report.budget == fractions.Fraction(1, 3)
     assert 'at a budget of 1/3 of' in str(report)
     assert report.plan['budget'] == '1/3'
@@ -521,7 +554,7 @@ def test_a_hooked_layer_is_fitted_to_the_weight_it_computes_with(hook):
     old = model[0]
     u_before = getattr(old, 'W_u', np.zeros(1)).copy()
     # At the whole budget, rank 4 is exact; a low-rank layer cannot take the hook again.
-    report = compress_linears(model, 1, pattern='lowrank')
+    report = compress_linears(model, 1, pattern='lowrank', allocation='layer')
     row, = report.layers
     assert row.weight_hooks == (hook,)
     assert row.error < 1e-5
@@ -541,14 +574,15 @@ def test_a_weight_that_is_not_finite_is_refused_naming_the_layer(pattern):
     model = trained_like()
     model.layers[1].W.array[0, :3] = [np.nan, np.inf, -np.inf]
     with pytest.raises(ValueError) as e:
-        compress_linears(model, 1 / 4, pattern=pattern)
+        compress_linears(model, 1 / 4, pattern=pattern, allocation='layer')
     message = str(e.value)
     assert '\n' not in message
     assert 'the weight of /layers/1 is not finite: 3 of its 120 entries are NaN or infinite ' \
            '(1 NaN, 2 infinite)' in message
     assert all(type(layer) is L.Linear for layer in model.layers)
     # A layer that include leaves out is not looked at.
-    report = compress_linears(model, 1 / 4, pattern=pattern, include='layers/0')
+    report = compress_linears(model, 1 / 4, pattern=pattern, include='layers/0',
+                              allocation='layer')
     assert [row.path for row in report.layers] == ['/layers/0']
 
 
@@ -570,7 +604,8 @@ def test_stored_bytes_of_a_whole_model_counts_each_parameter_once():
 def test_the_report_counts_the_whole_model_and_a_layer_left_dense():
     model = trained_like((24, 20, 6))
     dense_bytes = stored_bytes(model)
-    report = compress_linears(model, 1 / 2, pattern='shared', include='layers/0')
+    report = compress_linears(model, 1 / 2, pattern='shared', include='layers/0',
+                              allocation='layer')
     assert report.stored_bytes == stored_bytes(model) == (
         report.layers[0].stored_bytes + stored_bytes(model.layers[1]))
     assert report.dense_bytes == dense_bytes
@@ -586,7 +621,7 @@ def test_nothing_compressed_is_impossible_to_miss():
     dense_bytes = stored_bytes(model)
     with pytest.warns(UserWarning, match='compress_linears compressed nothing at a budget of '
                                          '1/32: /layers/0 skipped: clustered cannot store'):
-        report = compress_linears(model, 1 / 32, pattern='clustered')
+        report = compress_linears(model, 1 / 32, pattern='clustered', allocation='layer')
     assert report.layers == ()
     assert (report.stored_bytes, report.dense_bytes, report.ratio) == (
         dense_bytes, dense_bytes, 1.0)
@@ -597,8 +632,9 @@ def test_nothing_compressed_is_impossible_to_miss():
 
 def test_a_model_compressed_in_two_calls_saves_and_loads_back(tmp_path):
     model = trained_like((24, 20, 12, 6))
-    first = compress_linears(model, 1 / 4, include='layers/0')
-    second = compress_linears(model, 1 / 8, include=['layers/1', 'layers/2'])
+    first = compress_linears(model, 1 / 4, include='layers/0',
+                              allocation='layer')
+    second = compress_linears(model, 1 / 8, include=['layers/1', 'layers/2'], allocation='layer')
     assert [row.path for row in second.already] == ['/layers/0']
     already, = second.already
     assert (already.pattern, already.link) == (None, first.plan['layers'][0]['link'])
@@ -624,7 +660,7 @@ def test_a_model_compressed_in_two_calls_saves_and_loads_back(tmp_path):
 
 def test_a_layer_of_the_family_written_by_hand_is_listed_and_planned(tmp_path):
     model = chainer.Sequential(dense(24, 20), SharedLinear(20, 6, n_shared=2))
-    report = compress_linears(model, 1 / 4, pattern='hashed')
+    report = compress_linears(model, 1 / 4, pattern='hashed', allocation='layer')
     assert [row.path for row in report.layers] == ['/0']
     row, = report.already
     assert (row.path, row.link, row.knobs, row.stored_bytes, row.dense_bytes) == (
@@ -657,9 +693,9 @@ def test_compressing_takes_little_memory_beyond_building_the_layers(patterns):
     layer_bytes = size * size * 4
     model = chainer.Sequential(dense(size, size))
     linear = dense(size, size)
-    peak = _peak(compress_linears, model, 1 / 8, patterns=patterns)
+    peak = _peak(compress_linears, model, 1 / 8, patterns=patterns, allocation='layer')
     taken = compress_linears(chainer.Sequential(dense(size, size)), 1 / 8,
-                             patterns=patterns).layers[0]
+                             patterns=patterns, allocation='layer').layers[0]
     building = max(_peak(_from_linear, pattern, linear, knobs) for pattern, knobs in [
         ('shared', knobs_at_budget('shared', size, size, 1 / 8)), (taken.pattern, taken.knobs)])
     assert peak <= building + layer_bytes / 2, (peak / layer_bytes, building / layer_bytes)

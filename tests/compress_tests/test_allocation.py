@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from chainer_sharedlinear.allocation import Allocation, allocate, allocate_per_layer
+from chainer_sharedlinear.compress.allocation import Allocation, allocate, allocate_per_layer
 
 candidate = st.tuples(st.integers(0, 30), st.floats(0, 2, allow_nan=False))
 instances = st.lists(st.lists(candidate, min_size=1, max_size=4), min_size=1, max_size=4)

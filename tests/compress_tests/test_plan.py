@@ -20,12 +20,12 @@ from chainer_sharedlinear import (
 )
 from chainer_sharedlinear import compress as compress_module
 from chainer_sharedlinear.convert import family
-from tests.test_compress import MLP, X, trained_like
+from tests.compress_tests.test_compress import MLP, X, trained_like
 
 
 def compressed(pattern='auto', **kwargs):
     model = trained_like()
-    return model, compress_linears(model, 1 / 2, pattern=pattern, **kwargs)
+    return model, compress_linears(model, 1 / 2, pattern=pattern, **kwargs, allocation='layer')
 
 
 def state(model):
@@ -300,7 +300,7 @@ def cases(plans):
 def refused_on_load(pattern, model, plan, message):
     """A file whose plan was edited so is refused by load_compressed, before any change."""
     arrays = saved_arrays(model, json.loads(json.dumps(compress_linears(
-        trained_like(), 1 / 2, pattern=pattern).plan)))
+        trained_like(), 1 / 2, pattern=pattern, allocation='layer').plan)))
     arrays[compress_module.PLAN_KEY] = np.array(json.dumps(plan))
     fresh = MLP(lazy=True)
     before = state(fresh)
@@ -346,7 +346,7 @@ def test_a_layer_the_model_has_already_may_be_larger_than_a_dense_one(tmp_path):
     model = trained_like()
     with model.init_scope():
         model.layers[0] = LowRankLinear(24, 20, rank=20)
-    report = compress_linears(model, 1 / 2, pattern='shared')
+    report = compress_linears(model, 1 / 2, pattern='shared', allocation='layer')
     plan = json.loads(json.dumps(report.plan))
     entry = {'paths': ['/layers/0'], 'link': 'LowRankLinear', 'pattern': None, 'knobs': {},
              'options': {'rank': 20}, 'in_size': 24, 'out_size': 20, 'nobias': False,

@@ -4,7 +4,7 @@ A layer ``y = x Wᵀ + b`` replaced by ``y' = x Vᵀ + c`` is judged by its
 output error on the calibration inputs ``X``,
 ``‖X (W − V)ᵀ‖ / ‖X Wᵀ‖``, which the Gram matrix ``G = XᵀX`` gives without
 the inputs: ``‖X Dᵀ‖² = tr(D G Dᵀ)``. The statistics are
-:class:`~chainer_sharedlinear.calibration.LayerStatistics` (any object with
+:class:`~chainer_sharedlinear.compress.calibration.LayerStatistics` (any object with
 ``gram``, ``n_samples`` and ``column_sums`` will do). Every function here
 computes in float64 on the statistics' device (NumPy or CuPy).
 
@@ -58,7 +58,7 @@ def output_error(statistics, weight, replacement, *, bias_change=None) -> float:
     .. admonition:: Example
 
         >>> import numpy as np
-        >>> from chainer_sharedlinear.calibration import LayerStatistics
+        >>> from chainer_sharedlinear.compress.calibration import LayerStatistics
         >>> x = np.array([[1., 0.], [0., 2.]])
         >>> stats = LayerStatistics(x.T @ x, 2, x.sum(axis=0))
         >>> w = np.array([[1., 1.]])
@@ -108,7 +108,7 @@ def cholesky_of_gram(statistics, *, ridge: tp.Optional[float] = None) -> tp.Tupl
     .. admonition:: Example
 
         >>> import numpy as np
-        >>> from chainer_sharedlinear.calibration import LayerStatistics
+        >>> from chainer_sharedlinear.compress.calibration import LayerStatistics
         >>> x = np.array([[1., 0.], [1., 0.]])  # the second input always 0
         >>> s, ridge = cholesky_of_gram(LayerStatistics(x.T @ x, 2, x.sum(axis=0)))
         >>> ridge, bool(np.allclose(s @ s.T, x.T @ x + ridge * np.eye(2)))
@@ -165,7 +165,7 @@ def whitened_svd(statistics, weight, rank: int, *,
     .. admonition:: Example
 
         >>> import numpy as np
-        >>> from chainer_sharedlinear.calibration import LayerStatistics
+        >>> from chainer_sharedlinear.compress.calibration import LayerStatistics
         >>> x = np.random.RandomState(0).randn(50, 4) * [10., 1., 1., 1.]  # one large input
         >>> stats = LayerStatistics(x.T @ x, 50, x.sum(axis=0))
         >>> w = np.array([[1., 2., 0., 0.], [0., 0., 3., 1.]])
@@ -204,7 +204,7 @@ def round_to_codebook(matrix, codebook, gram, *, error_feedback: bool = True,
     Args:
         matrix: The matrix, NumPy or CuPy.
         codebook: The values, ``(n_clusters,)``, any order (such as the
-            centroids of :func:`~chainer_sharedlinear.links.clustered_linear.cluster`).
+            centroids of ``chainer_sharedlinear.links.clustered_linear.cluster``).
         gram: ``XᵀX`` of the inputs the matrix multiplies, ``(in_size, in_size)``.
         error_feedback (bool): ``False`` for the nearest value of each entry.
         damping (float): ``d``, above 0.
@@ -313,7 +313,7 @@ def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
     """A rank-``rank`` weight of least output error whose factors take ``n_clusters`` values.
 
     The factors of :func:`whitened_svd`, each given the k-means codebook of its
-    entries (:func:`~chainer_sharedlinear.links.clustered_linear.cluster`). Without
+    entries (``chainer_sharedlinear.links.clustered_linear.cluster``). Without
     error feedback, each entry takes its nearest value. With it, ``V`` is
     rounded by :func:`round_to_codebook` on the layer's inputs; ``U`` is then
     fitted again to the dense outputs through the rounded ``V`` (least squares on
@@ -332,7 +332,7 @@ def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
     .. admonition:: Example
 
         >>> import numpy as np
-        >>> from chainer_sharedlinear.calibration import LayerStatistics
+        >>> from chainer_sharedlinear.compress.calibration import LayerStatistics
         >>> rng = np.random.RandomState(0)
         >>> x = rng.randn(300, 20) @ rng.randn(20, 20)
         >>> stats = LayerStatistics(x.T @ x, 300, x.sum(axis=0))
@@ -385,7 +385,7 @@ def corrected_bias(statistics, weight, replacement, bias=None):
     .. admonition:: Example
 
         >>> import numpy as np
-        >>> from chainer_sharedlinear.calibration import LayerStatistics
+        >>> from chainer_sharedlinear.compress.calibration import LayerStatistics
         >>> x = np.array([[1., 2.], [3., 2.]])
         >>> stats = LayerStatistics(x.T @ x, 2, x.sum(axis=0))
         >>> corrected_bias(stats, np.array([[1., 1.]]), np.array([[1., 0.]]), np.array([0.5]))

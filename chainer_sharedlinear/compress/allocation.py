@@ -3,7 +3,7 @@
 Each layer offers candidates, ``(bytes, error)`` pairs: its layers of each
 pattern and knobs, with ``error`` the relative output error
 ``‖X (W − V)ᵀ‖ / ‖X Wᵀ‖`` on calibration data
-(:func:`chainer_sharedlinear.fitting.output_error`) or on the weight, and the
+(:func:`chainer_sharedlinear.compress.fitting.output_error`) or on the weight, and the
 dense layer itself (error 0) if it may stay. :func:`allocate` takes one per
 layer so that the bytes add up to at most the budget and the model's error is
 least; :func:`allocate_per_layer` gives each layer its own budget instead.

@@ -1,0 +1,177 @@
+"""One layer's candidates: a pattern and knobs, scored on the weight or on calibration data,
+and the layer of the one chosen, fitted to the data where a data-aware fit exists.
+
+A :class:`_LayerFit` holds what a layer's candidates share: its weight, the
+statistics of its inputs (or ``None``), and one decomposition per layer (one
+SVD gives every rank). Its :meth:`~_LayerFit.scores` are relative errors, on
+the outputs ``‖X (W − V)ᵀ‖ / ‖X Wᵀ‖`` with statistics and on the weight
+``‖W − V‖ / ‖W‖`` without; :meth:`~_LayerFit.build` makes the layer.
+
+The data-aware fits, with statistics: ``lowrank`` is the whitened SVD
+(:func:`~chainer_sharedlinear.compress.fitting.whitened_svd`, exact);
+``clustered`` and ``clustered_lowrank`` round onto their codebooks with error
+feedback (:func:`~chainer_sharedlinear.compress.fitting.round_to_codebook`,
+:func:`~chainer_sharedlinear.compress.fitting.fit_low_rank_codebooks`). Their
+candidates are scored with nearest rounding, which is several times faster;
+the layer built, with error feedback, is closer still. The other patterns are
+fitted to the weight and scored on the outputs.
+"""
+
+import math
+import typing as tp
+
+import chainer
+import chainer.links as L
+import numpy
+from chainer import backend
+
+from chainer_sharedlinear.compress import fitting
+from chainer_sharedlinear.compress.patterns import (
+    _PATTERNS,
+    Knobs,
+    _family_class,
+    _from_linear,
+)
+from chainer_sharedlinear.compress.weight_fit import _kronecker_errors, _relative_error
+from chainer_sharedlinear.links.clustered_linear import cluster
+
+
+class _LayerFit:
+    """The candidates of one ``L.Linear``: their errors, and the layer of one of them."""
+
+    def __init__(self, linear: L.Linear, statistics=None, *, correct_bias: bool = False):
+        self.linear = linear
+        self.statistics = statistics
+        self.correct_bias = correct_bias
+        self.weight = backend.CpuDevice().send(linear.W.array)
+        self._decomposition = None
+        self._weight_times_factor = None
+        if statistics is not None:  # on the host, as the weight
+            self.statistics = type(statistics)(
+                gram=backend.CpuDevice().send(statistics.gram),
+                n_samples=statistics.n_samples,
+                column_sums=backend.CpuDevice().send(statistics.column_sums))
+
+    # --- scores ---------------------------------------------------------------------------
+
+    def scores(self, name: str, settings: tp.Sequence[Knobs]) -> tp.List[float]:
+        """The relative error of each setting of pattern ``name`` (see the module)."""
+        if name == 'lowrank' and self.statistics is not None:
+            return [self._low_rank_error(knobs['rank']) for knobs in settings]
+        if name == 'clustered_lowrank':
+            return [self._clustered_low_rank_error(knobs) for knobs in settings]
+        if name == 'clustered' and self.statistics is not None:
+            return [self._error_of(self._nearest_codebook(knobs['n_clusters']))
+                    for knobs in settings]
+        entry = _PATTERNS[name]
+        if self.statistics is None and entry.as_kronecker is not None:
+            return _kronecker_errors(self.weight, [entry.as_kronecker(knobs)
+                                                   for knobs in settings])
+        errors = []
+        for knobs in settings:
+            layer = _from_linear(name, self.linear, knobs)
+            if self.statistics is None:
+                errors.append(_relative_error(layer, self.weight))
+            else:
+                errors.append(self._error_of(backend.CpuDevice().send(layer.dense_weight())))
+            del layer
+        return errors
+
+    def _error_of(self, replacement) -> float:
+        return fitting.output_error(self.statistics, self.weight, replacement)
+
+    def _decomposed(self):
+        """``(P, σ, Qᵀ S⁻¹)`` of ``W S = P Σ Qᵀ`` (``S = I`` without statistics), once."""
+        if self._decomposition is None:
+            weight = self.weight.astype(numpy.float64)
+            if self.statistics is None:
+                left, values, right = numpy.linalg.svd(weight, full_matrices=False)
+                self._weight_times_factor = weight
+            else:
+                factor, _ = fitting.cholesky_of_gram(self.statistics)
+                self._weight_times_factor = weight @ factor
+                left, values, right = numpy.linalg.svd(self._weight_times_factor,
+                                                       full_matrices=False)
+                right = numpy.linalg.solve(factor.T, right.T).T
+            self._decomposition = left, values, right
+        return self._decomposition
+
+    def _low_rank_error(self, rank: int) -> float:
+        _, values, _ = self._decomposed()
+        squares = values ** 2
+        total = float(squares.sum())
+        return math.sqrt(max(0.0, float(squares[rank:].sum())) / total) if total else 0.0
+
+    def _clustered_low_rank_error(self, knobs: Knobs) -> float:
+        left, values, right = self._decomposed()
+        rank, n_clusters = knobs['rank'], knobs['n_clusters']
+        scale = numpy.sqrt(values[:rank])
+        u = _nearest(left[:, :rank] * scale, n_clusters)
+        v = _nearest(scale[:, None] * right[:rank], n_clusters)
+        if self.statistics is None:
+            return _norm_ratio(self.weight - u @ v, self.weight)
+        factor, _ = fitting.cholesky_of_gram(self.statistics)
+        return _norm_ratio(self._weight_times_factor - u @ (v @ factor),
+                           self._weight_times_factor)
+
+    def _nearest_codebook(self, n_clusters: int):
+        centroids, labels = cluster(self.weight, n_clusters)
+        return numpy.asarray(centroids, numpy.float64)[labels]
+
+    # --- the layer ------------------------------------------------------------------------
+
+    def build(self, name: str, knobs: Knobs) -> chainer.Link:
+        """The layer of pattern ``name`` and ``knobs``, fitted to the data if there are any."""
+        if self.statistics is None or name not in ('lowrank', 'clustered', 'clustered_lowrank'):
+            layer = _from_linear(name, self.linear, knobs)
+        else:
+            layer = _family_class(_PATTERNS[name].link)._like_linear(
+                self.linear, **_PATTERNS[name].options(dict(
+                    knobs, in_size=self.weight.shape[1], out_size=self.weight.shape[0])))
+            if name == 'lowrank':
+                u, v = fitting.whitened_svd(self.statistics, self.weight, knobs['rank'])
+                _set(layer, U=u, V=v)
+            elif name == 'clustered':
+                centroids, _ = cluster(self.weight, knobs['n_clusters'])
+                layer.index = layer.xp.asarray(fitting.round_to_codebook(
+                    self.weight, centroids, self.statistics.gram))
+                _set(layer, W=centroids)
+            else:
+                fit = fitting.fit_low_rank_codebooks(self.statistics, self.weight,
+                                                     knobs['rank'], knobs['n_clusters'])
+                layer.U_index = layer.xp.asarray(fit.u_index)
+                layer.V_index = layer.xp.asarray(fit.v_index)
+                _set(layer, U=fit.u_codebook, V=fit.v_codebook)
+        if self.correct_bias and self.statistics is not None and layer.b is not None:
+            bias = fitting.corrected_bias(self.statistics, self.weight,
+                                          backend.CpuDevice().send(layer.dense_weight()),
+                                          backend.CpuDevice().send(self.linear.b.array))
+            _set(layer, b=bias)
+        return layer
+
+    def output_error(self, layer) -> float:
+        """The layer's relative output error on the calibration data, its bias included."""
+        bias_change = None
+        if layer.b is not None:
+            bias_change = (backend.CpuDevice().send(layer.b.array).astype(numpy.float64)
+                           - backend.CpuDevice().send(self.linear.b.array))
+        return fitting.output_error(self.statistics, self.weight,
+                                    backend.CpuDevice().send(layer.dense_weight()),
+                                    bias_change=bias_change)
+
+
+def _set(layer, **arrays) -> None:
+    for name, array in arrays.items():
+        param = getattr(layer, name)
+        param.array[...] = layer.xp.asarray(numpy.asarray(array), param.dtype)
+
+
+def _nearest(matrix, n_clusters: int):
+    centroids, labels = cluster(matrix, n_clusters)
+    return numpy.asarray(centroids, numpy.float64)[labels]
+
+
+def _norm_ratio(difference, reference) -> float:
+    norm = float(numpy.linalg.norm(reference))
+    difference = float(numpy.linalg.norm(difference))
+    return difference / norm if norm else (0.0 if difference == 0 else math.inf)

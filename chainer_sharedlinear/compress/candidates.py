@@ -93,6 +93,7 @@ class _LayerFit:
                 left, values, right = numpy.linalg.svd(self._weight_times_factor,
                                                        full_matrices=False)
                 right = numpy.linalg.solve(factor.T, right.T).T
+            _flip_signs(left, right)
             self._decomposition = left, values, right
         return self._decomposition
 
@@ -158,6 +159,16 @@ class _LayerFit:
         return fitting.output_error(self.statistics, self.weight,
                                     backend.CpuDevice().send(layer.dense_weight()),
                                     bias_change=bias_change)
+
+
+def _flip_signs(left, right) -> None:
+    """Gives each term the sign the layers' own fits give it (``nearest_terms``): the largest
+    entry of its vector on the shorter side positive, so that the codebooks scored here are
+    the codebooks ``from_linear`` clusters."""
+    shorter = left if left.shape[0] <= right.shape[1] else right.T
+    signs = numpy.sign(shorter[numpy.abs(shorter).argmax(axis=0), numpy.arange(shorter.shape[1])])
+    left *= signs
+    right *= signs[:, None]
 
 
 def _set(layer, **arrays) -> None:

@@ -8,6 +8,8 @@ import typing as tp
 import numpy
 from chainer import backend
 
+from chainer_sharedlinear.links.kronecker_linear import Rearrangement
+
 Knobs = tp.Dict[str, tp.Any]
 
 
@@ -27,7 +29,7 @@ def _kronecker_errors(weight, options: tp.Sequence[Knobs]) -> tp.List[float]:
     for knobs in options:
         factors = tuple(knobs['in_factors']), tuple(knobs['out_factors'])
         if factors not in eigenvalues:
-            gram = _rearranged_gram(weight, *factors)
+            gram = Rearrangement(weight, *factors).gram()
             total = float(numpy.trace(gram))  # the squared norm of the weight, for every pair
             eigenvalues[factors] = numpy.linalg.eigvalsh(gram)  # ascending
             del gram
@@ -37,40 +39,16 @@ def _kronecker_errors(weight, options: tp.Sequence[Knobs]) -> tp.List[float]:
     return errors
 
 
-def _rearranged_gram(weight, in_factors, out_factors) -> numpy.ndarray:
-    """The smaller Gram matrix of the weight's rearrangement, in float64.
-
-    The rearrangement ``R[(a, i), (b, j)] = W[a·m2 + b, i·n2 + j]`` is summed
-    a slice of its columns at a time, each slice taken from the weight as it
-    is: neither ``R`` nor a float64 copy of the weight is ever made.
-    """
-    (n1, n2), (m1, m2) = in_factors, out_factors
-    blocks = weight.reshape(m1, m2, n1, n2)  # R[(a, i), (b, j)] = blocks[a, b, i, j]
-    if m1 * n1 > m2 * n2:  # Rᵀ R is R R' of the rearrangement with the factors' roles swapped
-        blocks, (m1, m2), (n1, n2) = blocks.transpose(1, 0, 3, 2), (m2, m1), (n2, n1)
-    rows = m1 * n1
-    gram = numpy.zeros((rows, rows))
-    columns = max(1, weight.size // (8 * rows))  # a slice: an eighth of the weight
-    per_b, per_j = max(1, columns // n2), min(n2, columns)
-    for b in range(0, m2, per_b):
-        for j in range(0, n2, per_j):
-            piece = numpy.ascontiguousarray(
-                blocks[:, b:b + per_b, :, j:j + per_j].transpose(0, 2, 1, 3),
-                numpy.float64).reshape(rows, -1)
-            gram += piece @ piece.T
-    return gram
-
-
 def _relative_error(layer, weight) -> float:
     """``‖V − W‖ / ‖W‖`` of the layer's dense weight ``V``, in float64 a slice of rows at a
-    time, so that no float64 copy of either is made."""
+    time, so that no float64 copy of either is made, nor ``V`` whole where the layer
+    makes it a slice at a time."""
     cpu = backend.CpuDevice()
-    dense, weight = cpu.send(layer.dense_weight()), cpu.send(weight)
+    weight = cpu.send(weight)
     squares = differences = 0.0
-    step = max(1, weight.shape[0] // 8)
-    for start in range(0, weight.shape[0], step):
-        target = weight[start:start + step].astype(numpy.float64)
-        difference = dense[start:start + step] - target
+    for rows, dense in layer._dense_weight_slices():
+        target = weight[rows].astype(numpy.float64)
+        difference = cpu.send(dense) - target
         squares += float(numpy.vdot(target, target))
         differences += float(numpy.vdot(difference, difference))
     norm, difference = math.sqrt(squares), math.sqrt(differences)

@@ -88,26 +88,33 @@ def hashed_index(out_size: int, in_size: int, n_weights: int, seed: int,
     return bucket.astype(numpy.intp), sign
 
 
-def signed_hashed_index(out_size: int, in_size: int, n_weights: int, seed: int, xp=numpy):
+def signed_hashed_index(out_size: int, in_size: int, n_weights: int, seed: int, xp=numpy,
+                        rows: slice = slice(None)):
     """Where each virtual weight of a hashed layer is in ``[W, -W]``.
 
     Its bucket, plus ``n_weights`` where its sign is -1: the map of
     :func:`hashed_index` in one array of ``int32`` (``int64`` from
     ``2 * n_weights > 2**31``), 4 bytes per virtual weight where the bucket
     and the sign take 9 or more. It is computed a few rows at a time, so
-    that the hash's intermediate arrays stay small.
+    that the hash's intermediate arrays stay small; ``rows``, a slice of
+    consecutive rows, computes those rows of it alone.
 
     >>> signed_hashed_index(2, 3, n_weights=4, seed=0)
     array([[3, 1, 1],
            [6, 5, 6]], dtype=int32)
+    >>> signed_hashed_index(2, 3, n_weights=4, seed=0, rows=slice(1, 2))
+    array([[6, 5, 6]], dtype=int32)
     """
     out_size, in_size, n_weights, seed_key = _checked(out_size, in_size, n_weights, seed)
-    index = xp.empty((out_size, in_size), numpy.int32 if 2 * n_weights <= 2 ** 31 else numpy.int64)
+    first, stop, _ = rows.indices(out_size)
+    index = xp.empty((max(0, stop - first), in_size),
+                     numpy.int32 if 2 * n_weights <= 2 ** 31 else numpy.int64)
     step = max(1, _BLOCK_SIZE // in_size)
-    for start in range(0, out_size, step):
-        rows = xp.arange(start, min(start + step, out_size), dtype=numpy.uint32)
-        bucket, negative = _hash_rows(rows, in_size, n_weights, seed_key, xp)
-        block = index[start:start + len(rows)]
+    for start in range(0, len(index), step):
+        numbers = xp.arange(first + start, first + min(start + step, len(index)),
+                            dtype=numpy.uint32)
+        bucket, negative = _hash_rows(numbers, in_size, n_weights, seed_key, xp)
+        block = index[start:start + len(numbers)]
         block[...] = negative
         block *= n_weights
         block += bucket

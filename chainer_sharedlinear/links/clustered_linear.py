@@ -25,7 +25,7 @@ from chainer_sharedlinear.functions.clustered_linear import (
     unpack_index,
 )
 from chainer_sharedlinear.functions.tied_linear import apply_tied_linear
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear, read_saved
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, read_saved, row_slices
 
 #: How :func:`cluster` places the first centroids (Han et al. compared the three).
 INITS = ('linear', 'density', 'random')
@@ -67,52 +67,137 @@ def cluster(values, n_clusters: int, *, init: str = 'linear', seed: int = 0,
     n_clusters = _checks.n_clusters(n_clusters)
     if init not in INITS:
         raise ValueError('init must be one of {}, got {!r}'.format(', '.join(INITS), init))
-    host = numpy.asarray(chainer.backend.CpuDevice().send(values), numpy.float64)
+    host = numpy.asarray(chainer.backend.CpuDevice().send(values))
+    if host.dtype.kind != 'f':
+        host = host.astype(numpy.float64)
     flat = host.ravel()
     if flat.size == 0:
         raise ValueError('cannot cluster an empty array')
-    order = numpy.argsort(flat, kind='stable')
-    ordered = flat[order]
-    prefix = numpy.concatenate([[0.0], numpy.cumsum(ordered)])
+    # Sorted in their own dtype, which float64 holds exactly: the numbers a float64 copy
+    # would hold, in their bytes; what is summed is summed in float64 (_PrefixSums), and
+    # the labels come from the centroids, so that no argsort is needed.
+    ordered = numpy.sort(flat)
+    prefix = _PrefixSums(ordered)
     if init == 'linear':
-        centroids = numpy.linspace(ordered[0], ordered[-1], n_clusters)
+        centroids = numpy.linspace(float(ordered[0]), float(ordered[-1]), n_clusters)
     elif init == 'density':
-        centroids = numpy.quantile(ordered, (numpy.arange(n_clusters) + 0.5) / n_clusters)
+        # NumPy's quantile interpolates in the dtype it is given: float64, as it always was.
+        centroids = numpy.quantile(ordered.astype(numpy.float64),
+                                   (numpy.arange(n_clusters) + 0.5) / n_clusters,
+                                   overwrite_input=True)
     else:
         picks = numpy.random.RandomState(_checks.seed(seed)).choice(
             flat.size, size=n_clusters, replace=flat.size < n_clusters)
-        centroids = numpy.sort(flat[picks])
+        centroids = numpy.sort(flat[picks].astype(numpy.float64))
     cuts = None
     for _ in range(max_iter):
-        new_cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
+        new_cuts = numpy.searchsorted(ordered, _midpoints(centroids, ordered.dtype))
         counts = numpy.diff(numpy.concatenate([[0], new_cuts, [flat.size]]))
         empty = counts == 0
         if empty.any():
             # An empty cluster would waste its value: it moves to the numbers
             # farthest from their centroids, as scikit-learn's k-means does, while
             # there are numbers that are not their centroid.
-            distance = numpy.abs(ordered - numpy.repeat(centroids, counts))
-            n_moved = min(int(empty.sum()), int(numpy.count_nonzero(distance)))
-            if n_moved:
-                farthest = numpy.sort(numpy.argsort(-distance, kind='stable')[:n_moved])
+            farthest = _farthest(ordered, centroids, counts, int(empty.sum()))
+            if farthest.size:
                 centroids = numpy.sort(numpy.concatenate(
-                    [centroids[~empty], ordered[farthest], centroids[empty][n_moved:]]))
+                    [centroids[~empty], farthest, centroids[empty][farthest.size:]]))
                 cuts = None
                 continue
         if cuts is not None and numpy.array_equal(new_cuts, cuts):
             break
         cuts = new_cuts
-        starts = numpy.concatenate([[0], cuts])
-        ends = numpy.concatenate([cuts, [flat.size]])
-        sums = prefix[ends] - prefix[starts]
+        sums = numpy.diff(prefix(numpy.concatenate([[0], cuts, [flat.size]])))
         # Means of consecutive intervals ascend; an empty cluster's kept centroid may not.
         centroids = numpy.sort(numpy.where(counts > 0, sums / numpy.maximum(counts, 1),
                                            centroids))
-    cuts = numpy.searchsorted(ordered, (centroids[1:] + centroids[:-1]) / 2)
-    counts = numpy.diff(numpy.concatenate([[0], cuts, [flat.size]]))
-    labels = numpy.empty(flat.size, index_dtype(n_clusters))
-    labels[order] = numpy.repeat(numpy.arange(n_clusters), counts)
-    return centroids, labels.reshape(host.shape)
+    # A number's cluster is the count of midpoints at or below it, a slice at a time.
+    midpoints = _midpoints(centroids, ordered.dtype)
+    labels = numpy.empty(host.shape, index_dtype(n_clusters))
+    flat_labels = labels.reshape(-1)
+    for part in row_slices(flat.size):
+        flat_labels[part] = numpy.searchsorted(midpoints, flat[part], side='right')
+    return centroids, labels
+
+
+def _midpoints(centroids: numpy.ndarray, dtype: numpy.dtype) -> numpy.ndarray:
+    """The midpoints of consecutive centroids, each rounded up to ``dtype``.
+
+    A number of ``dtype`` is below a midpoint exactly when it is below the midpoint
+    rounded up (the least number of ``dtype`` at or above it), so that numbers of
+    ``dtype`` are compared with them as they are, with no float64 copy.
+    """
+    midpoints = (centroids[1:] + centroids[:-1]) / 2
+    rounded = midpoints.astype(dtype)
+    below = rounded < midpoints
+    rounded[below] = numpy.nextafter(rounded[below], numpy.array(numpy.inf, dtype))
+    return rounded
+
+
+#: _PrefixSums keeps one sum in this many, and takes sums on for this many positions at once.
+_PREFIX_STRIDE, _PREFIX_BATCH = 32, 1024
+
+
+class _PrefixSums:
+    """``prefix(positions)``: ``numpy.cumsum([0.0, *ordered])[positions]``, bit for bit.
+
+    Only one sum in ``_PREFIX_STRIDE`` is kept (a sixteenth of ``ordered``'s bytes
+    for float32) instead of all of them in float64 (twice its bytes): a sum
+    between two kept ones is taken on from the one before it, with the same
+    additions in the same order as the running sum over all the numbers.
+    """
+
+    def __init__(self, ordered: numpy.ndarray) -> None:
+        self.ordered = ordered
+        kept, total = [numpy.zeros(1)], 0.0
+        stride = _PREFIX_STRIDE
+        for strides in row_slices(-(-ordered.size // stride)):
+            part = ordered[strides.start * stride:strides.stop * stride]
+            running = numpy.empty(part.size + 1)
+            running[0], running[1:] = total, part
+            numpy.cumsum(running, out=running)
+            kept.append(running[stride::stride].copy())  # not a view, which keeps all of it
+            total = running[-1]
+        self.kept = numpy.concatenate(kept)
+
+    def __call__(self, positions: numpy.ndarray) -> numpy.ndarray:
+        return numpy.concatenate([self._at(positions[start:start + _PREFIX_BATCH])
+                                  for start in range(0, len(positions), _PREFIX_BATCH)])
+
+    def _at(self, positions: numpy.ndarray) -> numpy.ndarray:
+        stride, ordered = _PREFIX_STRIDE, self.ordered
+        base, offset = numpy.divmod(positions, stride)
+        # One column per position: each addition is one row, for all the positions at once.
+        running = numpy.empty((stride + 1, len(positions)))
+        running[0] = self.kept[base]
+        running[1:] = ordered[numpy.minimum(numpy.arange(stride)[:, None] + base * stride,
+                                            ordered.size - 1)]
+        for row in range(1, stride + 1):
+            running[row] += running[row - 1]
+        return running[offset, numpy.arange(len(positions))]
+
+
+def _farthest(ordered: numpy.ndarray, centroids: numpy.ndarray, counts: numpy.ndarray,
+              n_wanted: int) -> numpy.ndarray:
+    """The numbers farthest from their centroids, at most ``n_wanted``, none at its centroid.
+
+    ``ordered`` is cut into the clusters of ``counts``. Among equal distances the
+    earlier numbers are taken, in the order of ``ordered``. A slice at a time: each
+    slice's farthest are candidates, of which the farthest are taken.
+    """
+    ends = numpy.cumsum(counts)
+    distances, positions = [], []
+    for part in row_slices(ordered.size):
+        position = numpy.arange(part.start, part.stop)
+        distance = numpy.abs(ordered[part] - centroids[numpy.searchsorted(ends, position,
+                                                                          side='right')])
+        taken = numpy.argsort(-distance, kind='stable')[:n_wanted]
+        taken = taken[distance[taken] > 0]
+        distances.append(distance[taken])
+        positions.append(position[taken])
+    distance, position = numpy.concatenate(distances), numpy.concatenate(positions)
+    taken = numpy.lexsort((position, -distance))[:n_wanted]
+    return ordered[numpy.sort(position[taken])]
 
 
 def unpack_saved_index(packed, shape: tp.Tuple[int, int], n_clusters: int, layer,
@@ -268,7 +353,10 @@ class ClusteredLinear(VirtualLinear):
 
     def dense_weight(self):
         """The virtual weight ``W[index]``, ``(out_size, in_size)``."""
-        return self.W.array[self.index]
+        return self._dense_weight_rows(slice(None))
+
+    def _dense_weight_rows(self, rows):
+        return self.W.array[self.index[rows]]
 
     def _apply(self, x, n_batch_axes):
         return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes,

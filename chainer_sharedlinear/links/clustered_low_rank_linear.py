@@ -278,7 +278,7 @@ class ClusteredLowRankLinear(VirtualLinear):
             >>> bool(np.allclose(layer.dense_weight(), dense.W.array, atol=1e-6))
             True
             >>> layer.U_index.T, layer.V_index
-            (array([[1, 0]], dtype=uint8), array([[0, 1, 0]], dtype=uint8))
+            (array([[0, 1]], dtype=uint8), array([[1, 0, 1]], dtype=uint8))
         """
         layer = cls._like_linear(linear, rank=rank, n_clusters=n_clusters, seed=seed)
         low_rank = LowRankLinear.from_linear(linear, rank=layer.rank)

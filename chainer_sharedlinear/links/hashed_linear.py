@@ -14,7 +14,7 @@ from chainer_sharedlinear.functions.hashed_linear import (
     check_n_weights,
     signed_hashed_index,
 )
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, row_slices
 
 
 class HashedLinear(VirtualLinear):
@@ -117,10 +117,8 @@ class HashedLinear(VirtualLinear):
         (:func:`~chainer_sharedlinear.functions.hashed_index` gives the same);
         ``bucket`` is of ``numpy.intp``, ``sign`` in ``W``'s dtype.
         """
-        index = self.signed_index()
-        negative = index >= self.n_weights
-        bucket = (index - self.n_weights * negative).astype(numpy.intp)
-        return bucket, (1 - 2 * negative).astype(self.W.dtype)
+        bucket, negative = _bucket_and_sign(self.signed_index(), self.n_weights)
+        return bucket.astype(numpy.intp), (1 - 2 * negative).astype(self.W.dtype)
 
     def signed_index(self):
         """Each virtual weight's place in ``[W, -W]``, ``(out_size, in_size)``: on its device.
@@ -129,16 +127,29 @@ class HashedLinear(VirtualLinear):
         layer, computed once per device and kept, unless ``keep_index_map`` is
         ``False``; never saved.
         """
+        index = self._kept_index()
+        if index is None:
+            index = self._signed_index_rows(slice(None))
+            self._index_map = ((self.device, self.in_size), index) if self.keep_index_map else None
+        return index
+
+    def _kept_index(self):
+        """The map kept for this device and ``in_size``, or ``None``."""
         if self.in_size is None:
             raise ValueError('{} has no index map yet: in_size is only known after the first '
                              'forward pass'.format(self))
-        key = (self.device, self.in_size)
-        if self._index_map is not None and self._index_map[0] == key:
+        if self._index_map is not None and self._index_map[0] == (self.device, self.in_size):
             return self._index_map[1]
-        index = signed_hashed_index(self.out_size, self.in_size, self.n_weights, self.seed,
-                                    self.xp)
-        self._index_map = (key, index) if self.keep_index_map else None
-        return index
+        return None
+
+    def _signed_index_rows(self, rows: slice):
+        """``signed_index()[rows]``: of the kept map, else hashed for those rows alone and not
+        kept, so that a fit or a dense weight made a slice at a time needs no whole map."""
+        index = self._kept_index()
+        if index is not None:
+            return index[rows]
+        return signed_hashed_index(self.out_size, self.in_size, self.n_weights, self.seed,
+                                   self.xp, rows=rows)
 
     def __getstate__(self):
         # The index map is recomputed where it is needed: neither pickled nor deep-copied.
@@ -148,8 +159,18 @@ class HashedLinear(VirtualLinear):
 
     def dense_weight(self):
         """The virtual weight ``ξ · W[h]``, ``(out_size, in_size)``."""
-        W = self.W.array
-        return self.xp.concatenate((W, -W)).take(self.signed_index())
+        # A slice of rows at a time: the gather's intp copy of the index is of the slice only.
+        dense = self.xp.empty((self.out_size, self.in_size), self.W.dtype)
+        for rows, part in self._dense_weight_slices():
+            dense[rows] = part
+        return dense
+
+    def _dense_weight_rows(self, rows):
+        # W[h] and its signs from the map as it is: no table [W, -W], no whole map.
+        bucket, negative = _bucket_and_sign(self._signed_index_rows(rows), self.n_weights)
+        weight = self.W.array[bucket]
+        weight[negative] *= -1
+        return weight
 
     def _apply(self, x, n_batch_axes):
         return apply_hashed_linear(x, self.W, self.signed_index(), self.seed, self.b,
@@ -183,11 +204,24 @@ class HashedLinear(VirtualLinear):
             True
         """
         hashed = cls._like_linear(linear, n_weights=n_weights, seed=seed)
-        bucket, sign = hashed.index_map()
-        xp = hashed.xp
-        bucket = bucket.ravel()
-        signed = (sign.astype('d') * linear.W.array.astype('d')).ravel()
-        sums = xp.bincount(bucket, weights=signed, minlength=hashed.n_weights)
-        counts = xp.bincount(bucket, minlength=hashed.n_weights)
-        hashed.W.array[...] = sums / xp.maximum(counts, 1)
+        xp, n = hashed.xp, hashed.n_weights
+        sums = xp.zeros(n)
+        counts = xp.zeros(n, numpy.intp)
+        # A slice of rows at a time, in float64: no float64 copy of the weight, nor whole map.
+        for rows in row_slices(hashed.out_size):
+            bucket, negative = _bucket_and_sign(hashed._signed_index_rows(rows).ravel(), n)
+            signed = linear.W.array[rows].ravel().astype('d')
+            signed[negative] *= -1
+            sums += xp.bincount(bucket, weights=signed, minlength=n)
+            counts += xp.bincount(bucket, minlength=n)
+            del bucket, negative, signed
+        sums /= xp.maximum(counts, 1)
+        hashed.W.array[...] = sums
         return hashed
+
+
+def _bucket_and_sign(index, n_weights: int):
+    """``(bucket, negative)`` of places in ``[W, -W]``: new arrays, ``index`` is left as it is
+    (it may be a view of a kept map)."""
+    negative = index >= n_weights
+    return index - n_weights * negative, negative

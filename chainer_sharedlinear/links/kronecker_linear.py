@@ -6,14 +6,14 @@ import typing as tp
 
 import chainer
 import numpy
-from chainer import initializers
+from chainer import backend, initializers
 
 from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions.kronecker_linear import (
     kronecker_linear,
     most_square_factors,
 )
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+from chainer_sharedlinear.links.virtual_linear import N_SLICES, VirtualLinear, row_slices
 
 
 class KroneckerLinear(VirtualLinear):
@@ -135,11 +135,18 @@ class KroneckerLinear(VirtualLinear):
 
     def dense_weight(self):
         """The weight ``Σ_r kron(A[r], B[r])``, ``(out_size, in_size)``."""
+        return self._dense_weight_rows(slice(None))
+
+    def _dense_weight_rows(self, rows):
         A, B = self.A.array, self.B.array
+        start, stop, _ = rows.indices(self.out_size)
+        m2 = B.shape[1]  # row a * m2 + b is A's row a by B's row b
+        first, last = start // m2, -(-stop // m2)
         wide = _dtypes.accumulation_dtype(A.dtype, B.dtype)  # n_terms products summed
-        weight = self.xp.einsum('rij,rkl->ikjl', A.astype(wide), B.astype(wide))
-        return _dtypes.as_dtype(weight.reshape(self.out_size, self.in_size),
-                                numpy.promote_types(A.dtype, B.dtype))
+        weight = self.xp.einsum('rij,rkl->ikjl', A[:, first:last].astype(wide), B.astype(wide))
+        weight = weight.reshape((last - first) * m2, self.in_size)[start - first * m2:
+                                                                   stop - first * m2]
+        return _dtypes.as_dtype(weight, numpy.promote_types(A.dtype, B.dtype))
 
     def _apply(self, x, n_batch_axes):
         return kronecker_linear(x, self.A, self.B, self.b, n_batch_axes)
@@ -186,16 +193,101 @@ class KroneckerLinear(VirtualLinear):
                 'n_terms={} is more than the {} terms a weight of factors {} x {} can need: '
                 'n_terms is at most min(m1*n1, m2*n2) = {}'.format(
                     layer.n_terms, most, layer.out_factors, layer.in_factors, most))
-        xp = layer.xp
-        weight = linear.W.array.astype('d').reshape(m1, m2, n1, n2)
-        rearranged = weight.transpose(0, 2, 1, 3).reshape(m1 * n1, m2 * n2)
-        u, s, vt = xp.linalg.svd(rearranged, full_matrices=False)
-        root = xp.sqrt(s[:layer.n_terms])
-        layer.A.array[...] = (u[:, :layer.n_terms] * root).T.reshape(layer.n_terms, m1, n1)
-        layer.B.array[...] = (vt[:layer.n_terms] * root[:, None]).reshape(layer.n_terms, m2, n2)
+        left, right = nearest_terms(linear.W.array, layer.in_factors, layer.out_factors,
+                                    layer.n_terms)
+        layer.A.array[...] = left.T.reshape(layer.n_terms, m1, n1)
+        layer.B.array[...] = right.reshape(layer.n_terms, m2, n2)
         return layer
 
     def _options(self):
         return collections.OrderedDict([
             ('in_factors', self.in_factors), ('out_factors', self.out_factors),
             ('n_terms', self.n_terms)])
+
+
+class Rearrangement:
+    """Van Loan and Pitsianis' rearrangement of a weight, read a slice of columns at a time.
+
+    ``R[(a, i), (b, j)] = W[a·m2 + b, i·n2 + j]``, ``(m1·n1, m2·n2)``: every
+    Kronecker product ``A ⊗ B`` of ``(m1, n1)`` and ``(m2, n2)`` factors is in it
+    the outer product ``vec(A) vec(B)ᵀ``. Where ``R`` has more rows than columns,
+    its transpose is read instead (``transposed``), so that ``R Rᵀ`` is the
+    smaller Gram matrix. ``R`` is never made whole: each slice of its columns is
+    copied from the weight as it is, in float64.
+    """
+
+    def __init__(self, weight, in_factors, out_factors) -> None:
+        (n1, n2), (m1, m2) = in_factors, out_factors
+        blocks = weight.reshape(m1, m2, n1, n2)  # R[(a, i), (b, j)] = blocks[a, b, i, j]
+        #: Whether the rows are those of ``Rᵀ``, ``(b, j)``.
+        self.transposed = m1 * n1 > m2 * n2
+        self.blocks = blocks.transpose(1, 0, 3, 2) if self.transposed else blocks
+        rows_out, columns_out, rows_in, columns_in = self.blocks.shape
+        #: ``(rows, columns)`` of the matrix read.
+        self.shape = rows_out * rows_in, columns_out * columns_in
+
+    def pieces(self) -> tp.Iterator[tp.Tuple[slice, tp.Any]]:
+        """``(columns, piece)``: ``piece`` is ``R[:, columns]`` in float64, for consecutive
+        slices of about ``1 / N_SLICES`` of the weight."""
+        xp = backend.get_array_module(self.blocks)
+        rows, (_, columns_out, _, columns_in) = self.shape[0], self.blocks.shape
+        width = max(1, self.blocks.size // (N_SLICES * rows))
+        # Whole blocks of columns_in columns, or parts of one: R's columns in order.
+        per_b, per_j = max(1, width // columns_in), min(columns_in, width)
+        for b in range(0, columns_out, per_b):
+            for j in range(0, columns_in, per_j):
+                piece = xp.ascontiguousarray(
+                    self.blocks[:, b:b + per_b, :, j:j + per_j].transpose(0, 2, 1, 3),
+                    numpy.float64).reshape(rows, -1)
+                start = b * columns_in + j
+                yield slice(start, start + piece.shape[1]), piece
+
+    def gram(self):
+        """``R Rᵀ``, ``(rows, rows)``, in float64: summed a piece and a slice of rows at a
+        time, the lower blocks only, then mirrored (no temporary as large as it)."""
+        xp = backend.get_array_module(self.blocks)
+        rows = self.shape[0]
+        gram = xp.zeros((rows, rows))
+        for _, piece in self.pieces():
+            for tile in row_slices(rows):
+                gram[tile, :tile.stop] += piece[tile].dot(piece[:tile.stop].T)
+        for tile in row_slices(rows):
+            gram[:tile.start, tile] = gram[tile, :tile.start].T
+        return gram
+
+    def project(self, basis):
+        """``basisᵀ R``, ``(k, columns)``, in float64, for a ``(rows, k)`` ``basis``."""
+        xp = backend.get_array_module(self.blocks)
+        projected = xp.empty((basis.shape[1], self.shape[1]))
+        for columns, piece in self.pieces():
+            projected[:, columns] = basis.T.dot(piece)
+        return projected
+
+
+def nearest_terms(weight, in_factors, out_factors, n_terms: int) -> tp.Tuple[tp.Any, tp.Any]:
+    """``(left, right)``: ``(m1·n1, n_terms)`` and ``(n_terms, m2·n2)``, in float64, whose
+    product is the nearest matrix of rank ``n_terms`` to the rearrangement of ``weight``.
+
+    Term ``r`` is ``σ_r`` times the outer product of the ``r``-th singular vectors of the
+    rearrangement (:class:`Rearrangement`), ``√σ_r`` on each side (Eckart and Young).
+    The singular vectors on the side of the smaller Gram matrix are its leading
+    eigenvectors, each with its largest entry positive, and the other side the
+    projection of the rearrangement on them: a symmetric eigenvalue problem instead of a
+    singular value decomposition, whose float64 copy of the weight and two square
+    factors would take several times its bytes.
+    """
+    xp = backend.get_array_module(weight)
+    rearranged = Rearrangement(weight, in_factors, out_factors)
+    gram = rearranged.gram()
+    vectors = xp.linalg.eigh(gram)[1]  # by ascending eigenvalue
+    del gram
+    basis = xp.ascontiguousarray(vectors[:, ::-1][:, :n_terms])
+    del vectors
+    # Either sign of a term gives the same product: the largest entry of its vector is
+    # made positive (as scikit-learn's svd_flip does), not left to LAPACK.
+    basis *= xp.sign(basis[xp.abs(basis).argmax(axis=0), xp.arange(n_terms)])
+    projected = rearranged.project(basis)  # σ_r times the r-th right singular vector
+    root = xp.sqrt(xp.sqrt(xp.einsum('ij,ij->i', projected, projected)))
+    basis *= root
+    projected /= xp.where(root > 0, root, 1)[:, None]
+    return (projected.T, basis.T) if rearranged.transposed else (basis, projected)

@@ -9,6 +9,7 @@ from chainer import initializers
 
 from chainer_sharedlinear import _checks, _dtypes
 from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear
+from chainer_sharedlinear.links.kronecker_linear import nearest_terms
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear
 
 
@@ -97,7 +98,10 @@ class LowRankLinear(VirtualLinear):
 
     def dense_weight(self):
         """The weight ``U · V``, ``(out_size, in_size)``."""
-        return factor_product(self.U.array, self.V.array)
+        return self._dense_weight_rows(slice(None))
+
+    def _dense_weight_rows(self, rows):
+        return factor_product(self.U.array[rows], self.V.array)
 
     def _apply(self, x, n_batch_axes):
         return low_rank_linear(x, self.U, self.V, self.b, n_batch_axes)
@@ -128,8 +132,8 @@ class LowRankLinear(VirtualLinear):
             True
         """
         layer = cls._like_linear(linear, rank=rank)
-        u, s, vt = layer.xp.linalg.svd(linear.W.array.astype('d'), full_matrices=False)
-        root = layer.xp.sqrt(s[:layer.rank])
-        layer.U.array[...] = u[:, :layer.rank] * root
-        layer.V.array[...] = vt[:layer.rank] * root[:, None]
+        # (out_size, 1) ⊗ (1, in_size) is an outer product: the rearrangement is the weight.
+        out_size, in_size = linear.W.shape
+        layer.U.array[...], layer.V.array[...] = nearest_terms(
+            linear.W.array, (1, in_size), (out_size, 1), layer.rank)
         return layer

@@ -14,7 +14,7 @@ from chainer_sharedlinear.functions.monarch_linear import (
     input_positions,
     monarch_linear,
 )
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear
+from chainer_sharedlinear.links.virtual_linear import VirtualLinear, row_slices
 
 
 class _BlockNormal(initializer.Initializer):
@@ -130,10 +130,15 @@ class MonarchLinear(VirtualLinear):
     def dense_weight(self):
         """The weight ``P L Pᵀ R``, ``(out_size, in_size)``: the layer applied to the identity."""
         R, L = self.R.array, self.L.array
-        identity = self.xp.eye(self.in_size, dtype=numpy.promote_types(R.dtype, L.dtype))
-        with chainer.no_backprop_mode():
-            columns = monarch_linear(identity, R, L, out_size=self.out_size).array
-        return self.xp.ascontiguousarray(columns.T)
+        dtype = numpy.promote_types(R.dtype, L.dtype)
+        dense = self.xp.empty((self.out_size, self.in_size), dtype)
+        # A slice of the identity's rows at a time: its columns, and the layer's outputs.
+        for inputs in row_slices(self.in_size):
+            identity = self.xp.eye(inputs.stop - inputs.start, self.in_size, inputs.start,
+                                   dtype=dtype)
+            with chainer.no_backprop_mode():
+                dense[:, inputs] = monarch_linear(identity, R, L, out_size=self.out_size).array.T
+        return dense
 
     def _apply(self, x, n_batch_axes):
         return monarch_linear(x, self.R, self.L, self.b, n_batch_axes, out_size=self.out_size)
@@ -172,26 +177,38 @@ class MonarchLinear(VirtualLinear):
         layer = cls._like_linear(linear, n_blocks=n_blocks)
         xp, b, m, n = layer.xp, layer.n_blocks, layer.out_size, layer.in_size
         p, q, s = block_sizes(n, m, b)
-        # The dense weight by block pair, zero where the blocks are padded: [l, k, t, i].
-        padded = xp.zeros((b * s, n + 1))
-        padded[:m, :n] = linear.W.array.astype('d')
+        weight = linear.W.array
         positions = input_positions(n, b)
         real = positions >= 0
-        # Padding reads the zero column n.
-        blocks = padded[:, xp.asarray(numpy.where(real, positions, n))]
-        blocks = blocks.reshape(s, b, b, p).transpose(1, 2, 0, 3)
-        u, sigma, vt = xp.linalg.svd(blocks, full_matrices=False)
         # Middle feature f joins row j of input block k to column r of output block l:
         # it is the order-th term of the pair (l, k), whose features have consecutive r.
         f = numpy.arange(b * q)
         k, j, out_block, r = f // q, f % q, f % b, f // b
         order = r - numpy.maximum(0, -(-(k * q - out_block) // b))
+        pair = out_block * b + k
         k, j, out_block, r, order = (xp.asarray(i) for i in (k, j, out_block, r, order))
-        root = xp.sqrt(sigma[out_block, k, order])
         R = xp.zeros((b, q, p))
         L = xp.zeros((b, s, q))
-        R[k, j, :] = vt[out_block, k, order, :] * root[:, None]
-        L[out_block, :, r] = u[out_block, k, :, order] * root[:, None]
+        # The block pairs (l, k), a slice of them at a time, each in float64 and zero where
+        # it is padded: output t of block l is row t·b + l, input i of block k is column
+        # positions[k, i].
+        for pairs in row_slices(b * b):
+            ls, ks = numpy.divmod(numpy.arange(pairs.start, pairs.stop), b)
+            rows = numpy.arange(s)[None, :] * b + ls[:, None]
+            live = (rows < m)[:, :, None] & real[ks][:, None, :]
+            blocks = weight[xp.asarray(numpy.minimum(rows, m - 1))[:, :, None],
+                            xp.asarray(numpy.maximum(positions[ks], 0))[:, None, :]]
+            blocks = xp.where(xp.asarray(live), blocks.astype('d'), 0.0)
+            u, sigma, vt = xp.linalg.svd(blocks, full_matrices=False)
+            del blocks
+            features = numpy.flatnonzero((pair >= pairs.start) & (pair < pairs.stop))
+            block = xp.asarray(pair[features] - pairs.start)
+            features = xp.asarray(features)
+            term = order[features]
+            root = xp.sqrt(sigma[block, term])
+            R[k[features], j[features], :] = vt[block, term, :] * root[:, None]
+            L[out_block[features], :, r[features]] = u[block, :, term] * root[:, None]
+            del u, vt
         # The entries that meet padding or cut outputs come out of the SVD as zero up to
         # rounding; they are set to zero, as they start.
         R *= xp.asarray(real)[:, None, :]

@@ -10,7 +10,11 @@ from chainer import initializers, variable
 
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.functions.shared_linear import shared_linear
-from chainer_sharedlinear.links.virtual_linear import VirtualLinear, weight_hook_types
+from chainer_sharedlinear.links.virtual_linear import (
+    VirtualLinear,
+    row_slices,
+    weight_hook_types,
+)
 
 
 class SharedLinear(VirtualLinear):
@@ -101,7 +105,10 @@ class SharedLinear(VirtualLinear):
 
     def dense_weight(self):
         """The tiled weight ``[W W ... W]``, ``(out_size, in_size)``."""
-        return self.xp.tile(self.W.array, (1, self.n_shared))
+        return self._dense_weight_rows(slice(None))
+
+    def _dense_weight_rows(self, rows):
+        return self.xp.tile(self.W.array[rows], (1, self.n_shared))
 
     @classmethod
     def from_params(cls, W, b=None, nobias=False, *, n_shared: int) -> 'SharedLinear':
@@ -161,10 +168,15 @@ class SharedLinear(VirtualLinear):
         # The mean taken as the first block plus the mean of the differences
         # to it, in float64: the plain mean does not give back W from a tiling
         # (n * w / n rounds), while this does, since the differences are all 0.
-        blocks = linear.W.array.reshape(out_size, n_shared, in_size // n_shared)
-        blocks = blocks.astype(numpy.promote_types(blocks.dtype, numpy.float64))
-        first = blocks[:, 0]
-        shared.W.array[...] = first + (blocks - first[:, None]).mean(axis=1)
+        # A slice of rows at a time: the float64 copy is of the slice only.
+        weight = linear.W.array.reshape(out_size, n_shared, in_size // n_shared)
+        wide = numpy.promote_types(weight.dtype, numpy.float64)
+        for rows in row_slices(out_size):
+            blocks = weight[rows].astype(wide)
+            first = blocks[:, 0].copy()
+            blocks -= first[:, None]
+            shared.W.array[rows] = first + blocks.mean(axis=1)
+            del blocks
         return shared
 
     def to_linear(self) -> 'chainer.links.Linear':

@@ -30,6 +30,22 @@ def weight_hook_types() -> tp.Tuple[type, ...]:
     return link_hooks.SpectralNormalization, link_hooks.WeightStandardization
 
 
+#: A fit or a dense weight computed a slice at a time takes this many slices of the
+#: weight's rows: its temporaries, float64 copies included, stay a fraction of the weight.
+N_SLICES = 16
+
+
+def row_slices(n_rows: int, n_slices: int = N_SLICES) -> tp.Iterator[slice]:
+    """Consecutive slices, about ``n_rows / n_slices`` long, that cover ``range(n_rows)``.
+
+    >>> [(rows.start, rows.stop) for rows in row_slices(10, 4)]
+    [(0, 3), (3, 6), (6, 9), (9, 10)]
+    """
+    step = max(1, -(-n_rows // n_slices))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(start + step, n_rows))
+
+
 def carry_hook(old: chainer.Link, new: chainer.Link, name: str, hook: chainer.LinkHook) -> None:
     """Adds ``hook`` to ``new`` under ``name``, with the state it keeps on ``old``.
 
@@ -157,6 +173,10 @@ class VirtualLinear(link.Link):
         """*Pattern.* The virtual weight as an ``(out_size, in_size)`` array."""
         raise NotImplementedError
 
+    def _dense_weight_rows(self, rows: slice):
+        """*Pattern, optional.* ``dense_weight()[rows]``, made without the rest."""
+        raise NotImplementedError
+
     def _apply(self, x, n_batch_axes: int):
         """*Pattern.* The layer's function applied to ``x``."""
         raise NotImplementedError
@@ -244,6 +264,17 @@ class VirtualLinear(link.Link):
         if not self._is_initialized:
             self._initialize_params(_checks.in_size_of(x.shape, n_batch_axes))
         return self._apply(x, n_batch_axes)
+
+    def _dense_weight_slices(self) -> tp.Iterator[tp.Tuple[slice, tp.Any]]:
+        """``(rows, dense_weight()[rows])`` for consecutive slices of rows (:func:`row_slices`).
+
+        Each slice is made alone where the pattern can (:meth:`_dense_weight_rows`),
+        so that the whole dense weight never is; else the dense weight is made once.
+        """
+        by_rows = type(self)._dense_weight_rows is not VirtualLinear._dense_weight_rows
+        whole = None if by_rows else self.dense_weight()
+        for rows in row_slices(self.out_size):
+            yield rows, self._dense_weight_rows(rows) if by_rows else whole[rows]
 
     def to_linear(self) -> 'chainer.links.Linear':
         """Makes the dense :class:`chainer.links.Linear` that computes the same function.

@@ -699,3 +699,37 @@ def test_compressing_takes_little_memory_beyond_building_the_layers(patterns):
     building = max(_peak(_from_linear, pattern, linear, knobs) for pattern, knobs in [
         ('shared', knobs_at_budget('shared', size, size, 1 / 8)), (taken.pattern, taken.knobs)])
     assert peak <= building + layer_bytes / 2, (peak / layer_bytes, building / layer_bytes)
+
+
+# What a fit may take at once, in the float32 weight's bytes: three, for its float64 slices of
+# the weight, the dense weight its error is measured on, a hashed layer's sums per bucket, the
+# new layer itself. A fit that is a symmetric eigendecomposition of the float64 Gram matrix of a
+# square weight (or of its rearrangement, 576² of 24 x 24 factors) holds that matrix and its
+# eigenvectors, twice the weight's bytes each (NumPy's linalg computes in float64 only, and all
+# the eigenvectors), and a half for the rest. Before, every fit took 6 to 10.5.
+_FIT_BYTES = dict(shared=3, hashed=3, clustered=3, monarch=3, auto=3,
+                  kronecker=4.5, phm=4.5, lowrank=4.5)
+
+
+# Where the candidates of auto, or of the whole-model budget's ladder, still take more: issue
+# 30 item 16 is open for them.
+_CANDIDATES_GAP = pytest.mark.xfail(
+    strict=True, reason='issue 30 item 16: the candidates are scored on float64 decompositions '
+    'and products as large as the weight')
+_GAPS = {('auto', 'layer'), ('auto', 'model'), ('clustered', 'model'), ('hashed', 'model'),
+         ('monarch', 'model')}
+
+
+@pytest.mark.parametrize('pattern, allocation', [
+    pytest.param(pattern, allocation, marks=_CANDIDATES_GAP) if (pattern, allocation) in _GAPS
+    else (pattern, allocation)
+    for pattern in sorted(_FIT_BYTES) for allocation in ('layer', 'model')])
+def test_compressing_a_layer_takes_about_three_times_its_bytes(pattern, allocation):
+    size = 576
+    layer_bytes = size * size * 4
+    model = chainer.Sequential(dense(size, size))
+    # PHM always takes more multiply-adds than the dense layer.
+    peak = _peak(compress_linears, model, 1 / 8, pattern=pattern, allocation=allocation,
+                 allow_more_multiply_adds=pattern == 'phm')
+    assert stored_bytes(model) <= allowed_bytes(size, size, 1 / 8)
+    assert peak <= _FIT_BYTES[pattern] * layer_bytes, peak / layer_bytes

@@ -26,7 +26,7 @@ def convert_clustered_linear(params) -> tp.Tuple:
 
     The index is stored as the layer's file stores it, ``index_bits`` bits a
     weight in one stream of bytes, and decoded by a lookup, each step on
-    arrays much smaller than the weight but the last (:func:`_decoded`);
+    arrays much smaller than the weight but the last (``_decoded``);
     then ``Gemm``.
     """
     onnx, onnx_helper = _import_onnx()

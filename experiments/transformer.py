@@ -21,6 +21,7 @@ prints the table of the records in ``OUT`` (a folder or a records file) and trai
 
 import argparse
 import copy
+import dataclasses
 import fractions
 import inspect
 import json
@@ -176,10 +177,17 @@ class Records:
         record.update(self.settings)
         self.records.append(record)
         with open(self.path + '.tmp', 'w') as f:
-            json.dump(self.records, f, indent=1)
+            json.dump(self.records, f, indent=1, default=json_value)
             f.write('\n')
         os.replace(self.path + '.tmp', self.path)
         return record
+
+
+def json_value(value):
+    """A NumPy number or array of a report as JSON takes it."""
+    if isinstance(value, (numpy.generic, numpy.ndarray)):
+        return value.tolist()
+    raise TypeError('{} is not JSON serializable'.format(type(value).__name__))
 
 
 def describe(record, settings):
@@ -261,15 +269,14 @@ def measure(dense, dense_record, train_set, val_set, args, seed, budget, records
         return
     options = dict(pattern=args.pattern)
     if args.calibration:
-        options['calibration'] = calibration_images(train_set, args.calibration, seed)
+        options['calibration'] = args.device.send(
+            calibration_images(train_set, args.calibration, seed))
     model = copy.deepcopy(dense)
     started = time.perf_counter()
     report = compress_linears(model.predictor, float(budget), **options)
     seconds = time.perf_counter() - started
     accuracy = recipe.evaluate(model, val_set, args)
-    layers = [dict(path=row.path, pattern=row.pattern, knobs=row.knobs,
-                   stored_bytes=row.stored_bytes, dense_bytes=row.dense_bytes, error=row.error)
-              for row in report.layers]
+    layers = [dataclasses.asdict(row) for row in report.layers]
     model_bytes = stored_bytes(model.predictor)
     records.add(**key, accuracy=accuracy, dense_accuracy=dense_record['accuracy'],
                 model_bytes=model_bytes, dense_model_bytes=dense_record['model_bytes'],

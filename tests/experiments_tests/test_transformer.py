@@ -134,6 +134,9 @@ def test_a_tiny_run_trains_compresses_and_records(tmp_path, capsys):
         assert record['ratio'] == record['model_bytes'] / dense['model_bytes'] < 1
         assert record['compress_seconds'] > 0
         assert len(record['layers']) + len(record['skipped']) == 14
+        for layer in record['layers']:
+            assert {'path', 'pattern', 'knobs', 'stored_bytes', 'dense_bytes', 'error'} <= set(
+                layer) and layer['stored_bytes'] < layer['dense_bytes']
     assert thirty_second['model_bytes'] < eighth['model_bytes']
     assert '| dense | | | 1 | 1 | {:.4f} |'.format(dense['accuracy']) in stdout
     assert '| 1/8 | auto | 0 | 1 | {:.4f} | {:.4f} | {:.2f} |'.format(

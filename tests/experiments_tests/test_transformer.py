@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear import compress_linears, stored_bytes
+from chainer_sharedlinear.calibration import gather_statistics
 from tests.examples_tests import import_script
 
 utils = import_script('examples', 'mnist3_utils')
@@ -265,3 +266,12 @@ def test_calibration_gives_compress_linears_training_images_drawn_with_the_seed(
             if r['variant'] == 'compressed'] == [(0, 0), (1, 0), (0, 30), (1, 30)]
     assert transformer.main(TINY + ['--calibration', '201', '--out', out]) == 2
     assert '--calibration 201 is more than the 200 training images' in capsys.readouterr().err
+
+
+def test_the_calibration_statistics_reach_every_linear_of_the_model():
+    """What compress_linears(calibration=...) gathers first: every token of every layer."""
+    statistics = gather_statistics(transformer.PatchTransformer(), images(5))
+    assert len(statistics) == 14
+    assert statistics['/embed'].n_samples == statistics['/blocks/1/mlp_out'].n_samples == 5 * 49
+    assert statistics['/head'].n_samples == 5
+    assert statistics['/blocks/0/mlp_out'].in_size == 128

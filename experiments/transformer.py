@@ -278,10 +278,15 @@ def measure(dense, dense_record, train_set, val_set, args, seed, budget, records
     accuracy = recipe.evaluate(model, val_set, args)
     layers = [dataclasses.asdict(row) for row in report.layers]
     model_bytes = stored_bytes(model.predictor)
+    # Compression changes the L.Linear links alone: the rest stores what it stored.
+    other_bytes = dense_record['model_bytes'] - sum(
+        stored_bytes(link) for link in dense.predictor.links() if type(link) is L.Linear)
     records.add(**key, accuracy=accuracy, dense_accuracy=dense_record['accuracy'],
                 model_bytes=model_bytes, dense_model_bytes=dense_record['model_bytes'],
-                ratio=model_bytes / dense_record['model_bytes'], compress_seconds=seconds,
-                layers=layers, skipped=report.skipped)
+                ratio=model_bytes / dense_record['model_bytes'],
+                linears_ratio=(model_bytes - other_bytes) / (dense_record['model_bytes']
+                                                             - other_bytes),
+                compress_seconds=seconds, layers=layers, skipped=report.skipped)
     print('seed {}: {} {}{}: {:.4f} ({:+.2f} pt from dense), the model at {:.4f} of its '
           'bytes ({:.1f} s)'.format(
               seed, budget, args.pattern,
@@ -305,14 +310,16 @@ def table(records):
 
     Accuracies are means ± standard deviations over the seeds; ``from dense`` is
     the compressed model's accuracy less its own dense model's, in points;
-    ``ratio`` is the model's stored bytes over the dense model's.
+    ``linears`` is the stored bytes of the model's ``L.Linear`` layers (those the
+    budget is of, compressed or left dense) over the dense ones', ``model`` the
+    whole model's over the dense model's; ``s``, the seconds to compress.
     """
-    lines = ['| budget | pattern | calibration | seeds | ratio | accuracy | from dense (pt) | '
-             's |',
-             '|---|---|---:|---:|---:|---:|---:|---:|']
+    lines = ['| budget | pattern | calibration | seeds | linears | model | accuracy | '
+             'from dense (pt) | s |',
+             '|---|---|---:|---:|---:|---:|---:|---:|---:|']
     dense = [r for r in records if r['variant'] == 'dense']
     if dense:
-        lines.append('| dense | | | {} | 1 | {} | | {:.1f} s/epoch |'.format(
+        lines.append('| dense | | | {} | 1 | 1 | {} | | {:.1f} s/epoch |'.format(
             len(dense), mean_std([r['accuracy'] for r in dense]),
             statistics.mean(r['seconds_per_epoch'] for r in dense)))
     groups = {}
@@ -322,8 +329,9 @@ def table(records):
                               []).append(record)
     for (budget, pattern, calibration), group in sorted(
             groups.items(), key=lambda item: (-fractions.Fraction(item[0][0]),) + item[0][1:]):
-        lines.append('| {} | {} | {} | {} | {:.4f} | {} | {} | {:.1f} |'.format(
+        lines.append('| {} | {} | {} | {} | {:.4f} | {:.4f} | {} | {} | {:.1f} |'.format(
             budget, pattern, calibration, len(group),
+            statistics.mean(r['linears_ratio'] for r in group),
             statistics.mean(r['ratio'] for r in group),
             mean_std([r['accuracy'] for r in group]),
             mean_std([r['accuracy'] - r['dense_accuracy'] for r in group], 100, 2),

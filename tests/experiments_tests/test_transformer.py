@@ -126,6 +126,9 @@ def test_a_tiny_run_trains_compresses_and_records(tmp_path, capsys):
     assert dense['seconds_per_epoch'] > 0 and dense['cpu_seconds_per_epoch'] > 0
     assert dense['model_bytes'] == stored_bytes(transformer.PatchTransformer())
     assert (out / 'dense-seed0.npz').is_file()
+    dense_linears = {path: stored_bytes(link) for path, link
+                     in transformer.PatchTransformer().namedlinks() if type(link) is L.Linear}
+    assert sum(dense_linears.values()) == 272680
     for record, budget in ((eighth, '1/8'), (thirty_second, '1/32')):
         assert (record['variant'], record['budget'], record['pattern'],
                 record['calibration']) == ('compressed', budget, 'auto', 0)
@@ -134,14 +137,19 @@ def test_a_tiny_run_trains_compresses_and_records(tmp_path, capsys):
         assert record['dense_model_bytes'] == dense['model_bytes']
         assert record['ratio'] == record['model_bytes'] / dense['model_bytes'] < 1
         assert record['compress_seconds'] > 0
+        # The layers compressed, and those left dense (/embed at 1/32).
+        kept = sum(layer['stored_bytes'] for layer in record['layers']) + sum(
+            dense_linears[path] for path in record['skipped'])
+        assert record['linears_ratio'] == pytest.approx(kept / sum(dense_linears.values()))
+        assert record['linears_ratio'] < record['ratio'] < 1
         assert len(record['layers']) + len(record['skipped']) == 14
         for layer in record['layers']:
             assert {'path', 'pattern', 'knobs', 'stored_bytes', 'dense_bytes', 'error'} <= set(
                 layer) and layer['stored_bytes'] < layer['dense_bytes']
     assert thirty_second['model_bytes'] < eighth['model_bytes']
-    assert '| dense | | | 1 | 1 | {:.4f} |'.format(dense['accuracy']) in stdout
-    assert '| 1/8 | auto | 0 | 1 | {:.4f} | {:.4f} | {:.2f} |'.format(
-        eighth['ratio'], eighth['accuracy'],
+    assert '| dense | | | 1 | 1 | 1 | {:.4f} |'.format(dense['accuracy']) in stdout
+    assert '| 1/8 | auto | 0 | 1 | {:.4f} | {:.4f} | {:.4f} | {:.2f} |'.format(
+        eighth['linears_ratio'], eighth['ratio'], eighth['accuracy'],
         100 * (eighth['accuracy'] - dense['accuracy'])) in stdout
     assert stdout.index('| 1/8 |') < stdout.index('| 1/32 |')
 
@@ -209,7 +217,7 @@ def test_the_table_of_a_folder_or_a_file_of_records(tmp_path, capsys):
     def record(seed, accuracy, dense_accuracy, budget='1/8'):
         return dict(variant='compressed', seed=seed, budget=budget, pattern='auto',
                     calibration=0, accuracy=accuracy, dense_accuracy=dense_accuracy,
-                    ratio=0.125, compress_seconds=2.0)
+                    linears_ratio=0.125, ratio=0.175, compress_seconds=2.0)
 
     records = [dict(variant='dense', seed=0, accuracy=0.88, seconds_per_epoch=60.0),
                dict(variant='dense', seed=1, accuracy=0.86, seconds_per_epoch=80.0),
@@ -219,9 +227,10 @@ def test_the_table_of_a_folder_or_a_file_of_records(tmp_path, capsys):
     for out in (tmp_path, path):
         assert transformer.main(['--table', '--out', str(out)]) == 0
         lines = capsys.readouterr().out.splitlines()
-        assert lines[2] == '| dense | | | 2 | 1 | 0.8700 ± 0.0141 | | 70.0 s/epoch |'
-        assert lines[3] == '| 1/8 | auto | 0 | 2 | 0.1250 | 0.8500 ± 0.0283 | -2.00 ± 1.41 | 2.0 |'
-        assert lines[4] == '| 1/32 | auto | 0 | 1 | 0.1250 | 0.8500 | -3.00 | 2.0 |'
+        assert lines[2] == '| dense | | | 2 | 1 | 1 | 0.8700 ± 0.0141 | | 70.0 s/epoch |'
+        assert lines[3] == ('| 1/8 | auto | 0 | 2 | 0.1250 | 0.1750 | 0.8500 ± 0.0283 | '
+                            '-2.00 ± 1.41 | 2.0 |')
+        assert lines[4] == '| 1/32 | auto | 0 | 1 | 0.1250 | 0.1750 | 0.8500 | -3.00 | 2.0 |'
     assert transformer.main(['--table', '--out', str(tmp_path / 'none')]) == 2
     assert 'holds no records: nothing to print' in capsys.readouterr().err
 

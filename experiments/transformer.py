@@ -232,6 +232,9 @@ def dense_model(train_set, val_set, args, seed, records):
                                    'it away to train it again'.format(path, records.path))
         chainer.serializers.load_npz(path, model)
         return model, record
+    if record is not None:
+        raise utils.UsageError('{} records a dense model of seed {}, but {} is missing: put it '
+                               'back, or choose another --out'.format(records.path, seed, path))
     log, cpu_seconds = train(model, train_set, val_set, args, seed,
                              os.path.join(args.out, 'runs', 'seed{}'.format(seed)))
     chainer.serializers.save_npz(path, model)

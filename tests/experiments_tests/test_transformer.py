@@ -213,6 +213,17 @@ def test_a_dense_model_without_its_record_is_refused(tmp_path, capsys):
     assert (out / 'dense-seed0.npz').read_bytes() == b'not ours'
 
 
+def test_a_recorded_dense_model_that_is_missing_is_refused(tmp_path, capsys):
+    out = tmp_path / 'tiny'
+    assert transformer.main(TINY + ['--budgets', '1/8', '--out', str(out)]) == 0
+    (out / 'dense-seed0.npz').unlink()
+    capsys.readouterr()
+    assert transformer.main(TINY + ['--budgets', '1/16', '--out', str(out)]) == 2
+    assert 'records a dense model of seed 0, but {} is missing'.format(
+        out / 'dense-seed0.npz') in capsys.readouterr().err
+    assert len(read_records(out)) == 2
+
+
 def test_the_table_of_a_folder_or_a_file_of_records(tmp_path, capsys):
     def record(seed, accuracy, dense_accuracy, budget='1/8'):
         return dict(variant='compressed', seed=seed, budget=budget, pattern='auto',

@@ -290,6 +290,7 @@ class ClusteredLinear(VirtualLinear):
     weight_names = ('W',)
     # W's shape does not tell the sizes, and the index is saved packed.
     saved_options = ('n_clusters', 'in_size', 'out_size')
+    caches_dense_weight_by_default = True
 
     def __init__(
             self,
@@ -357,6 +358,9 @@ class ClusteredLinear(VirtualLinear):
 
     def _dense_weight_rows(self, rows):
         return self.W.array[self.index[rows]]
+
+    def _dense_weight_state(self):
+        return super()._dense_weight_state() + (self.index,)
 
     def _apply(self, x, n_batch_axes):
         return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes,

@@ -194,6 +194,9 @@ class ClusteredLowRankLinear(VirtualLinear):
         U_index, V_index = self._indices()
         return factor_product(self.U.array[U_index], self.V.array[V_index])
 
+    def _dense_weight_state(self):
+        return super()._dense_weight_state() + tuple(self._indices())
+
     def _apply(self, x, n_batch_axes):
         U, V = self.factors()
         return low_rank_linear(x, U, V, self.b, n_batch_axes)

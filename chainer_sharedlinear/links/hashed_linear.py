@@ -79,6 +79,7 @@ class HashedLinear(VirtualLinear):
     # W's shape does not tell the sizes: saving them makes a file of another
     # layer a clear error instead of another function.
     saved_options = ('n_weights', 'seed', 'in_size', 'out_size')
+    caches_dense_weight_by_default = True
 
     def __init__(
             self,
@@ -153,7 +154,7 @@ class HashedLinear(VirtualLinear):
 
     def __getstate__(self):
         # The index map is recomputed where it is needed: neither pickled nor deep-copied.
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state['_index_map'] = None
         return state
 

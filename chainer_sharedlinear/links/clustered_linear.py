@@ -290,7 +290,7 @@ class ClusteredLinear(VirtualLinear):
     weight_names = ('W',)
     # W's shape does not tell the sizes, and the index is saved packed.
     saved_options = ('n_clusters', 'in_size', 'out_size')
-    caches_dense_weight_by_default = True
+    keeps_decoded_weight_by_default = True
 
     def __init__(
             self,

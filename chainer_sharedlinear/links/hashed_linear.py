@@ -79,7 +79,7 @@ class HashedLinear(VirtualLinear):
     # W's shape does not tell the sizes: saving them makes a file of another
     # layer a clear error instead of another function.
     saved_options = ('n_weights', 'seed', 'in_size', 'out_size')
-    caches_dense_weight_by_default = True
+    keeps_decoded_weight_by_default = True
 
     def __init__(
             self,

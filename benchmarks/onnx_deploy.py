@@ -254,11 +254,12 @@ def main(argv=None) -> int:
         for pattern in args.patterns:
             rows.append(measure(pattern, folder, dense_path, args))
             print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    print('MLP {} at {:.4g} of its bytes, opset {}; onnxruntime {}, default session options; '
+    print('MLP {} at {:.4g} of its bytes, opset {}; {}; '
           'Chainer {}, NumPy {}, {}; {} CPUs ({}), OPENBLAS_NUM_THREADS={}; times: medians of '
           'the rounds\' ratios (their quartiles), on a machine that may be busy'.format(
               '-'.join(map(str, args.sizes)), args.budget, args.opset_version,
-              '—' if args.chainer_only else _ort_version(), chainer.__version__,
+              'onnxruntime not measured' if args.chainer_only else
+              'onnxruntime {}, default session options'.format(_ort_version()), chainer.__version__,
               numpy.__version__, _train_batch(), len(os.sched_getaffinity(0)), cpu_name(),
               os.environ.get('OPENBLAS_NUM_THREADS', 'unset')))
     print(format_table(rows))

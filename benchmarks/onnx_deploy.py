@@ -259,8 +259,9 @@ def main(argv=None) -> int:
           'the rounds\' ratios (their quartiles), on a machine that may be busy'.format(
               '-'.join(map(str, args.sizes)), args.budget, args.opset_version,
               'onnxruntime not measured' if args.chainer_only else
-              'onnxruntime {}, default session options'.format(_ort_version()), chainer.__version__,
-              numpy.__version__, _train_batch(), len(os.sched_getaffinity(0)), cpu_name(),
+              'onnxruntime {}, default session options'.format(_ort_version()),
+              chainer.__version__, numpy.__version__, _train_batch(),
+              len(os.sched_getaffinity(0)), cpu_name(),
               os.environ.get('OPENBLAS_NUM_THREADS', 'unset')))
     print(format_table(rows))
     return 0

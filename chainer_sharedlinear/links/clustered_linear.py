@@ -239,6 +239,9 @@ class ClusteredLinear(VirtualLinear):
       256 clusters, 2 bytes up to 2**16) and the codebook; while training, the
       gathered ``V`` and its gradient as well, as a dense layer's weight and
       gradient;
+    - in inference (test mode without a graph), the dense ``V`` and a copy of the index
+      and the codebook, kept between calls so that a call costs a dense layer's time
+      (:attr:`keep_decoded_weight`, ``True`` by default);
     - in a saved file, the codebook and the index at
       ``ceil(log2(n_clusters))`` bits a weight (4 bits for 16 clusters), with the
       integers ``n_clusters``, ``in_size`` and ``out_size``; loading a file

@@ -33,9 +33,11 @@ class HashedLinear(VirtualLinear):
     and kept in memory, 4 bytes per virtual weight (each one's place in
     ``[W, -W]``, ``signed_hashed_index``),
     or, with ``keep_index_map=False``, computed again on every call. It is
-    never saved: a saved layer holds ``W``, ``b`` and the integers
-    ``n_weights``, ``seed``, ``in_size`` and ``out_size``, and loading it into
-    a layer that differs in any of them is a ``ValueError``.
+    never saved. In inference (test mode without a graph) the layer keeps its dense ``V``
+    between calls (:attr:`keep_decoded_weight`, ``True`` by default). A saved layer
+    holds ``W``, ``b`` and the integers ``n_weights``, ``seed``, ``in_size`` and
+    ``out_size``, and loading it into a layer that differs in any of them is a
+    ``ValueError``.
 
     Args:
         in_size (int or None): The size of the inputs; ``None`` defers it to

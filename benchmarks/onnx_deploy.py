@@ -16,7 +16,13 @@ table gives:
 - ``b1``, ``b256``: the latency of a call at batch 1 and 256 over the dense
   model's, in one process, the two sessions called alternately
   (:func:`benchmarks.measure.time_round_robin`); the median of the rounds'
-  ratios, and their quartiles: the machine may be busy.
+  ratios, and their quartiles: the machine may be busy;
+- the Chainer columns of :mod:`benchmarks.chainer_deploy`: the npz file's size,
+  the latency in test mode without a graph at batch 1 and 256 and the time of a
+  training step, each over the dense model's, and the peak memory of a step.
+
+``--sizes 1000 1000`` measures one layer instead of the MLP; ``--chainer-only``
+leaves out onnxruntime.
 """
 
 import argparse
@@ -39,6 +45,7 @@ import chainer.functions as F  # noqa: E402
 import chainer.links as L  # noqa: E402
 import numpy  # noqa: E402
 
+from benchmarks.chainer_deploy import chainer_columns, median_and_quartiles  # noqa: E402
 from benchmarks.measure import time_round_robin  # noqa: E402
 
 #: The patterns the table compares with the dense model, in its order: those of
@@ -97,18 +104,23 @@ def compressed(model: chainer.Sequential, budget: float, pattern: str) -> None:
     compress_linears(model, budget, pattern=pattern, allocation='layer')
 
 
-def exported(pattern: tp.Optional[str], budget: float, path: str,
-             opset_version: int = OPSET_VERSION) -> None:
-    """Writes the ONNX file of :func:`mlp` to ``path``, compressed by ``pattern`` if any."""
-    from chainer_sharedlinear.onnx_export import export
-    model = mlp()
+def model_of(pattern: tp.Optional[str], budget: float, sizes=SIZES) -> chainer.Sequential:
+    """:func:`mlp` of ``sizes``, compressed by ``pattern`` if any."""
+    model = mlp(sizes)
     if pattern is not None:
         compressed(model, budget, pattern)
+    return model
+
+
+def exported(pattern: tp.Optional[str], budget: float, path: str,
+             opset_version: int = OPSET_VERSION, sizes=SIZES) -> None:
+    """Writes the ONNX file of :func:`model_of` to ``path``."""
+    from chainer_sharedlinear.onnx_export import export
     with warnings.catch_warnings():
         # onnx_chainer says it was tested up to opset 11 only.
         warnings.filterwarnings('ignore', message='ONNX-Chainer has been tested only')
-        export(model, numpy.zeros((1, SIZES[0]), numpy.float32), path,
-               opset_version=opset_version)
+        export(model_of(pattern, budget, sizes), numpy.zeros((1, sizes[0]), numpy.float32),
+               path, opset_version=opset_version)
 
 
 def session_memory(path: str) -> dict:
@@ -133,9 +145,9 @@ def _session(path: str):
 
 
 def latency_ratios(path: str, dense_path: str, batch: int, rounds: int,
-                   seconds: float) -> tp.List[float]:
+                   seconds: float, in_size: int = SIZES[0]) -> tp.List[float]:
     """Per round, the time of a call of ``path``'s model over the dense model's, alternated."""
-    x = numpy.random.default_rng(0).standard_normal((batch, SIZES[0])).astype(numpy.float32)
+    x = numpy.random.default_rng(0).standard_normal((batch, in_size)).astype(numpy.float32)
     sessions = {'model': _session(path), 'dense': _session(dense_path)}
     steps = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
              for name, s in sessions.items()}
@@ -145,31 +157,69 @@ def latency_ratios(path: str, dense_path: str, batch: int, rounds: int,
 
 
 def measure(pattern: tp.Optional[str], folder: str, dense_path: str, args) -> dict:
+    """The row of ``pattern`` (the dense model's for ``None``): every column of the table."""
+    sizes = tuple(args.sizes)
+    row = {'pattern': pattern or 'dense'}
+    row.update(chainer_columns(model_of(pattern, args.budget, sizes), mlp(sizes), sizes[0],
+                               BATCHES, args.rounds, args.seconds))
+    if args.chainer_only:
+        return row
     path = os.path.join(folder, '{}.onnx'.format(pattern or 'dense'))
-    exported(pattern, args.budget, path, args.opset_version)
+    exported(pattern, args.budget, path, args.opset_version, sizes)
     loads = [session_memory(path) for _ in range(args.loads)]
-    row = {'pattern': pattern or 'dense', 'file_bytes': os.path.getsize(path)}
+    row['file_bytes'] = os.path.getsize(path)
     for key in ('seconds', 'peak', 'held'):
         row[key] = statistics.median(load[key] for load in loads)
     for batch in BATCHES:
-        ratios = latency_ratios(path, dense_path, batch, args.rounds, args.seconds)
-        quartiles = statistics.quantiles(ratios, n=4)
-        row['b{}'.format(batch)] = quartiles[1]
-        row['b{}_range'.format(batch)] = (quartiles[0], quartiles[2])
+        key = 'b{}'.format(batch)
+        row[key], row[key + '_range'] = median_and_quartiles(
+            latency_ratios(path, dense_path, batch, args.rounds, args.seconds, sizes[0]))
     return row
 
 
+#: The table's columns: heading, and how a row shows it (``None``: not measured).
+COLUMNS = (
+    ('npz', lambda row: _bytes(row.get('npz'))),
+    ('ONNX', lambda row: _bytes(row.get('file_bytes'))),
+    ('ORT load', lambda row: _format('{:.3f} s', row.get('seconds'))),
+    ('ORT peak over bare', lambda row: _mib(row.get('peak'))),
+    ('ORT held', lambda row: _mib(row.get('held'))),
+    ('ORT b1 / dense', lambda row: _ratio(row, 'b1')),
+    ('ORT b256 / dense', lambda row: _ratio(row, 'b256')),
+    ('Chainer b1 / dense', lambda row: _ratio(row, 'chainer_b1')),
+    ('Chainer b256 / dense', lambda row: _ratio(row, 'chainer_b256')),
+    ('train step / dense', lambda row: _ratio(row, 'step')),
+    ('train step peak', lambda row: _mib(row.get('step_memory'), '{:.1f} MiB')),
+)
+
+
 def format_table(rows) -> str:
-    lines = ['| pattern | file | ORT load | peak over bare | held | b1 / dense | b256 / dense |',
-             '|---|---:|---:|---:|---:|---:|---:|']
+    """The Markdown table of ``rows``, a row a pattern, ``—`` where a column was not measured."""
+    lines = ['| pattern | {} |'.format(' | '.join(name for name, _ in COLUMNS)),
+             '|---|{}'.format('---:|' * len(COLUMNS))]
     for row in rows:
-        lines.append('| {} | {:.2f} MB | {:.3f} s | {:.0f} MiB | {:.0f} MiB | {} | {} |'.format(
-            row['pattern'], row['file_bytes'] / 1e6, row['seconds'], row['peak'] / 2 ** 20,
-            row['held'] / 2 ** 20, _ratio(row, 'b1'), _ratio(row, 'b256')))
+        lines.append('| {} | {} |'.format(row['pattern'], ' | '.join(
+            show(row) for _, show in COLUMNS)))
     return '\n'.join(lines)
 
 
+def _format(template: str, value) -> str:
+    return '—' if value is None else template.format(value)
+
+
+def _bytes(value) -> str:
+    if value is None:
+        return '—'
+    return '{:.2f} MB'.format(value / 1e6) if value >= 1e6 else '{:.1f} KB'.format(value / 1e3)
+
+
+def _mib(value, template: str = '{:.0f} MiB') -> str:
+    return _format(template, None if value is None else value / 2 ** 20)
+
+
 def _ratio(row, key) -> str:
+    if key not in row:
+        return '—'
     low, high = row[key + '_range']
     return '{:.2f} ({:.2f}-{:.2f})'.format(row[key], low, high)
 
@@ -177,6 +227,11 @@ def _ratio(row, key) -> str:
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--patterns', nargs='+', default=list(PATTERNS), choices=PATTERNS)
+    parser.add_argument('--sizes', type=int, nargs='+', default=list(SIZES),
+                        help='the sizes of the MLP (default {}); two for one layer'.format(
+                            ' '.join(map(str, SIZES))))
+    parser.add_argument('--chainer-only', action='store_true',
+                        help='measure the Chainer columns only, not onnxruntime')
     parser.add_argument('--budget', type=float, default=1 / 8,
                         help='the fraction of each layer\'s bytes kept (default 1/8)')
     parser.add_argument('--opset-version', type=int, default=OPSET_VERSION,
@@ -195,15 +250,38 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         dense_path = os.path.join(folder, 'dense.onnx')
         rows = [measure(None, folder, dense_path, args)]
+        print(format_table(rows), file=sys.stderr, flush=True)
         for pattern in args.patterns:
             rows.append(measure(pattern, folder, dense_path, args))
             print(format_table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    print('MLP {} at {:.4g} of its bytes, opset {}; onnxruntime {}, default session options; '
-          '{} CPUs; latency: medians of the rounds\' ratios (their quartiles), on a machine '
-          'that may be busy'.format('-'.join(map(str, SIZES)), args.budget, args.opset_version,
-                                    _ort_version(), len(os.sched_getaffinity(0))))
+    print('MLP {} at {:.4g} of its bytes, opset {}; {}; '
+          'Chainer {}, NumPy {}, {}; {} CPUs ({}), OPENBLAS_NUM_THREADS={}; times: medians of '
+          'the rounds\' ratios (their quartiles), on a machine that may be busy'.format(
+              '-'.join(map(str, args.sizes)), args.budget, args.opset_version,
+              'onnxruntime not measured' if args.chainer_only else
+              'onnxruntime {}, default session options'.format(_ort_version()),
+              chainer.__version__, numpy.__version__, _train_batch(),
+              len(os.sched_getaffinity(0)), cpu_name(),
+              os.environ.get('OPENBLAS_NUM_THREADS', 'unset')))
     print(format_table(rows))
     return 0
+
+
+def cpu_name() -> str:
+    """The model name of the CPU, from ``/proc/cpuinfo`` (``unknown`` elsewhere)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown'
+
+
+def _train_batch() -> str:
+    from benchmarks.chainer_deploy import TRAIN_BATCH
+    return 'training step at batch {}'.format(TRAIN_BATCH)
 
 
 def _ort_version() -> str:

@@ -62,6 +62,20 @@ def gather(W, index, sign):
 _GATHER_BLOCK = 2 ** 16
 
 
+def dense_product(x, V, b=None):
+    """``x · Vᵀ + b`` of arrays: in the accumulation dtype, rounded to ``x``'s.
+
+    The forward pass of :class:`TiedLinearFunction` once ``V`` is gathered, and
+    of a layer that keeps its dense weight (``VirtualLinear.cache_dense_weight``):
+    the same arithmetic, so that both give the same outputs bit for bit.
+    """
+    dtype = _dtypes.accumulation_dtype(x.dtype, V.dtype)
+    y = _dtypes.as_dtype(_dtypes.as_dtype(x, dtype).dot(_dtypes.as_dtype(V, dtype).T), x.dtype)
+    if b is not None:
+        y += b
+    return y
+
+
 class TiedLinearFunction(function_node.FunctionNode):
     """``y = x · Vᵀ + b`` with ``V = sign · W.ravel()[index]``, for ``x`` of ``(N, in_size)``.
 
@@ -96,12 +110,7 @@ class TiedLinearFunction(function_node.FunctionNode):
         x, W = inputs[:2]
         self.retain_inputs((0, 1))
         self._V = gather(W, self.index, self.sign)
-        dtype = _dtypes.accumulation_dtype(x.dtype, W.dtype)
-        y = _dtypes.as_dtype(
-            _dtypes.as_dtype(x, dtype).dot(_dtypes.as_dtype(self._V, dtype).T), x.dtype)
-        if len(inputs) == 3:
-            y += inputs[2]
-        return y,
+        return dense_product(x, self._V, inputs[2] if len(inputs) == 3 else None),
 
     def backward(self, indexes, grad_outputs):
         x, W = self.get_retained_inputs()

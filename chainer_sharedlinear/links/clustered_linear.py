@@ -239,6 +239,9 @@ class ClusteredLinear(VirtualLinear):
       256 clusters, 2 bytes up to 2**16) and the codebook; while training, the
       gathered ``V`` and its gradient as well, as a dense layer's weight and
       gradient;
+    - in inference (test mode without a graph), the dense ``V`` and a copy of the index
+      and the codebook, kept between calls so that a call costs a dense layer's time
+      (:attr:`keep_decoded_weight`, ``True`` by default);
     - in a saved file, the codebook and the index at
       ``ceil(log2(n_clusters))`` bits a weight (4 bits for 16 clusters), with the
       integers ``n_clusters``, ``in_size`` and ``out_size``; loading a file
@@ -290,6 +293,7 @@ class ClusteredLinear(VirtualLinear):
     weight_names = ('W',)
     # W's shape does not tell the sizes, and the index is saved packed.
     saved_options = ('n_clusters', 'in_size', 'out_size')
+    keeps_decoded_weight_by_default = True
 
     def __init__(
             self,
@@ -357,6 +361,9 @@ class ClusteredLinear(VirtualLinear):
 
     def _dense_weight_rows(self, rows):
         return self.W.array[self.index[rows]]
+
+    def _dense_weight_state(self):
+        return super()._dense_weight_state() + (self.index,)
 
     def _apply(self, x, n_batch_axes):
         return apply_tied_linear(x, self.W, self.index, None, self.b, n_batch_axes,

@@ -19,7 +19,7 @@ from chainer import initializers
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.functions.clustered_linear import index_bits, pack_index, packed_size
 from chainer_sharedlinear.functions.low_rank_linear import low_rank_linear
-from chainer_sharedlinear.functions.tied_linear import TiedWeight
+from chainer_sharedlinear.functions.tied_linear import TiedWeight, dense_product
 from chainer_sharedlinear.links.clustered_linear import cluster, unpack_saved_index
 from chainer_sharedlinear.links.low_rank_linear import LowRankLinear, factor_product
 from chainer_sharedlinear.links.virtual_linear import VirtualLinear, read_saved
@@ -98,6 +98,7 @@ class ClusteredLowRankLinear(VirtualLinear):
     """
 
     weight_names = ('U', 'V')
+    keeps_decoded_weight_by_default = True
     #: The fixed index of each codebook, in the order of ``weight_names``.
     index_names = ('U_index', 'V_index')
     # The codebooks' shapes tell neither the rank nor the sizes, and the indices are saved packed.
@@ -193,6 +194,23 @@ class ClusteredLowRankLinear(VirtualLinear):
         """The weight ``U[U_index] · V[V_index]``, ``(out_size, in_size)``."""
         U_index, V_index = self._indices()
         return factor_product(self.U.array[U_index], self.V.array[V_index])
+
+    def _dense_weight_state(self):
+        return super()._dense_weight_state() + tuple(self._indices())
+
+    def _decode(self):
+        # The two gathered factors where they hold fewer numbers than the dense weight (and
+        # so take fewer multiply-adds), else the dense weight.
+        if self.rank * (self.in_size + self.out_size) < self.in_size * self.out_size:
+            return tuple(codebook.array[index] for codebook, index in
+                         zip((self.U, self.V), self._indices()))
+        return super()._decode()
+
+    def _apply_decoded(self, x, decoded, b):
+        if len(decoded) == 1:
+            return super()._apply_decoded(x, decoded, b)
+        U, V = decoded
+        return dense_product(dense_product(x, V), U, b)
 
     def _apply(self, x, n_batch_axes):
         U, V = self.factors()

@@ -33,9 +33,11 @@ class HashedLinear(VirtualLinear):
     and kept in memory, 4 bytes per virtual weight (each one's place in
     ``[W, -W]``, ``signed_hashed_index``),
     or, with ``keep_index_map=False``, computed again on every call. It is
-    never saved: a saved layer holds ``W``, ``b`` and the integers
-    ``n_weights``, ``seed``, ``in_size`` and ``out_size``, and loading it into
-    a layer that differs in any of them is a ``ValueError``.
+    never saved. In inference (test mode without a graph) the layer keeps its dense ``V``
+    between calls (:attr:`keep_decoded_weight`, ``True`` by default). A saved layer
+    holds ``W``, ``b`` and the integers ``n_weights``, ``seed``, ``in_size`` and
+    ``out_size``, and loading it into a layer that differs in any of them is a
+    ``ValueError``.
 
     Args:
         in_size (int or None): The size of the inputs; ``None`` defers it to
@@ -79,6 +81,7 @@ class HashedLinear(VirtualLinear):
     # W's shape does not tell the sizes: saving them makes a file of another
     # layer a clear error instead of another function.
     saved_options = ('n_weights', 'seed', 'in_size', 'out_size')
+    keeps_decoded_weight_by_default = True
 
     def __init__(
             self,
@@ -153,7 +156,7 @@ class HashedLinear(VirtualLinear):
 
     def __getstate__(self):
         # The index map is recomputed where it is needed: neither pickled nor deep-copied.
-        state = self.__dict__.copy()
+        state = super().__getstate__()
         state['_index_map'] = None
         return state
 

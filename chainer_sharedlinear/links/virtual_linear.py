@@ -17,6 +17,8 @@ import numpy
 from chainer import backend, initializers, link, variable
 
 from chainer_sharedlinear import _checks
+from chainer_sharedlinear.functions import shapes
+from chainer_sharedlinear.functions.tied_linear import dense_product
 
 
 def weight_hook_types() -> tp.Tuple[type, ...]:
@@ -108,6 +110,9 @@ class VirtualLinear(link.Link):
     #: The integers saved with the parameters and checked on loading: the
     #: options (or sizes) that the shapes of the weights do not tell.
     saved_options: tp.Tuple[str, ...] = ()
+    #: :attr:`keep_decoded_weight` of a layer of this pattern unless set on the layer: ``True``
+    #: for the patterns that gather their whole dense weight on every call.
+    keeps_decoded_weight_by_default: bool = False
 
     def __init__(self, in_size, out_size, *, nobias: bool, initial_bias) -> None:
         super().__init__()
@@ -180,6 +185,12 @@ class VirtualLinear(link.Link):
     def _apply(self, x, n_batch_axes: int):
         """*Pattern.* The layer's function applied to ``x``."""
         raise NotImplementedError
+
+    def _dense_weight_state(self) -> tp.Tuple[tp.Any, ...]:
+        """*Pattern, if it keeps more.* The arrays that the dense weight is a function of,
+        with :meth:`_options` and ``in_size``: the weight parameters' arrays, and any other
+        array the pattern keeps (a fixed index)."""
+        return tuple(getattr(self, name).array for name in self.weight_names)
 
     def _check_weight_hook(self, hook: chainer.LinkHook) -> None:
         """*Pattern.* Raises unless ``hook``, of :func:`weight_hook_types`, is right here."""
@@ -263,7 +274,127 @@ class VirtualLinear(link.Link):
         """
         if not self._is_initialized:
             self._initialize_params(_checks.in_size_of(x.shape, n_batch_axes))
-        return self._apply(x, n_batch_axes)
+        if (chainer.config.train or chainer.config.enable_backprop
+                or not self.keep_decoded_weight or self._has_weight_hook()):
+            # Dropped outside inference, so that training does not hold it as well.
+            self._decoded = None
+            return self._apply(x, n_batch_axes)
+        matrix, batch_shape = shapes.as_matrix(chainer.as_array(x), n_batch_axes)
+        matrix = chainer.as_array(matrix)
+        b = None if self.b is None else self.b.array
+        if (matrix.ndim != 2 or matrix.dtype.kind != 'f' or matrix.shape[1] != self.in_size
+                or (b is not None and b.dtype != matrix.dtype)):
+            return self._apply(x, n_batch_axes)  # whose type check says what is wrong
+        y = self._apply_decoded(matrix, self.decoded_weight(), b)
+        return shapes.with_batch_axes(variable.Variable(y, requires_grad=False), batch_shape)
+
+    # --- the decoded weight kept for inference ---------------------------------------------
+
+    @property
+    def keep_decoded_weight(self) -> bool:
+        """Whether calls in test mode without a graph keep the decoded weight and reuse it.
+
+        In ``chainer.using_config('train', False)`` and
+        ``chainer.no_backprop_mode()`` together, a layer that keeps its decoded weight
+        computes with the arrays it decoded at its first such call
+        (:meth:`decoded_weight`): its dense weight, ``out_size · in_size`` numbers, so
+        that a call takes a dense layer's time (a pattern may keep smaller arrays
+        instead: ``ClusteredLowRankLinear`` keeps its two gathered factors where they
+        hold fewer numbers than the dense weight). It also keeps a copy of what the
+        weight is made from: its stored parameters, and its index if it has one.
+        Any other call computes as the pattern does and lets the kept arrays go. The
+        outputs are those of the pattern's own computation, up to the order of the
+        sums (bit for bit for a layer that gathers its weight).
+
+        Before each use, what the weight is made from is checked against the copy, byte
+        for byte: an optimizer's update, a loaded file, ``copyparams``, ``to_device`` or
+        a parameter set by hand makes it again, never a stale result. The check reads
+        the stored parameters and the index (a fraction of the dense weight).
+
+        ``True`` by default for :class:`~chainer_sharedlinear.ClusteredLinear`,
+        :class:`~chainer_sharedlinear.HashedLinear` and
+        :class:`~chainer_sharedlinear.ClusteredLowRankLinear`, which would otherwise
+        gather their weight on every call (several dense products' time at batch 1);
+        ``False`` for the patterns that compute from their factors. Set it on a layer
+        to choose: ``False`` keeps to the memory of the layer's stored parameters, at
+        the cost of the gather on every call; ``True`` on a ``KroneckerLinear`` whose
+        terms cost more multiply-adds than the dense product makes it run at the
+        dense layer's time. Setting it to ``False`` lets the kept arrays go.
+
+        .. admonition:: Example
+
+            >>> import chainer
+            >>> import numpy as np
+            >>> from chainer_sharedlinear import HashedLinear
+            >>> layer = HashedLinear(1000, 900, n_weights=900 * 1000 // 8)
+            >>> layer.keep_decoded_weight
+            True
+            >>> x = np.ones((1, 1000), np.float32)
+            >>> with chainer.using_config('train', False), chainer.no_backprop_mode():
+            ...     y = layer(x)
+            >>> layer.decoded_weight_bytes()  # the dense weight and a copy of W
+            4050000
+            >>> layer.keep_decoded_weight = False  # the memory back, a gather per call
+            >>> layer.decoded_weight_bytes()
+            0
+        """
+        return self.__dict__.get('_keep_decoded_weight', self.keeps_decoded_weight_by_default)
+
+    @keep_decoded_weight.setter
+    def keep_decoded_weight(self, value: bool) -> None:
+        self._keep_decoded_weight = bool(value)
+        if not value:
+            self._decoded = None
+
+    def decoded_weight(self) -> tp.Tuple[tp.Any, ...]:
+        """The arrays that inference keeps, made again if anything they come from changed.
+
+        What :attr:`keep_decoded_weight` uses: ``(dense_weight(),)``, or the pattern's
+        own (see :attr:`keep_decoded_weight`). The arrays are the layer's, not to be
+        written to.
+        """
+        state = self._dense_weight_state()
+        key = (self.device, self.in_size, tuple(self._options().items()))
+        kept = self.__dict__.get('_decoded')
+        if (kept is None or kept[0] != key or len(kept[1]) != len(state)
+                or not all(map(_same_bytes, state, kept[1]))):
+            self._decoded = None  # the old arrays go before the new ones are made
+            kept = key, tuple(self.xp.array(array, copy=True) for array in state), \
+                self._decode()
+            self._decoded = kept
+        return kept[2]
+
+    def decoded_weight_bytes(self) -> int:
+        """The bytes that the kept decoded weight and its copy of the state take now, or 0."""
+        kept = self.__dict__.get('_decoded')
+        if kept is None:
+            return 0
+        return sum(array.nbytes for array in kept[1] + kept[2])
+
+    def _decode(self) -> tp.Tuple[tp.Any, ...]:
+        """*Pattern, optional.* The arrays that :meth:`_apply_decoded` computes with."""
+        return self.dense_weight(),
+
+    def _apply_decoded(self, x, decoded: tp.Tuple[tp.Any, ...], b):
+        """*Pattern, optional.* ``x · Vᵀ + b`` of the arrays ``x`` and ``b`` with
+        :meth:`_decode`'s arrays."""
+        return dense_product(x, decoded[0], b)
+
+    def _has_weight_hook(self) -> bool:
+        # A hook that reparametrises a weight changes it on every call.
+        return any(isinstance(hook, weight_hook_types())
+                   for hook in self.local_link_hooks.values())
+
+    def device_resident_accept(self, visitor):
+        super().device_resident_accept(visitor)
+        self._decoded = None
+
+    def __getstate__(self):
+        # The kept dense weight is made again where it is needed: neither pickled nor
+        # deep-copied.
+        state = self.__dict__.copy()
+        state['_decoded'] = None
+        return state
 
     def _dense_weight_slices(self) -> tp.Iterator[tp.Tuple[slice, tp.Any]]:
         """``(rows, dense_weight()[rows])`` for consecutive slices of rows (:func:`row_slices`).
@@ -403,6 +534,18 @@ class VirtualLinear(link.Link):
                                  .format(name, tuple(array.shape), self, name,
                                          _format_shape(shape)))
         return saved_in_size
+
+
+def _same_bytes(array, kept) -> bool:
+    """Whether ``array`` holds the bytes of ``kept`` (same module, dtype and shape): NaNs
+    compare equal, and the comparison reads words, not elements."""
+    if (type(array) is not type(kept) or array.dtype != kept.dtype
+            or array.shape != kept.shape):
+        return False
+    xp = backend.get_array_module(array)
+    array, kept = (xp.ascontiguousarray(a).reshape(-1).view(numpy.uint8) for a in (array, kept))
+    word = numpy.uint64 if array.size % 8 == 0 else numpy.uint8
+    return bool((array.view(word) == kept.view(word)).all())
 
 
 def read_saved(deserializer, name):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear import compress_linears, stored_bytes
-from chainer_sharedlinear.calibration import gather_statistics
+from chainer_sharedlinear.compress.calibration import gather_statistics
 from tests.examples_tests import import_script
 
 utils = import_script('examples', 'mnist3_utils')

@@ -10,7 +10,7 @@ import pytest
 
 from chainer_sharedlinear.onnx_export import export
 from tests.helpers import onnx_session, onnxruntime_or_skip, run_onnx, standard_normal
-from tests.transformer import EncoderBlock, gelu
+from tests.encoder_block import EncoderBlock, gelu
 
 # LayerNormalization is ONNX's own from opset 17, composed below it; Split takes its
 # sizes as an input from 13.

@@ -65,15 +65,14 @@ def compress_linears(model: chainer.Link, budget, *,
     knobs (or stays dense) that make the sum of the squared relative errors
     of the layers least within the total, an exact multiple-choice knapsack
     (:func:`~chainer_sharedlinear.compress.allocation.allocate`) over each
-    layer's candidates: each pattern's settings at the budgets of
-    ``LADDER`` (from all of a layer's bytes down to 1/1024) or, for a pattern
-    of several knobs, on its grid (``clustered_lowrank``: every bit width of
-    ``CLUSTERED_LOW_RANK_GRID_BITS`` at the ranks of
-    :func:`~chainer_sharedlinear.compress.patterns.rank_grid`), none larger
-    than the whole budget; and the dense layer. Use it to compress a model:
-    the layers that matter most (a small output layer) keep more. With
-    ``allocation='layer'`` each layer stores at most ``budget`` of its own
-    bytes (:func:`stored_bytes`, the bias included),
+    layer's candidates: each pattern's settings at the budgets of ``LADDER``
+    (from all of a layer's bytes down to 1/1024) or, for a pattern of
+    several knobs, on its grid (``clustered_lowrank``: every bit width of
+    ``CLUSTERED_LOW_RANK_GRID_BITS`` at the ranks of ``patterns.rank_grid``),
+    none larger than the whole budget; and the dense layer. Use it to
+    compress a model: the layers that matter most (a small output layer)
+    keep more. With ``allocation='layer'`` each layer stores at most
+    ``budget`` of its own bytes (:func:`stored_bytes`, the bias included),
     with the knobs of :func:`knobs_at_budget`: use it where each layer must
     fit on its own (a layer-by-layer memory limit), or to compare.
 
@@ -87,9 +86,7 @@ def compress_linears(model: chainer.Link, budget, *,
     weight's ``‖W − V‖ / ‖W‖``; ``lowrank`` is then the whitened SVD
     (SVD-LLM), and ``clustered`` and ``clustered_lowrank`` are rounded onto
     their codebooks with error feedback (GPTQ); ``clustered_lowrank``'s
-    candidates are scored as they are built, on a grid of ranks
-    (:func:`~chainer_sharedlinear.compress.patterns.rank_grid`) at the bit
-    widths of ``CLUSTERED_LOW_RANK_GRID_BITS``. Bad calibration data (an
+    candidates are scored as they are built. Bad calibration data (an
     empty set or batch, a NaN or an infinity, a batch the model refuses) is a
     :class:`~chainer_sharedlinear.compress.calibration.CalibrationError` before
     anything changes. A layer with fewer calibration samples than inputs is

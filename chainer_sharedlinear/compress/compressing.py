@@ -1,5 +1,6 @@
 """:func:`compress_linears`: the ``L.Linear`` links of a trained model replaced, in place."""
 
+import contextlib
 import dataclasses
 import fractions
 import math
@@ -9,11 +10,12 @@ import warnings
 
 import chainer
 import chainer.links as L
+import numpy
 from chainer import backend
 
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.compress.allocation import allocate
-from chainer_sharedlinear.compress.calibration import gather_statistics
+from chainer_sharedlinear.compress.calibration import _is_array, gather_statistics
 from chainer_sharedlinear.compress.candidates import _LayerFit
 from chainer_sharedlinear.compress.counting import _dense_bytes, _model_bytes, stored_bytes
 from chainer_sharedlinear.compress.patterns import (
@@ -63,7 +65,8 @@ def compress_linears(model: chainer.Link, budget, *,
     With ``allocation='model'`` (the default), ``budget`` is a fraction of the
     selected layers' bytes **together**: each layer gets the pattern and
     knobs (or stays dense) that make the sum of the squared relative errors
-    of the layers least within the total, an exact multiple-choice knapsack
+    of the layers (each weighted by its sensitivity with calibration data,
+    below) least within the total, an exact multiple-choice knapsack
     (:func:`~chainer_sharedlinear.compress.allocation.allocate`) over each
     layer's candidates: each pattern's settings at the budgets of ``LADDER``
     (from all of a layer's bytes down to 1/1024) or, for a pattern of
@@ -86,7 +89,15 @@ def compress_linears(model: chainer.Link, budget, *,
     weight's ``‖W − V‖ / ‖W‖``; ``lowrank`` is then the whitened SVD
     (SVD-LLM), and ``clustered`` and ``clustered_lowrank`` are rounded onto
     their codebooks with error feedback (GPTQ); ``clustered_lowrank``'s
-    candidates are scored as they are built. Bad calibration data (an
+    candidates are scored as they are built. With ``allocation='model'`` each
+    layer's squared error is weighted by its sensitivity, measured on the
+    calibration data: ``(‖Δy‖ / ‖y‖ / e)²`` for the change ``Δy`` of the model's
+    outputs ``y`` when that layer alone is replaced by its candidate of least
+    error ``e`` within its own share of the budget (HAWQ-V2's weights, measured
+    rather than from the Hessian): an error in a layer whose outputs the later
+    layers amplify costs more. Calibration data that can be run only once (an
+    iterator, a generator) leave every weight 1: give a list of batches or an
+    array. Bad calibration data (an
     empty set or batch, a NaN or an infinity, a batch the model refuses) is a
     :class:`~chainer_sharedlinear.compress.calibration.CalibrationError` before
     anything changes. A layer with fewer calibration samples than inputs is
@@ -240,8 +251,11 @@ def compress_linears(model: chainer.Link, budget, *,
 
     chosen = {}
     if allocation == 'model':
+        sensitivity = None
+        if statistics and _reiterable(calibration):
+            sensitivity = _Sensitivity(model, calibration)
         chosen = _allocate(model, include, fraction, names, why_not, layer_fit,
-                           allow_more_multiply_adds)
+                           allow_more_multiply_adds, sensitivity)
 
     def why_not_here(linear):
         why = why_not(linear)
@@ -307,7 +321,8 @@ def _selected_linears(model, include) -> tp.List[L.Linear]:
     return [c.link for c in candidates.values() if _selected(include, named, c)]
 
 
-def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_multiply_adds):
+def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_multiply_adds,
+              sensitivity=None):
     """The choice of each layer to compress: ``(pattern, knobs, errors)``, or ``None`` (dense).
 
     Every layer's candidates are scored before any layer changes; a layer that
@@ -341,8 +356,23 @@ def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_mu
         options.append((layer_options, least))
     if not layers:
         return {}
+    sensitivities = None
+    if sensitivity is not None:  # s_l = (the model's relative error / the layer's)²
+        sensitivities = []
+        for linear, dense, layer_candidates, (layer_options, _) in zip(layers, sizes, candidates,
+                                                                        options):
+            own = [i for i, (size, _) in enumerate(layer_candidates)
+                   if layer_options[i] is not None and size <= fraction * dense]
+            if not own:
+                sensitivities.append(1.0)
+                continue
+            pick = min(own, key=lambda i: (layer_candidates[i][1], layer_candidates[i][0]))
+            error = layer_candidates[pick][1]
+            layer = layer_fit(linear).build(*layer_options[pick])
+            model_error = sensitivity.model_error(linear, layer)
+            sensitivities.append(1.0 if error == 0 else max((model_error / error) ** 2, 1e-12))
     try:
-        allocated = allocate(candidates, budget)
+        allocated = allocate(candidates, budget, sensitivities=sensitivities)
     except ValueError as e:
         raise ValueError('compress_linears: the selected layers cannot be stored in {} of '
                          'their {:,} bytes: {}'.format(fraction, sum(sizes), e)) from None
@@ -351,6 +381,79 @@ def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_mu
         option = layer_options[choice]
         chosen[id(linear)] = None if option is None else option + (least,)
     return chosen
+def _reiterable(calibration) -> bool:
+    """Whether the calibration data can be run again (not a one-pass iterator)."""
+    try:
+        return iter(calibration) is not calibration
+    except TypeError:
+        return True  # an array
+
+
+class _Sensitivity:
+    """How much the model's outputs change when one layer's outputs change.
+
+    The outputs are every array the model returns on the calibration data (a
+    variable, or those of a tuple, list or dict), in float64 on the host.
+    """
+
+    def __init__(self, model, calibration):
+        self.model = model
+        self.calibration = calibration
+        self.dense = self._outputs(None)
+
+    def _outputs(self, hook):
+        batches = [self.calibration] if _is_array(self.calibration) else self.calibration
+        found = []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            with contextlib.ExitStack() as stack:
+                if hook is not None:
+                    stack.enter_context(hook)
+                for x in batches:
+                    found += [backend.CpuDevice().send(a).astype(numpy.float64).ravel()
+                              for a in _arrays_of(self.model(x))]
+        return numpy.concatenate(found) if found else numpy.zeros(0)
+
+    def model_error(self, linear, layer) -> float:
+        """``‖y' − y‖ / ‖y‖`` of the model's outputs with ``linear``'s replaced by ``layer``'s."""
+        outputs = self._outputs(_ReplacedOutput(linear, layer))
+        norm = float(numpy.linalg.norm(self.dense))
+        return float(numpy.linalg.norm(outputs - self.dense)) / norm if norm else 0.0
+
+
+class _ReplacedOutput(chainer.LinkHook):
+    """Overwrites the outputs of one ``L.Linear`` with those of another layer on its inputs."""
+
+    name = 'chainer_sharedlinear.compress.sensitivity'
+
+    def __init__(self, linear, layer):
+        self.linear = linear
+        self.layer = layer
+
+    def forward_postprocess(self, args):
+        if args.link is not self.linear:
+            return
+        x = args.args[0]
+        x = x.array if isinstance(x, chainer.Variable) else x
+        weight = self.layer.xp.asarray(self.layer.dense_weight())
+        rows = x.reshape(-1, weight.shape[1])
+        y = rows @ weight.T.astype(rows.dtype)
+        if self.layer.b is not None:
+            y = y + self.layer.b.array
+        args.out.array[...] = y.reshape(args.out.shape)
+
+
+def _arrays_of(outputs) -> tp.List:
+    if isinstance(outputs, chainer.Variable):
+        return [outputs.array]
+    if _is_array(outputs):
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [a for key in sorted(outputs, key=str) for a in _arrays_of(outputs[key])]
+    if isinstance(outputs, (tuple, list)):
+        return [a for output in outputs for a in _arrays_of(output)]
+    return []
+
+
 def _weight_hooks(linear) -> tp.List[str]:
     return [name for name, hook in linear.local_link_hooks.items()
             if isinstance(hook, weight_hook_types())]

@@ -91,3 +91,53 @@ def test_the_bias_is_corrected_by_default_with_calibration():
     expected = fitting.corrected_bias(stats, w, built.dense_weight(), b)
     np.testing.assert_allclose(built.b.array, expected, rtol=1e-4, atol=1e-5)
     assert not np.allclose(built.b.array, b, rtol=1e-3, atol=1e-3)
+
+
+class TwoBranches(chainer.Chain):
+    """Two layers of the same shape whose outputs are summed, the second's scaled down 100
+    times: its errors hardly change the model's outputs."""
+
+    def __init__(self):
+        super().__init__()
+        with self.init_scope():
+            self.loud = layer(24, 24, seed=2)
+            self.quiet = layer(24, 24, seed=3)
+
+    def forward(self, x):
+        return self.loud(x) + 0.01 * self.quiet(x)
+
+
+def model_error(model, dense, x):
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        y, y0 = model(x).array.astype(np.float64), dense(x).array.astype(np.float64)
+    return np.linalg.norm(y - y0) / np.linalg.norm(y0)
+
+
+def test_the_allocation_weighs_each_layer_by_how_much_the_models_outputs_feel_it():
+    x = correlated_inputs(300, 24).astype(np.float32)
+    dense = TwoBranches()
+    measured, unweighted = TwoBranches(), TwoBranches()
+    compress_linears(measured, 1 / 4, calibration=[x[:150], x[150:]], pattern='lowrank')
+    # a generator runs once: no sensitivity is measured, every layer weighs 1
+    compress_linears(unweighted, 1 / 4, calibration=(b for b in [x[:150], x[150:]]),
+                     pattern='lowrank')
+    assert measured.loud.rank > unweighted.loud.rank
+    assert measured.quiet.rank < unweighted.quiet.rank
+    assert model_error(measured, dense, x) < model_error(unweighted, dense, x) / 2
+
+
+@pytest.mark.parametrize('nobias', [False, True])
+def test_the_models_error_with_one_layer_replaced_is_that_of_the_model_rebuilt(nobias):
+    from chainer_sharedlinear import LowRankLinear
+    from chainer_sharedlinear.compress.compressing import _Sensitivity
+
+    x = correlated_inputs(50, 24).astype(np.float32)
+    model = chainer.Sequential(layer(24, 16, nobias=nobias), chainer.functions.relu,
+                               layer(16, 5, seed=4))
+    replacement = LowRankLinear.from_linear(model[0], rank=3)
+    rebuilt = chainer.Sequential(replacement, chainer.functions.relu, model[2].copy('copy'))
+    expected = model_error(rebuilt, model, x)
+    found = _Sensitivity(model, x).model_error(model[0], replacement)
+    assert found == pytest.approx(expected, rel=1e-5)
+    assert 0 < found < 1
+    assert model_error(model, model, x) == 0  # the model is as it was

@@ -3,7 +3,9 @@
 
 Trains Chainer's MNIST MLP (784-1000-1000-10) dense, compresses all of its
 layers to each ``--budgets`` of their bytes with each ``--patterns``
-(``compress_linears``), and measures the validation accuracy
+(``compress_linears``: the budget shared among the layers or split per layer,
+``--allocation``; fitted to ``--calibration`` training images, drawn with the
+seed, or to the weights), and measures the validation accuracy
 
 - right after compression (``compressed``);
 - after fine-tuning with Adam, without and with distillation from the dense
@@ -11,8 +13,9 @@ layers to each ``--budgets`` of their bytes with each ``--patterns``
 - of the same compressed layers trained from scratch for as many epochs as the
   dense training and the fine-tuning together (``scratch``).
 
-Every measurement is a record of ``OUT/records.json``; a rerun skips those it
-has. ``--table`` prints the table of the records in ``OUT`` (a folder, or a records
+Every measurement is a record of ``OUT/records.json``, keyed by its seed,
+budget, pattern, calibration images, allocation and variant; a rerun skips
+those it has. ``--table`` prints the table of the records in ``OUT`` (a folder, or a records
 file such as docs/compress-fashion.json), whatever settings made them, and trains
 nothing. See docs/compress.md.
 """
@@ -35,6 +38,7 @@ from chainer import training
 from chainer.training import extensions
 
 from chainer_sharedlinear import DistillationClassifier, apply_plan, compress_linears, stored_bytes
+from chainer_sharedlinear.compress.compressing import ALLOCATIONS
 
 
 class MLP(chainer.Chain):
@@ -97,17 +101,33 @@ def dense_model(train_set, val_set, args, seed, records):
     return model
 
 
+def calibration_images(train_set, n_images, seed, device):
+    """``n_images`` training images drawn with ``seed`` (``None`` for none), on ``device``."""
+    if not n_images:
+        return None
+    picks = numpy.random.RandomState(seed).permutation(len(train_set))[:n_images]
+    images, _ = chainer.dataset.concat_examples([train_set[i] for i in picks], device)
+    return images
+
+
 def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     """The four measurements of one budget and pattern that ``records`` lacks."""
     def key(variant):
-        return dict(seed=seed, budget=str(budget), pattern=pattern, variant=variant)
+        return dict(seed=seed, budget=str(budget), pattern=pattern,
+                    calibration=args.calibration, allocation=args.allocation, variant=variant)
 
+    if all(records.has(**key(variant)) for variant in variants(args)):
+        return
     model = copy.deepcopy(dense)
-    report = compress_linears(model.predictor, budget, pattern=pattern)
+    started = time.process_time()
+    report = compress_linears(
+        model.predictor, budget, pattern=pattern, allocation=args.allocation,
+        calibration=calibration_images(train_set, args.calibration, seed, args.device))
+    compress_seconds = time.process_time() - started
     layers = [dict(path=row.path, pattern=row.pattern, knobs=row.knobs,
                    stored_bytes=row.stored_bytes, dense_bytes=row.dense_bytes,
-                   error=row.error) for row in report.layers]
-    common = dict(layers=layers, skipped=report.skipped,
+                   error=row.error, output_error=row.output_error) for row in report.layers]
+    common = dict(layers=layers, skipped=report.skipped, compress_cpu_seconds=compress_seconds,
                   stored_bytes=sum(row.stored_bytes for row in report.layers),
                   dense_bytes=sum(row.dense_bytes for row in report.layers),
                   model_bytes=stored_bytes(model.predictor),
@@ -115,7 +135,7 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
     if not records.has(**key('compressed')):
         records.add(accuracy=[evaluate(model, val_set, args)], **key('compressed'), **common)
     for variant in ('finetune', 'distill'):
-        if records.has(**key(variant)):
+        if records.has(**key(variant)) or variant not in variants(args):
             continue
         student = copy.deepcopy(model)
         if variant == 'distill':
@@ -126,7 +146,7 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
                            args.finetune_lr)
         records.add(accuracy=accuracies, cpu_seconds=time.process_time() - started,
                     **key(variant), **common)
-    if args.scratch and not records.has(**key('scratch')):
+    if 'scratch' in variants(args) and not records.has(**key('scratch')):
         numpy.random.seed(seed)
         scratch = L.Classifier(MLP())
         apply_plan(scratch.predictor, report.plan, initialize=True)
@@ -136,6 +156,12 @@ def measure(dense, train_set, val_set, args, seed, budget, pattern, records):
                            args.dense_epochs + args.finetune_epochs, seed, args.lr)
         records.add(accuracy=accuracies, cpu_seconds=time.process_time() - started,
                     **key('scratch'), **common)
+
+
+def variants(args):
+    """The variants measured of each budget and pattern."""
+    return (('compressed', 'finetune') + (('distill',) if args.distill else ())
+            + (('scratch',) if args.scratch else ()))
 
 
 def records_path(out):
@@ -183,7 +209,7 @@ class Records:
                         self.path, other, self.settings))
 
     def has(self, **key):
-        return any(all(record[name] == value for name, value in key.items())
+        return any(all(key_of(record, name) == value for name, value in key.items())
                    for record in self.records)
 
     def add(self, **record):
@@ -197,6 +223,13 @@ class Records:
                 json.dump(records, f, indent=1)
             os.replace(self.path + '.tmp', self.path)
         self.records = records
+
+
+def key_of(record, name):
+    """``record[name]``; a record written before calibration was a key had none (0), and
+    one written before the allocation was has an unknown one (``None``), which no run's
+    key matches."""
+    return record.get(name, 0 if name == 'calibration' else None)
 
 
 def model_ratio(record, dense_bytes):
@@ -224,18 +257,24 @@ def table(records):
                    for layer in record.get('layers', ())}
     rows = {}
     for record in records:
-        rows.setdefault((record['budget'], record['pattern'], record['variant']), []).append(
-            record)
-    lines = ['{:>6} {:>10} {:>10} {:>6} {:>8} {:>8} {:>8}'.format(
-        'budget', 'pattern', 'variant', 'seeds', 'ratio', 'epoch 1', 'last')]
-    for (budget, pattern, variant), group in sorted(
-            rows.items(), key=lambda item: (-float(fractions.Fraction(item[0][0])), item[0])):
+        calibration, allocation = (key_of(record, name) for name in ('calibration',
+                                                                       'allocation'))
+        if record['variant'] == 'dense':  # the dense model is the same in every row
+            calibration = allocation = None
+        rows.setdefault((record['budget'], record['pattern'], calibration, allocation,
+                         record['variant']), []).append(record)
+    lines = ['{:>6} {:>10} {:>6} {:>6} {:>10} {:>6} {:>8} {:>8} {:>8}'.format(
+        'budget', 'pattern', 'calib', 'alloc', 'variant', 'seeds', 'ratio', 'epoch 1', 'last')]
+    for (budget, pattern, calibration, allocation, variant), group in sorted(
+            rows.items(), key=lambda item: (-float(fractions.Fraction(item[0][0])),
+                                            item[0][1], str(item[0][2:]), item[0][4])):
         first = numpy.mean([record['accuracy'][0] for record in group])
         last = numpy.mean([record['accuracy'][-1] for record in group])
         ratio = 1.0 if variant == 'dense' else model_ratio(group[0], dense_bytes)
-        lines.append('{:>6} {:>10} {:>10} {:>6} {:>8} {:>8.4f} {:>8.4f}'.format(
-            budget, pattern, variant, len(group), '-' if ratio is None else
-            '{:.4f}'.format(ratio), first, last))
+        lines.append('{:>6} {:>10} {:>6} {:>6} {:>10} {:>6} {:>8} {:>8.4f} {:>8.4f}'.format(
+            budget, pattern, '-' if calibration is None else calibration,
+            '-' if allocation is None else allocation, variant, len(group),
+            '-' if ratio is None else '{:.4f}'.format(ratio), first, last))
     return '\n'.join(lines)
 
 
@@ -321,6 +360,13 @@ def budget(text):
     return value
 
 
+def calibration_size(text):
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError('expected a number of images, 0 or more, got {!r}'.format(
+            text))
+    return int(text)
+
+
 def parse_args(argv=None):
     parser = utils.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', '-o', default='result/compress',
@@ -334,6 +380,12 @@ def parse_args(argv=None):
                                  'monarch', 'shared', 'phm'],
                         help='Patterns of compress_linears, or auto (default: all and auto)')
     parser.add_argument('--seeds', type=utils.seed, nargs='+', default=[0])
+    parser.add_argument('--calibration', type=calibration_size, default=0, metavar='N',
+                        help='Fit the layers to N training images drawn with the seed '
+                        '(default: 0, to the weights)')
+    parser.add_argument('--allocation', choices=ALLOCATIONS, default='model',
+                        help="The budget is the selected layers' together (model, the "
+                        "default) or each layer's (layer)")
     parser.add_argument('--batchsize', '-b', type=utils.positive_int, default=100)
     parser.add_argument('--dense-epochs', type=utils.positive_int, default=5)
     parser.add_argument('--lr', type=float, default=1e-3, help="Adam's alpha, dense and scratch")
@@ -343,6 +395,8 @@ def parse_args(argv=None):
     parser.add_argument('--temperature', type=float, default=4.0)
     parser.add_argument('--alpha', type=float, default=0.5,
                         help='The weight of the distillation term (default: 0.5)')
+    parser.add_argument('--no-distill', dest='distill', action='store_false',
+                        help='Do not fine-tune with distillation')
     parser.add_argument('--no-scratch', dest='scratch', action='store_false',
                         help='Do not train the compressed layers from scratch')
     parser.add_argument('--table', action='store_true',

@@ -2,7 +2,8 @@
 """Low-rank layers fitted to calibration data, with no fine-tuning: the accuracy they keep.
 
 Trains the MNIST MLP 784-1000-1000-10 dense on Fashion-MNIST (Adam, batch 100), or
-loads it from ``OUT/dense-seedN.npz``, gathers the statistics of its layers' inputs on
+loads it from ``OUT/dense-seedN.npz`` (its own, or the classifier that
+``examples/compress_trained.py`` saves there), gathers the statistics of its layers' inputs on
 ``--calibration`` training images (:mod:`chainer_sharedlinear.compress.calibration`), and
 replaces every layer by a low-rank one in each ``--budgets`` of the model's bytes:
 
@@ -19,7 +20,6 @@ accuracy of the whole 10,000 images, the model's ratio, and each layer's rank.
 """
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -31,6 +31,7 @@ import numpy
 
 from chainer_sharedlinear.compress import allocation, fitting
 from chainer_sharedlinear.compress.calibration import gather_statistics
+from chainer_sharedlinear.compress.patterns import _PATTERNS
 
 # The example's datasets and helpers; the experiments are not meant to be copied.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -54,7 +55,9 @@ def dense_model(train_x, train_t, seed, epochs, out):
     model = MLP()
     path = os.path.join(out, 'dense-seed{}.npz'.format(seed))
     if os.path.exists(path):
-        chainer.serializers.load_npz(path, model)
+        with numpy.load(path) as saved:  # examples/compress_trained.py saves the classifier
+            prefix = 'predictor/' if 'predictor/l1/W' in saved.files else ''
+        chainer.serializers.load_npz(path, model, path=prefix)
         return model
     numpy.random.seed(seed)
     model = MLP()
@@ -82,12 +85,13 @@ def dense_bytes(w):
 
 
 def factor_bytes(w, rank, bits):
+    """The bytes of the layer (its bias included), as ``compress_linears`` counts them."""
     out_size, in_size = w.shape
-    if bits is None:
-        return 4 * rank * (in_size + out_size) + 4 * out_size
-    codebooks = 2 * 4 * 2 ** bits if rank else 0
-    return (math.ceil(rank * out_size * bits / 8) + math.ceil(rank * in_size * bits / 8)
-            + codebooks + 4 * out_size)
+    if not rank:
+        return 4 * out_size
+    name, knobs = ('lowrank', {'rank': rank}) if bits is None else (
+        'clustered_lowrank', {'rank': rank, 'n_clusters': 2 ** bits})
+    return _PATTERNS[name].weight_bytes(in_size, out_size, 4, knobs) + 4 * out_size
 
 
 def fitted(method, stats, w, b, rank, bits):

@@ -11,10 +11,13 @@ The data-aware fits, with statistics: ``lowrank`` is the whitened SVD
 (:func:`~chainer_sharedlinear.compress.fitting.whitened_svd`, exact);
 ``clustered`` and ``clustered_lowrank`` round onto their codebooks with error
 feedback (:func:`~chainer_sharedlinear.compress.fitting.round_to_codebook`,
-:func:`~chainer_sharedlinear.compress.fitting.fit_low_rank_codebooks`). Their
-candidates are scored with nearest rounding, which is several times faster;
-the layer built, with error feedback, is closer still. The other patterns are
-fitted to the weight and scored on the outputs.
+:func:`~chainer_sharedlinear.compress.fitting.fit_low_rank_codebooks`).
+``clustered_lowrank``'s candidates are scored as they are built (rounded with
+error feedback from the one whitened SVD of the layer, with the bias correction
+where the layer gets one): nearest rounding, faster, loses more at some bit
+widths than at others, and so ranked the bit widths wrongly. ``clustered``'s are
+scored with nearest rounding; the layer built, with error feedback, is closer
+still. The other patterns are fitted to the weight and scored on the outputs.
 """
 
 import math
@@ -46,6 +49,7 @@ class _LayerFit:
         self.weight = backend.CpuDevice().send(linear.W.array)
         self._decomposition = None
         self._weight_times_factor = None
+        self._weight_gram = self._energy = None
         if statistics is not None:  # on the host, as the weight
             self.statistics = type(statistics)(
                 gram=backend.CpuDevice().send(statistics.gram),
@@ -104,16 +108,43 @@ class _LayerFit:
         return math.sqrt(max(0.0, float(squares[rank:].sum())) / total) if total else 0.0
 
     def _clustered_low_rank_error(self, knobs: Knobs) -> float:
+        if self.statistics is not None:
+            fit = self._low_rank_codebooks(knobs)
+            return self._factored_error(fit.u, fit.v)
         left, values, right = self._decomposed()
         rank, n_clusters = knobs['rank'], knobs['n_clusters']
         scale = numpy.sqrt(values[:rank])
         u = _nearest(left[:, :rank] * scale, n_clusters)
         v = _nearest(scale[:, None] * right[:rank], n_clusters)
-        if self.statistics is None:
-            return _norm_ratio(self.weight - u @ v, self.weight)
-        factor, _ = fitting.cholesky_of_gram(self.statistics)
-        return _norm_ratio(self._weight_times_factor - u @ (v @ factor),
-                           self._weight_times_factor)
+        return _norm_ratio(self.weight - u @ v, self.weight)
+
+    def _low_rank_codebooks(self, knobs: Knobs) -> fitting.LowRankCodebooks:
+        """The layer's factors on their codebooks, fitted to the data as they are built."""
+        left, values, right = self._decomposed()
+        rank = knobs['rank']
+        return fitting.fit_low_rank_codebooks(
+            self.statistics, self.weight, rank, knobs['n_clusters'],
+            factors=(left[:, :rank], values[:rank, None] * right[:rank]))
+
+    def _factored_error(self, u, v) -> float:
+        """:func:`~chainer_sharedlinear.compress.fitting.output_error` of ``U V`` (with the
+        bias correction where the layer gets one), without the ``(out_size, in_size)``
+        products: ``‖X Dᵀ − 1 δᵀ‖²`` expanded, ``W G`` and ``tr(W G Wᵀ)`` once per layer."""
+        if self._weight_gram is None:
+            self._weight_gram = self.weight.astype(numpy.float64) @ self.statistics.gram
+            self._energy = float(numpy.sum(self._weight_gram * self.weight))
+        v_gram = v @ self.statistics.gram
+        error = (self._energy - 2 * float(numpy.sum(u * (v @ self._weight_gram.T).T))
+                 + float(numpy.sum((u @ (v_gram @ v.T)) * u)))
+        if self.correct_bias and self.linear.b is not None:
+            # The corrected bias's change δ = D μ removes the mean: n ‖δ‖² − 2 δ·(D Xᵀ1) = −n ‖δ‖².
+            shift = (self.weight @ self.statistics.column_sums
+                     - u @ (v @ self.statistics.column_sums)) / self.statistics.n_samples
+            error -= self.statistics.n_samples * float(shift @ shift)
+        error = max(error, 0.0)
+        if self._energy == 0:
+            return 0.0 if error == 0 else math.inf
+        return math.sqrt(error / self._energy)
 
     def _nearest_codebook(self, n_clusters: int):
         centroids, labels = cluster(self.weight, n_clusters)
@@ -138,8 +169,7 @@ class _LayerFit:
                     self.weight, centroids, self.statistics.gram))
                 _set(layer, W=centroids)
             else:
-                fit = fitting.fit_low_rank_codebooks(self.statistics, self.weight,
-                                                     knobs['rank'], knobs['n_clusters'])
+                fit = self._low_rank_codebooks(knobs)
                 layer.U_index = layer.xp.asarray(fit.u_index)
                 layer.V_index = layer.xp.asarray(fit.v_index)
                 _set(layer, U=fit.u_codebook, V=fit.v_codebook)

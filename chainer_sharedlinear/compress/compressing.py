@@ -1,5 +1,6 @@
 """:func:`compress_linears`: the ``L.Linear`` links of a trained model replaced, in place."""
 
+import contextlib
 import dataclasses
 import fractions
 import math
@@ -9,15 +10,17 @@ import warnings
 
 import chainer
 import chainer.links as L
+import numpy
 from chainer import backend
 
 from chainer_sharedlinear import _checks
 from chainer_sharedlinear.compress.allocation import allocate
-from chainer_sharedlinear.compress.calibration import gather_statistics
+from chainer_sharedlinear.compress.calibration import _is_array, gather_statistics
 from chainer_sharedlinear.compress.candidates import _LayerFit
 from chainer_sharedlinear.compress.counting import _dense_bytes, _model_bytes, stored_bytes
 from chainer_sharedlinear.compress.patterns import (
     _PATTERNS,
+    _allocation_settings,
     _from_knobs,
     _pattern,
     _settings,
@@ -47,10 +50,6 @@ Convert = tp.Callable[[L.Linear, fractions.Fraction, str], chainer.Link]
 #: How :func:`compress_linears` shares the budget among the layers.
 ALLOCATIONS = ('model', 'layer')
 
-#: The fractions of a layer's dense bytes at which ``allocation='model'`` tries each
-#: pattern's settings: ``2**(-k/2)`` from 1 down to 1/1024.
-LADDER = tuple(2 ** (-k / 2) for k in range(21))
-
 #: The patterns ``pattern='auto'`` chooses from with ``allocation='model'``: those that win
 #: on trained weights (docs/compress.md); the others cost time and are rarely chosen.
 MODEL_PATTERNS = ('lowrank', 'clustered', 'clustered_lowrank')
@@ -59,20 +58,24 @@ MODEL_PATTERNS = ('lowrank', 'clustered', 'clustered_lowrank')
 def compress_linears(model: chainer.Link, budget, *,
                      pattern: tp.Union[str, Convert] = 'auto', include: Include = None,
                      patterns: tp.Optional[tp.Iterable[str]] = None, calibration=None,
-                     allocation: str = 'model', correct_bias: bool = False,
+                     allocation: str = 'model', correct_bias: bool = True,
                      allow_more_multiply_adds: bool = False) -> CompressionReport:
     """Compresses the ``L.Linear`` links of a trained model to ``budget`` of their bytes, in place.
 
     With ``allocation='model'`` (the default), ``budget`` is a fraction of the
     selected layers' bytes **together**: each layer gets the pattern and
     knobs (or stays dense) that make the sum of the squared relative errors
-    of the layers least within the total, an exact multiple-choice knapsack
+    of the layers (each weighted by its sensitivity with calibration data,
+    below) least within the total, an exact multiple-choice knapsack
     (:func:`~chainer_sharedlinear.compress.allocation.allocate`) over each
-    layer's candidates: each pattern's settings at the budgets of
-    ``LADDER`` (from all of a layer's bytes down to 1/1024), and the dense
-    layer. Use it to compress a model: the layers that matter most (a small
-    output layer) keep more. With ``allocation='layer'`` each layer stores at
-    most ``budget`` of its own bytes (:func:`stored_bytes`, the bias included),
+    layer's candidates: each pattern's settings at the budgets of ``LADDER``
+    (from all of a layer's bytes down to 1/1024) or, for a pattern of
+    several knobs, on its grid (``clustered_lowrank``: every bit width of
+    ``CLUSTERED_LOW_RANK_GRID_BITS`` at the ranks of ``patterns.rank_grid``),
+    none larger than the whole budget; and the dense layer. Use it to
+    compress a model: the layers that matter most (a small output layer)
+    keep more. With ``allocation='layer'`` each layer stores at most
+    ``budget`` of its own bytes (:func:`stored_bytes`, the bias included),
     with the knobs of :func:`knobs_at_budget`: use it where each layer must
     fit on its own (a layer-by-layer memory limit), or to compare.
 
@@ -85,7 +88,16 @@ def compress_linears(model: chainer.Link, budget, *,
     (:func:`~chainer_sharedlinear.compress.fitting.output_error`) instead of the
     weight's ``‖W − V‖ / ‖W‖``; ``lowrank`` is then the whitened SVD
     (SVD-LLM), and ``clustered`` and ``clustered_lowrank`` are rounded onto
-    their codebooks with error feedback (GPTQ). Bad calibration data (an
+    their codebooks with error feedback (GPTQ); ``clustered_lowrank``'s
+    candidates are scored as they are built. With ``allocation='model'`` each
+    layer's squared error is weighted by its sensitivity, measured on the
+    calibration data: ``(‖Δy‖ / ‖y‖ / e)²`` for the change ``Δy`` of the model's
+    outputs ``y`` when that layer alone is replaced by its candidate of least
+    error ``e`` within its own share of the budget (HAWQ-V2's weights, measured
+    rather than from the Hessian): an error in a layer whose outputs the later
+    layers amplify costs more. Calibration data that can be run only once (an
+    iterator, a generator) leave every weight 1: give a list of batches or an
+    array. Bad calibration data (an
     empty set or batch, a NaN or an infinity, a batch the model refuses) is a
     :class:`~chainer_sharedlinear.compress.calibration.CalibrationError` before
     anything changes. A layer with fewer calibration samples than inputs is
@@ -133,9 +145,9 @@ def compress_linears(model: chainer.Link, budget, *,
         allocation (str): ``'model'`` or ``'layer'``, above.
         correct_bias (bool): With ``calibration``, give each new layer the bias
             that keeps its mean output
-            (:func:`~chainer_sharedlinear.compress.fitting.corrected_bias`). It
-            lowers the output error, but measured on the MNIST MLP it did not
-            change the accuracy (docs/compress.md), so it is off by default.
+            (:func:`~chainer_sharedlinear.compress.fitting.corrected_bias`), and
+            score the candidates with it: it keeps more of the accuracy of the
+            Fashion-MNIST MLP at 1/32 (docs/compress.md).
         allow_more_multiply_adds (bool): Whether a layer may cost more
             multiply-adds than the dense one (a Kronecker layer of many terms).
 
@@ -239,8 +251,11 @@ def compress_linears(model: chainer.Link, budget, *,
 
     chosen = {}
     if allocation == 'model':
+        sensitivity = None
+        if statistics and _reiterable(calibration):
+            sensitivity = _Sensitivity(model, calibration)
         chosen = _allocate(model, include, fraction, names, why_not, layer_fit,
-                           allow_more_multiply_adds)
+                           allow_more_multiply_adds, sensitivity)
 
     def why_not_here(linear):
         why = why_not(linear)
@@ -306,7 +321,8 @@ def _selected_linears(model, include) -> tp.List[L.Linear]:
     return [c.link for c in candidates.values() if _selected(include, named, c)]
 
 
-def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_multiply_adds):
+def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_multiply_adds,
+              sensitivity=None):
     """The choice of each layer to compress: ``(pattern, knobs, errors)``, or ``None`` (dense).
 
     Every layer's candidates are scored before any layer changes; a layer that
@@ -314,23 +330,20 @@ def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_mu
     """
     layers = [linear for linear in _selected_linears(model, include) if why_not(linear) is None]
     candidates, options = [], []
-    for linear in layers:
+    sizes = [linear.W.size * linear.W.dtype.itemsize
+             + (0 if linear.b is None else linear.b.size * linear.b.dtype.itemsize)
+             for linear in layers]
+    budget = math.floor(fraction * sum(sizes))
+    for linear, dense in zip(layers, sizes):
         fit = layer_fit(linear)
         out_size, in_size = fit.weight.shape
         itemsize = fit.weight.dtype.itemsize
         bias = 0 if linear.b is None else linear.b.size * linear.b.dtype.itemsize
-        dense = in_size * out_size * itemsize + bias
         layer_candidates, layer_options = [(dense, 0.0)], [None]
         least = {}
         for name in names:
-            settings = []
-            for step in LADDER:
-                try:
-                    found, _ = _settings(name, in_size, out_size, step, fit.weight.dtype,
-                                         linear.b is None, None, allow_more_multiply_adds)
-                except ValueError:
-                    continue
-                settings += [knobs for knobs in found if knobs not in settings]
+            settings = _allocation_settings(name, in_size, out_size, fit.weight.dtype,
+                                            linear.b is None, budget, allow_more_multiply_adds)
             if not settings:
                 continue
             entry = _PATTERNS[name]
@@ -343,17 +356,104 @@ def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_mu
         options.append((layer_options, least))
     if not layers:
         return {}
-    total = sum(layer[0][0] for layer in candidates)
+    sensitivities = None
+    if sensitivity is not None:  # s_l = (the model's relative error / the layer's)²
+        sensitivities = []
+        for linear, dense, layer_candidates, (layer_options, _) in zip(layers, sizes, candidates,
+                                                                        options):
+            own = [i for i, (size, _) in enumerate(layer_candidates)
+                   if layer_options[i] is not None and size <= fraction * dense]
+            if not own:
+                sensitivities.append(1.0)
+                continue
+            pick = min(own, key=lambda i: (layer_candidates[i][1], layer_candidates[i][0]))
+            error = layer_candidates[pick][1]
+            layer = layer_fit(linear).build(*layer_options[pick])
+            model_error = sensitivity.model_error(linear, layer)
+            sensitivities.append(1.0 if error == 0 else max((model_error / error) ** 2, 1e-12))
     try:
-        allocated = allocate(candidates, math.floor(fraction * total))
+        allocated = allocate(candidates, budget, sensitivities=sensitivities)
     except ValueError as e:
         raise ValueError('compress_linears: the selected layers cannot be stored in {} of '
-                         'their {:,} bytes: {}'.format(fraction, total, e)) from None
+                         'their {:,} bytes: {}'.format(fraction, sum(sizes), e)) from None
     chosen = {}
     for linear, (layer_options, least), choice in zip(layers, options, allocated.choices):
         option = layer_options[choice]
         chosen[id(linear)] = None if option is None else option + (least,)
     return chosen
+def _reiterable(calibration) -> bool:
+    """Whether the calibration data can be run again (not a one-pass iterator)."""
+    try:
+        return iter(calibration) is not calibration
+    except TypeError:
+        return True  # an array
+
+
+class _Sensitivity:
+    """How much the model's outputs change when one layer's outputs change.
+
+    The outputs are every array the model returns on the calibration data (a
+    variable, or those of a tuple, list or dict), in float64 on the host.
+    """
+
+    def __init__(self, model, calibration):
+        self.model = model
+        self.calibration = calibration
+        self.dense = self._outputs(None)
+
+    def _outputs(self, hook):
+        batches = [self.calibration] if _is_array(self.calibration) else self.calibration
+        found = []
+        with chainer.using_config('train', False), chainer.no_backprop_mode():
+            with contextlib.ExitStack() as stack:
+                if hook is not None:
+                    stack.enter_context(hook)
+                for x in batches:
+                    found += [backend.CpuDevice().send(a).astype(numpy.float64).ravel()
+                              for a in _arrays_of(self.model(x))]
+        return numpy.concatenate(found) if found else numpy.zeros(0)
+
+    def model_error(self, linear, layer) -> float:
+        """``‖y' − y‖ / ‖y‖`` of the model's outputs with ``linear``'s replaced by ``layer``'s."""
+        outputs = self._outputs(_ReplacedOutput(linear, layer))
+        norm = float(numpy.linalg.norm(self.dense))
+        return float(numpy.linalg.norm(outputs - self.dense)) / norm if norm else 0.0
+
+
+class _ReplacedOutput(chainer.LinkHook):
+    """Overwrites the outputs of one ``L.Linear`` with those of another layer on its inputs."""
+
+    name = 'chainer_sharedlinear.compress.sensitivity'
+
+    def __init__(self, linear, layer):
+        self.linear = linear
+        self.layer = layer
+
+    def forward_postprocess(self, args):
+        if args.link is not self.linear:
+            return
+        x = args.args[0]
+        x = x.array if isinstance(x, chainer.Variable) else x
+        weight = self.layer.xp.asarray(self.layer.dense_weight())
+        rows = x.reshape(-1, weight.shape[1])
+        y = rows @ weight.T.astype(rows.dtype)
+        if self.layer.b is not None:
+            y = y + self.layer.b.array
+        args.out.array[...] = y.reshape(args.out.shape)
+
+
+def _arrays_of(outputs) -> tp.List:
+    if isinstance(outputs, chainer.Variable):
+        return [outputs.array]
+    if _is_array(outputs):
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [a for key in sorted(outputs, key=str) for a in _arrays_of(outputs[key])]
+    if isinstance(outputs, (tuple, list)):
+        return [a for output in outputs for a in _arrays_of(output)]
+    return []
+
+
 def _weight_hooks(linear) -> tp.List[str]:
     return [name for name, hook in linear.local_link_hooks.items()
             if isinstance(hook, weight_hook_types())]

@@ -22,7 +22,9 @@ computes in float64 on the statistics' device (NumPy or CuPy).
   ``E[x] (W − V)ᵀ``.
 """
 
+import collections
 import dataclasses
+import hashlib
 import typing as tp
 
 import numpy
@@ -248,17 +250,8 @@ def round_to_codebook(matrix, codebook, gram, *, error_feedback: bool = True,
         return order[nearest(work)].astype(dtype)
     damping = _checks.positive_float('damping', damping)
     block_size = _checks.positive_int('block_size', block_size)
-    diagonal = xp.diagonal(gram)
-    scale = float(diagonal.mean()) or 1.0
-    # On the host: CuPy's argsort has no stable kind, and ties must not reorder columns.
-    permutation = xp.asarray(numpy.argsort(-backend.CpuDevice().send(diagonal), kind='stable'))
+    permutation, inverse_factor = _feedback_order_and_factor(gram, damping)
     work = work[:, permutation]
-    hessian = gram[permutation][:, permutation] + damping * scale * xp.eye(gram.shape[0])
-    inverse_factor = _cholesky(xp.linalg.inv(hessian))
-    if inverse_factor is None:
-        raise ValueError('gram is not positive semidefinite: its inverse, damped, has no '
-                         'Cholesky factor; is it XᵀX of finite inputs?')
-    inverse_factor = inverse_factor.T
     index = xp.empty(work.shape, numpy.int64)
     n_columns = work.shape[1]
     for start in range(0, n_columns, block_size):
@@ -274,6 +267,41 @@ def round_to_codebook(matrix, codebook, gram, *, error_feedback: bool = True,
     unpermuted = xp.empty_like(index)
     unpermuted[:, permutation] = index
     return order[unpermuted].astype(dtype)
+
+
+#: The orders and factors of the latest Gram matrices rounded on, by their contents: the
+#: candidates of a layer round many matrices on its one Gram matrix, whose inverse would
+#: otherwise cost more than the rounding.
+_FEEDBACK_CACHE: 'collections.OrderedDict[tp.Any, tp.Tuple[tp.Any, tp.Any]]' = (
+    collections.OrderedDict())
+_FEEDBACK_CACHE_SIZE = 4
+
+
+def _feedback_order_and_factor(gram, damping: float):
+    """The columns' order of :func:`round_to_codebook` and the upper Cholesky factor of ``H⁻¹``."""
+    xp = backend.get_array_module(gram)
+    key = None
+    if xp is numpy:
+        key = (gram.shape, damping, hashlib.blake2b(
+            numpy.ascontiguousarray(gram).data, digest_size=16).digest())
+        if key in _FEEDBACK_CACHE:
+            _FEEDBACK_CACHE.move_to_end(key)
+            return _FEEDBACK_CACHE[key]
+    diagonal = xp.diagonal(gram)
+    scale = float(diagonal.mean()) or 1.0
+    # On the host: CuPy's argsort has no stable kind, and ties must not reorder columns.
+    permutation = xp.asarray(numpy.argsort(-backend.CpuDevice().send(diagonal), kind='stable'))
+    hessian = gram[permutation][:, permutation] + damping * scale * xp.eye(gram.shape[0])
+    inverse_factor = _cholesky(xp.linalg.inv(hessian))
+    if inverse_factor is None:
+        raise ValueError('gram is not positive semidefinite: its inverse, damped, has no '
+                         'Cholesky factor; is it XᵀX of finite inputs?')
+    found = permutation, inverse_factor.T
+    if key is not None:
+        _FEEDBACK_CACHE[key] = found
+        while len(_FEEDBACK_CACHE) > _FEEDBACK_CACHE_SIZE:
+            _FEEDBACK_CACHE.popitem(last=False)
+    return found
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,7 +337,7 @@ class LowRankCodebooks:
 
 def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
                            error_feedback: bool = True, ridge: tp.Optional[float] = None,
-                           damping: float = DAMPING) -> LowRankCodebooks:
+                           damping: float = DAMPING, factors=None) -> LowRankCodebooks:
     """A rank-``rank`` weight of least output error whose factors take ``n_clusters`` values.
 
     The factors of :func:`whitened_svd`, each given the k-means codebook of its
@@ -328,6 +356,8 @@ def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
         error_feedback (bool): Round with error feedback and refit ``U``.
         ridge (float or None): As in :func:`cholesky_of_gram`.
         damping (float): As in :func:`round_to_codebook`.
+        factors: ``(U, V)`` of :func:`whitened_svd` at ``rank``, where they are
+            at hand (one SVD gives every rank); ``None`` computes them.
 
     .. admonition:: Example
 
@@ -347,7 +377,13 @@ def fit_low_rank_codebooks(statistics, weight, rank: int, n_clusters: int, *,
     """
     xp = backend.get_array_module(statistics.gram)
     n_clusters = _checks.n_clusters(n_clusters)
-    u, v = whitened_svd(statistics, weight, rank, ridge=ridge)
+    if factors is None:
+        u, v = whitened_svd(statistics, weight, rank, ridge=ridge)
+    else:
+        u, v = (xp.asarray(factor, numpy.float64) for factor in factors)
+        if u.shape[1] != rank or v.shape[0] != rank:
+            raise ValueError('factors must be (U, V) of rank {}, got shapes {} and {}'.format(
+                rank, tuple(u.shape), tuple(v.shape)))
     v_codebook, v_index = _codebook(v, n_clusters, xp)
     if not error_feedback:
         u_codebook, u_index = _codebook(u, n_clusters, xp)

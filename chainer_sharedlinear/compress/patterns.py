@@ -168,6 +168,35 @@ def _clustered_low_rank_settings(in_size, out_size, itemsize, weight_bytes):
     return settings
 
 
+#: The bit widths of the ``clustered_lowrank`` candidates of the whole-model allocation:
+#: those that win on the layers' outputs once rounded with error feedback (docs/compress.md).
+CLUSTERED_LOW_RANK_GRID_BITS = (4, 5, 6)
+
+#: The ratio of neighbouring ranks in :func:`rank_grid`.
+RANK_STEP = 2 ** (1 / 8)
+
+
+def rank_grid(most: int) -> tp.List[int]:
+    """The ranks from 1 to ``most`` that the whole-model allocation tries: about ``RANK_STEP``
+    apart, every rank where they would be closer.
+
+    .. admonition:: Example
+
+        >>> rank_grid(30)
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 16, 17, 19, 20, 22, 24, 26, 29, 30]
+    """
+    ranks, rank = [], 1.0
+    while round(rank) < most:
+        ranks.append(round(rank))
+        rank = max(rank * RANK_STEP, round(rank) + 1)
+    return ranks + [most]
+
+
+def _clustered_low_rank_grid(in_size, out_size, itemsize):
+    return [{'rank': rank, 'n_clusters': 2 ** bits} for bits in CLUSTERED_LOW_RANK_GRID_BITS
+            for rank in rank_grid(min(in_size, out_size))]
+
+
 def _monarch_weight_bytes(in_size, out_size, itemsize, knobs):
     p, q, s = block_sizes(in_size, out_size, knobs['n_blocks'])
     return knobs['n_blocks'] * q * (p + s) * itemsize
@@ -252,6 +281,10 @@ class _Pattern:
     as_kronecker: tp.Optional[tp.Callable[[Knobs], Knobs]] = None
     #: A sort key of the settings of equal standing, the best first; else the most bytes first.
     order: tp.Optional[tp.Callable[[Knobs], tp.Any]] = None
+    #: ``(in_size, out_size, itemsize)`` to the settings the whole-model allocation tries,
+    #: where those of ``settings`` at the budgets of ``LADDER`` are too coarse: a pattern of
+    #: several knobs, whose best setting near a budget is not the one of most bytes.
+    grid: tp.Optional[tp.Callable[[int, int, int], tp.List[Knobs]]] = None
 
 
 def _one_knob(name, per_element):
@@ -277,7 +310,8 @@ _PATTERNS: 'collections.OrderedDict[str, _Pattern]' = collections.OrderedDict([
                          _monarch_multiply_adds)),
     ('clustered_lowrank', _Pattern('ClusteredLowRankLinear', _clustered_low_rank_settings,
                                    _clustered_low_rank_weight_bytes, _low_rank_multiply_adds,
-                                   order=_clustered_low_rank_order)),
+                                   order=_clustered_low_rank_order,
+                                   grid=_clustered_low_rank_grid)),
 ])
 
 
@@ -458,6 +492,42 @@ def _settings(pattern, in_size, out_size, budget, dtype, nobias, weight,
     errors = _kronecker_errors(weight, [entry.as_kronecker(knobs) for knobs in settings])
     order = sorted(range(len(settings)), key=lambda i: errors[i])
     return [settings[i] for i in order], [errors[i] for i in order]
+
+
+#: The fractions of a layer's dense bytes at which the whole-model allocation tries each
+#: pattern's settings (one that has no ``grid``): ``2**(-k/2)`` from 1 down to 1/1024.
+LADDER = tuple(2 ** (-k / 2) for k in range(21))
+
+
+def _allocation_settings(pattern, in_size, out_size, dtype, nobias, most_bytes,
+                         allow_more_multiply_adds=False) -> tp.List[Knobs]:
+    """The settings of ``pattern`` that the whole-model allocation scores for a layer.
+
+    Those of the pattern's ``grid``, or else of :func:`knobs_at_budget` at each
+    budget of ``LADDER``; each once, and none whose weights and bias store more
+    than ``most_bytes`` (the whole model's budget) or, unless
+    ``allow_more_multiply_adds``, cost more multiply-adds than the dense layer.
+    """
+    entry = _pattern(pattern)
+    itemsize = numpy.dtype(dtype).itemsize
+    bias_bytes = 0 if nobias else out_size * itemsize
+    if entry.grid is None:
+        settings = []
+        for step in LADDER:
+            try:
+                found, _ = _settings(pattern, in_size, out_size, step, dtype, nobias, None,
+                                     allow_more_multiply_adds)
+            except ValueError:
+                continue
+            settings += [knobs for knobs in found if knobs not in settings]
+    else:
+        settings = [dict(knobs, in_size=in_size, out_size=out_size)
+                    for knobs in entry.grid(in_size, out_size, itemsize)]
+        if not allow_more_multiply_adds:
+            settings = [knobs for knobs in settings
+                        if entry.multiply_adds(in_size, out_size, knobs) <= in_size * out_size]
+    return [knobs for knobs in settings
+            if bias_bytes + entry.weight_bytes(in_size, out_size, itemsize, knobs) <= most_bytes]
 
 
 def _from_linear(pattern: str, linear: L.Linear, knobs: Knobs) -> chainer.Link:

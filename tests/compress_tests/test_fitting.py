@@ -319,3 +319,29 @@ def test_fitting_on_the_gpu_is_fitting_on_the_cpu():
                                corrected_bias(stats, w, u @ v))
     fit = fit_low_rank_codebooks(on_gpu, cupy.asarray(w), 4, 16)
     assert isinstance(fit.weight(), cupy.ndarray)
+
+
+def test_low_rank_codebooks_from_given_factors_are_those_it_computes():
+    x = correlated_inputs(200, 12)
+    stats = statistics_of(x)
+    w = np.random.RandomState(3).randn(8, 12)
+    computed = fit_low_rank_codebooks(stats, w, 5, 4)
+    given_factors = fit_low_rank_codebooks(stats, w, 5, 4, factors=whitened_svd(stats, w, 5))
+    for name in ('u_codebook', 'u_index', 'v_codebook', 'v_index'):
+        np.testing.assert_array_equal(getattr(given_factors, name), getattr(computed, name))
+    with pytest.raises(ValueError, match='factors must be'):
+        fit_low_rank_codebooks(stats, w, 4, 4, factors=whitened_svd(stats, w, 5))
+
+
+def test_a_gram_matrix_changed_in_place_is_rounded_on_as_it_is_now():
+    # The rounding keeps what it computed of the latest Gram matrices: by their contents.
+    rng = np.random.RandomState(0)
+    matrix, codebook = rng.randn(6, 10), np.linspace(-2, 2, 5)
+    gram = statistics_of(correlated_inputs(100, 10)).gram
+    first = round_to_codebook(matrix, codebook, gram)
+    np.testing.assert_array_equal(round_to_codebook(matrix, codebook, gram), first)
+    other = statistics_of(correlated_inputs(100, 10, seed=5)).gram
+    expected = round_to_codebook(matrix, codebook, other.copy())
+    assert not np.array_equal(expected, first)
+    gram[...] = other
+    np.testing.assert_array_equal(round_to_codebook(matrix, codebook, gram), expected)

@@ -3,6 +3,8 @@
 import json
 import pathlib
 
+import chainer
+import numpy as np
 import pytest
 
 from tests.examples_tests import import_script
@@ -41,13 +43,13 @@ def test_every_measurement_is_a_record_and_a_rerun_measures_nothing_again(tmp_pa
             assert record['stored_bytes'] <= record['dense_bytes'] / 8
     assert (out / 'dense-seed0.npz').exists()
     table = capsys.readouterr().out
-    assert '   1/8     hashed    scratch      1' in table
+    assert '   1/8     hashed      0  model    scratch      1' in table
     assert '\x1b' not in table  # not a terminal: no progress bar, plain lines per epoch
 
     assert _run(QUICK + ['--out', str(out)]) == 0
     assert _records(out) == records  # nothing measured twice
     assert _run(QUICK + ['--out', str(out), '--table']) == 0
-    assert '1/8    lowrank    distill' in capsys.readouterr().out
+    assert '1/8    lowrank      0  model    distill' in capsys.readouterr().out
 
 
 def test_a_folder_of_other_settings_is_refused_in_one_line(tmp_path, capsys):
@@ -58,6 +60,49 @@ def test_a_folder_of_other_settings_is_refused_in_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1
     assert 'holds records of other settings' in error and 'choose another --out' in error
+
+
+def test_calibration_and_allocation_are_part_of_a_records_key(tmp_path, capsys):
+    out = tmp_path / 'out'
+    argv = QUICK + ['--no-scratch', '--out', str(out), '--patterns', 'lowrank']
+    assert _run(argv + ['--calibration', '50', '--allocation', 'layer']) == 0
+    calibrated = [r for r in _records(out) if r['variant'] != 'dense']
+    assert sorted(r['variant'] for r in calibrated) == ['compressed', 'distill', 'finetune']
+    for record in calibrated:
+        assert (record['calibration'], record['allocation']) == (50, 'layer')
+        assert record['compress_cpu_seconds'] >= 0
+        assert all(0 <= layer['output_error'] < 1 for layer in record['layers'])
+    assert _run(argv + ['--calibration', '50', '--allocation', 'layer']) == 0
+    assert len(_records(out)) == 1 + len(calibrated)  # measured once
+    assert _run(argv) == 0  # no images, the whole model's budget: records of their own
+    records = _records(out)
+    assert len(records) == 1 + 2 * len(calibrated)
+    weights_only = [r for r in records if r['variant'] != 'dense' and r not in calibrated]
+    for record in weights_only:
+        assert (record['calibration'], record['allocation']) == (0, 'model')
+        assert all(layer['output_error'] != layer['output_error']  # NaN: no data
+                   for layer in record['layers'])
+    capsys.readouterr()
+    assert _run(['--out', str(out), '--table']) == 0
+    table = capsys.readouterr().out
+    assert '   1/8    lowrank     50  layer compressed      1' in table
+    assert '   1/8    lowrank      0  model compressed      1' in table
+
+
+def test_the_calibration_images_are_drawn_with_the_seed():
+    images = chainer.datasets.TupleDataset(np.arange(40.).reshape(20, 2), np.arange(20))
+    drawn = compress_trained.calibration_images(images, 5, 3, None)
+    picks = np.random.RandomState(3).permutation(20)[:5]
+    np.testing.assert_array_equal(drawn, np.arange(40.).reshape(20, 2)[picks])
+    assert not np.array_equal(compress_trained.calibration_images(images, 5, 4, None), drawn)
+    assert compress_trained.calibration_images(images, 0, 3, None) is None
+
+
+@pytest.mark.parametrize('text', ['-1', '1.5', 'all'])
+def test_a_calibration_that_is_no_number_of_images_is_refused(text, capsys):
+    with pytest.raises(SystemExit):
+        compress_trained.parse_args(['--calibration', text])
+    assert 'expected a number of images' in capsys.readouterr().err
 
 
 @pytest.mark.parametrize('text', ['0', '2', '1/0', 'an eighth'])
@@ -81,7 +126,7 @@ def test_a_layer_that_no_pattern_fits_counts_whole_in_the_table(tmp_path, capsys
         assert record['dense_model_bytes'] == sum(layers)
         assert record['model_bytes'] == record['stored_bytes'] + layers[2]
     ratio = records[0]['model_bytes'] / sum(layers)
-    line = '  1/32    lowrank   finetune      1   {:.4f}'.format(ratio)
+    line = '  1/32    lowrank      0  model   finetune      1   {:.4f}'.format(ratio)
     assert line in capsys.readouterr().out
     assert _run(['--out', str(out), '--table']) == 0
     assert line in capsys.readouterr().out
@@ -97,7 +142,8 @@ def test_records_without_the_model_bytes_print_a_dash_for_a_ratio_they_cannot_te
              layers=[dict(path='/l1', dense_bytes=3140000, stored_bytes=98000)],
              stored_bytes=98000, dense_bytes=3140000, skipped={'/l3': 'no pattern fits'})]))
     assert _run(['--out', str(out), '--table']) == 0
-    assert '  1/32    lowrank compressed      1        -   0.5000' in capsys.readouterr().out
+    line = '  1/32    lowrank      0      - compressed      1        -   0.5000'
+    assert line in capsys.readouterr().out
 
 
 @pytest.mark.parametrize('where', ['file', 'folder'])
@@ -110,10 +156,11 @@ def test_the_table_prints_any_records_whatever_settings_made_them(tmp_path, caps
     before = sorted(out.iterdir())
     assert _run(['--out', str(records if where == 'file' else out), '--table']) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ['budget', 'pattern', 'variant', 'seeds', 'ratio', 'epoch',
-                                '1', 'last']
-    assert '     1      dense      dense      3   1.0000   0.8506   0.8762' in table
-    assert '  1/32    lowrank   finetune      1   0.0363   0.8583   0.8694' in table
+    assert table[0].split() == ['budget', 'pattern', 'calib', 'alloc', 'variant', 'seeds',
+                                'ratio', 'epoch', '1', 'last']
+    # Written before calibration and the allocation were keys: no images, allocation unknown.
+    assert '     1      dense      -      -      dense      3   1.0000   0.8506   0.8762' in table
+    assert '  1/32    lowrank      0      -   finetune      1   0.0363   0.8583   0.8694' in table
     assert len(table) == 1 + len({(r['budget'], r['pattern'], r['variant'])
                                   for r in json.loads(records.read_text())})
     assert sorted(out.iterdir()) == before  # nothing written, not even a lock

@@ -716,8 +716,7 @@ _FIT_BYTES = dict(shared=3, hashed=3, clustered=3, monarch=3, auto=3,
 _CANDIDATES_GAP = pytest.mark.xfail(
     strict=True, reason='issue 30 item 16: the candidates are scored on float64 decompositions '
     'and products as large as the weight')
-_GAPS = {('auto', 'layer'), ('auto', 'model'), ('clustered', 'model'), ('hashed', 'model'),
-         ('monarch', 'model')}
+_GAPS = {('auto', 'layer'), ('auto', 'model')}
 
 
 @pytest.mark.parametrize('pattern, allocation', [

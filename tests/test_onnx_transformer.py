@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from chainer_sharedlinear.onnx_export import export
-from tests.helpers import onnx_session, onnxruntime_or_skip, run_onnx, standard_normal
 from tests.encoder_block import EncoderBlock, gelu
+from tests.helpers import onnx_session, onnxruntime_or_skip, run_onnx, standard_normal
 
 # LayerNormalization is ONNX's own from opset 17, composed below it; Split takes its
 # sizes as an input from 13.

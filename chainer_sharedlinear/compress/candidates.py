@@ -35,8 +35,14 @@ from chainer_sharedlinear.compress.patterns import (
     _family_class,
     _from_linear,
 )
-from chainer_sharedlinear.compress.weight_fit import _kronecker_errors, _relative_error
+from chainer_sharedlinear.compress.weight_fit import (
+    _kronecker_errors,
+    _relative_error,
+    _relative_error_of_slices,
+)
 from chainer_sharedlinear.links.clustered_linear import cluster
+from chainer_sharedlinear.links.kronecker_linear import nearest_terms
+from chainer_sharedlinear.links.virtual_linear import row_slices
 
 
 class _LayerFit:
@@ -48,7 +54,6 @@ class _LayerFit:
         self.correct_bias = correct_bias
         self.weight = backend.CpuDevice().send(linear.W.array)
         self._decomposition = None
-        self._weight_times_factor = None
         self._weight_gram = self._energy = None
         if statistics is not None:  # on the host, as the weight
             self.statistics = type(statistics)(
@@ -63,6 +68,8 @@ class _LayerFit:
         if name == 'lowrank' and self.statistics is not None:
             return [self._low_rank_error(knobs['rank']) for knobs in settings]
         if name == 'clustered_lowrank':
+            if self.statistics is None:  # the decomposition of the most terms, once
+                self._leading_terms(max(knobs['rank'] for knobs in settings))
             return [self._clustered_low_rank_error(knobs) for knobs in settings]
         if name == 'clustered' and self.statistics is not None:
             return [self._error_of(self._nearest_codebook(knobs['n_clusters']))
@@ -85,20 +92,31 @@ class _LayerFit:
         return fitting.output_error(self.statistics, self.weight, replacement)
 
     def _decomposed(self):
-        """``(P, σ, Qᵀ S⁻¹)`` of ``W S = P Σ Qᵀ`` (``S = I`` without statistics), once."""
+        """``(P, σ, Qᵀ S⁻¹)`` of ``W S = P Σ Qᵀ`` with the statistics' factor ``S``, once."""
         if self._decomposition is None:
-            weight = self.weight.astype(numpy.float64)
-            if self.statistics is None:
-                left, values, right = numpy.linalg.svd(weight, full_matrices=False)
-                self._weight_times_factor = weight
-            else:
-                factor, _ = fitting.cholesky_of_gram(self.statistics)
-                self._weight_times_factor = weight @ factor
-                left, values, right = numpy.linalg.svd(self._weight_times_factor,
-                                                       full_matrices=False)
-                right = numpy.linalg.solve(factor.T, right.T).T
+            factor, _ = fitting.cholesky_of_gram(self.statistics)
+            left, values, right = numpy.linalg.svd(self.weight.astype(numpy.float64) @ factor,
+                                                   full_matrices=False)
+            right = numpy.linalg.solve(factor.T, right.T).T
             _flip_signs(left, right)
             self._decomposition = left, values, right
+        return self._decomposition
+
+    def _leading_terms(self, rank: int):
+        """``(P √Σ, √Σ Qᵀ)`` of the ``rank`` leading terms of ``W = P Σ Qᵀ``, in the weight's
+        dtype: the factors ``LowRankLinear.from_linear`` stores, and from which
+        ``ClusteredLowRankLinear.from_linear`` clusters; kept for the most terms asked yet.
+
+        They are the one symmetric eigendecomposition of the smaller Gram matrix
+        (:func:`~chainer_sharedlinear.links.kronecker_linear.nearest_terms`): a float64
+        singular value decomposition and its square factors would take twice its bytes.
+        """
+        if self._decomposition is None or self._decomposition[0].shape[1] < rank:
+            out_size, in_size = self.weight.shape
+            self._decomposition = None
+            left, right = nearest_terms(self.weight, (1, in_size), (out_size, 1), rank)
+            left = left.astype(self.weight.dtype)  # each float64 factor released in turn
+            self._decomposition = left, right.astype(self.weight.dtype)
         return self._decomposition
 
     def _low_rank_error(self, rank: int) -> float:
@@ -111,12 +129,12 @@ class _LayerFit:
         if self.statistics is not None:
             fit = self._low_rank_codebooks(knobs)
             return self._factored_error(fit.u, fit.v)
-        left, values, right = self._decomposed()
         rank, n_clusters = knobs['rank'], knobs['n_clusters']
-        scale = numpy.sqrt(values[:rank])
-        u = _nearest(left[:, :rank] * scale, n_clusters)
-        v = _nearest(scale[:, None] * right[:rank], n_clusters)
-        return _norm_ratio(self.weight - u @ v, self.weight)
+        left, right = self._leading_terms(rank)
+        u = _nearest(left[:, :rank], n_clusters)
+        v = _nearest(right[:rank], n_clusters)
+        return _relative_error_of_slices(self.weight, (
+            (rows, u[rows] @ v) for rows in row_slices(self.weight.shape[0])))
 
     def _low_rank_codebooks(self, knobs: Knobs) -> fitting.LowRankCodebooks:
         """The layer's factors on their codebooks, fitted to the data as they are built."""
@@ -208,11 +226,7 @@ def _set(layer, **arrays) -> None:
 
 
 def _nearest(matrix, n_clusters: int):
+    """Each entry of ``matrix`` replaced by its cluster's centroid, in ``matrix``'s dtype."""
     centroids, labels = cluster(matrix, n_clusters)
-    return numpy.asarray(centroids, numpy.float64)[labels]
+    return centroids.astype(matrix.dtype)[labels]
 
-
-def _norm_ratio(difference, reference) -> float:
-    norm = float(numpy.linalg.norm(reference))
-    difference = float(numpy.linalg.norm(difference))
-    return difference / norm if norm else (0.0 if difference == 0 else math.inf)

@@ -43,10 +43,16 @@ def _relative_error(layer, weight) -> float:
     """``‖V − W‖ / ‖W‖`` of the layer's dense weight ``V``, in float64 a slice of rows at a
     time, so that no float64 copy of either is made, nor ``V`` whole where the layer
     makes it a slice at a time."""
+    return _relative_error_of_slices(weight, layer._dense_weight_slices())
+
+
+def _relative_error_of_slices(weight, slices) -> float:
+    """``‖V − W‖ / ‖W‖`` of the matrix ``V`` given as ``(rows, V[rows])`` slices, in float64
+    a slice at a time."""
     cpu = backend.CpuDevice()
     weight = cpu.send(weight)
     squares = differences = 0.0
-    for rows, dense in layer._dense_weight_slices():
+    for rows, dense in slices:
         target = weight[rows].astype(numpy.float64)
         difference = cpu.send(dense) - target
         squares += float(numpy.vdot(target, target))

@@ -141,3 +141,44 @@ def test_the_models_error_with_one_layer_replaced_is_that_of_the_model_rebuilt(n
     assert found == pytest.approx(expected, rel=1e-5)
     assert 0 < found < 1
     assert model_error(model, model, x) == 0  # the model is as it was
+
+
+@pytest.mark.parametrize('in_size, out_size', [(40, 24), (24, 40)])
+@pytest.mark.parametrize('n_clusters', [4, 16])
+def test_a_low_rank_candidate_without_data_is_scored_as_from_linear_builds_it(
+        in_size, out_size, n_clusters):
+    # Scored from the one decomposition of the most terms asked, rank by rank, and the
+    # error summed a slice of rows at a time: the error of the layer from_linear builds.
+    from chainer_sharedlinear.compress.patterns import _from_linear
+    from chainer_sharedlinear.compress.weight_fit import _relative_error
+    linear = layer(in_size, out_size)
+    fit = _LayerFit(linear)
+    settings = [{'rank': rank, 'n_clusters': n_clusters, 'in_size': in_size,
+                 'out_size': out_size} for rank in (1, 5, 12)]
+    for knobs, score in zip(settings, fit.scores('clustered_lowrank', settings)):
+        built = _from_linear('clustered_lowrank', linear, knobs)
+        assert score == pytest.approx(_relative_error(built, linear.W.array), rel=1e-5)
+    settings = [{'rank': knobs['rank'], 'in_size': in_size, 'out_size': out_size}
+                for knobs in settings]
+    for knobs, score in zip(settings, fit.scores('lowrank', settings)):
+        built = _from_linear('lowrank', linear, knobs)
+        assert score == pytest.approx(_relative_error(built, linear.W.array), rel=1e-5)
+
+
+def test_clustered_low_rank_candidates_without_data_take_one_eigendecomposition():
+    # The Gram matrix and its eigenvectors, twice the float32 weight's bytes each, and a
+    # half for the rest (test_compress's _FIT_BYTES); before, 12 times for a float64 SVD,
+    # its factors and the products as large as the weight.
+    import tracemalloc
+    size = 192
+    linear = layer(size, size)
+    settings = _allocation_settings('clustered_lowrank', size, size, np.float32, False,
+                                    size * size * 4 // 8)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        _LayerFit(linear).scores('clustered_lowrank', settings)
+        peak = tracemalloc.get_traced_memory()[1] - start
+    finally:
+        tracemalloc.stop()
+    assert peak <= 4.5 * size * size * 4, peak / (size * size * 4)

@@ -49,9 +49,10 @@ _HASHED = pytest.mark.xfail(strict=True, reason=(
     'issue 32: onnxruntime holds every array of the folded hash until it has folded the '
     'whole graph, some 20 steps of 4 bytes a virtual weight at opset 18'))
 _OVER_THE_BOUND = {
-    ('clustered', 'peak'): pytest.mark.xfail(strict=True, reason=(
+    # Within a MiB of the bound, where fresh processes differ by as much: not strict.
+    ('clustered', 'peak'): pytest.mark.xfail(strict=False, reason=(
         'issue 32: folding the decoded index holds the keys, the gathered weight and its '
-        'reshape to (out_size, in_size) at once, about 2 MiB over the bound for the MLP')),
+        'reshape to (out_size, in_size) at once, about a MiB over the bound for the MLP')),
     ('hashed', 'peak'): _HASHED,
     ('hashed', 'held'): _HASHED,
 }

@@ -104,6 +104,23 @@ def _numbered_constants(context, prefix: str):
     return constant
 
 
+class _ProductGraph:
+    """What a converter of products in the accumulation dtype builds with: the graph, a cast,
+    numbered constants, shapes as constants, and inputs cast to ``dtype`` where they differ."""
+
+    def __init__(self, onnx, onnx_helper, context, prefix: str, dtype) -> None:
+        self.gb = onnx_helper.GraphBuilder()
+        self.cast = _caster(onnx, self.gb)
+        self.constant = _numbered_constants(context, prefix)
+        self.dtype = numpy.dtype(dtype)
+
+    def shape(self, *dims) -> str:
+        return self.constant(numpy.array(dims, numpy.int64))
+
+    def as_dtype(self, name: str, of) -> str:
+        return name if numpy.dtype(of) == self.dtype else self.cast(name, self.dtype)
+
+
 def _slice(gb, constant, opset: int, name: str, start: int, end: int, axis: int) -> str:
     """``name[start:end]`` along ``axis``, in the form of ``opset``."""
     if opset < _SLICE_INPUTS_OPSET:

@@ -7,11 +7,10 @@ import numpy
 from chainer_sharedlinear import _dtypes
 from chainer_sharedlinear.onnx_export.graph import (
     _bias_name,
-    _caster,
     _check_opset,
     _import_onnx,
-    _numbered_constants,
     _output,
+    _ProductGraph,
 )
 
 
@@ -32,16 +31,9 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     _, m2, n2 = B.shape
     x_dtype = numpy.dtype(x.dtype)
     dtype = _dtypes.accumulation_dtype(x.dtype, A.dtype, B.dtype)
-    gb = onnx_helper.GraphBuilder()
-    cast = _caster(onnx, gb)
-
-    constant = _numbered_constants(context, 'shape')
-
-    def shape(*dims):
-        return constant(numpy.array(dims, numpy.int64))
-
-    def as_dtype(name, of):
-        return name if numpy.dtype(of) == dtype else cast(name, dtype)
+    graph = _ProductGraph(onnx, onnx_helper, context, 'shape', dtype)
+    gb, cast = graph.gb, graph.cast
+    shape, as_dtype = graph.shape, graph.as_dtype
 
     rows = gb.op('Reshape', [as_dtype(x_name, x.dtype), shape(-1, n2)])
     b_all = gb.op('Reshape', [as_dtype(b_name, B.dtype), shape(n_terms * m2, n2)])

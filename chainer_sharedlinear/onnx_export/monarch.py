@@ -7,11 +7,10 @@ import numpy
 from chainer_sharedlinear import _dtypes
 from chainer_sharedlinear.onnx_export.graph import (
     _bias_name,
-    _caster,
     _check_opset,
     _import_onnx,
-    _numbered_constants,
     _output,
+    _ProductGraph,
     _slice,
 )
 
@@ -37,15 +36,9 @@ def convert_monarch_linear(params) -> tp.Tuple:
     in_size, out_size = x.shape[1], func.out_size
     x_dtype = numpy.dtype(x.dtype)
     dtype = _dtypes.accumulation_dtype(x.dtype, R.dtype, L.dtype)
-    gb = onnx_helper.GraphBuilder()
-    cast = _caster(onnx, gb)
-    constant = _numbered_constants(context, 'monarch')
-
-    def shape(*dims):
-        return constant(numpy.array(dims, numpy.int64))
-
-    def as_dtype(name, of):
-        return name if numpy.dtype(of) == dtype else cast(name, dtype)
+    graph = _ProductGraph(onnx, onnx_helper, context, 'monarch', dtype)
+    gb, cast, constant = graph.gb, graph.cast, graph.constant
+    shape, as_dtype = graph.shape, graph.as_dtype
 
     blocks = _monarch_blocks(gb, constant, opset, as_dtype(x_name, x.dtype), in_size, n_blocks)
     X = gb.op('Transpose', [blocks], perm=[1, 0, 2])

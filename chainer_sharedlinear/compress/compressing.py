@@ -126,10 +126,9 @@ def compress_linears(model: chainer.Link, budget, *,
     ``W``, never to 0), and the layer fitted to that weight and bias on
     ``X̃``'s statistics; the report's errors are then against them. It costs
     two passes of the calibration data per layer, and the statistics ``X̃ᵀX`` of
-    one layer at a time. Measure it (experiments/transformer.py
-    ``--sequential``): on a small Transformer it kept more where the one-pass
-    fit lost several points, and lost more where the one-pass fit had lost
-    the model already.
+    one layer at a time. It pays where errors compound over depth, at budgets
+    where the one-pass fit loses points; where that loses little, it gains
+    nothing for its time (experiments/transformer.py ``--sequential``).
 
     No setting costs more multiply-adds than the dense layer unless
     ``allow_more_multiply_adds``. A layer that no setting fits is skipped

@@ -512,7 +512,7 @@ def _allocate(model, include, fraction, names, why_not, layer_fit, allow_more_mu
             pick = min(own, key=lambda i: (layer_candidates[i][1], layer_candidates[i][0]))
             error = layer_candidates[pick][1]
             layer = layer_fit(linear).build(*layer_options[pick])
-            model_error = sensitivity.model_error(_ReplacedOutputs({linear: layer}))
+            model_error = sensitivity.model_error(linear, layer)
             sensitivities.append(1.0 if error == 0 else max((model_error / error) ** 2, 1e-12))
     try:
         allocated = allocate(candidates, budget, sensitivities=sensitivities)
@@ -556,9 +556,9 @@ class _Sensitivity:
                               for a in _arrays_of(self.model(x))]
         return numpy.concatenate(found) if found else numpy.zeros(0)
 
-    def model_error(self, replaced) -> float:
-        """``‖y' − y‖ / ‖y‖`` of the model's outputs with the layers of ``replaced`` in place."""
-        outputs = self._outputs(replaced)
+    def model_error(self, linear, layer) -> float:
+        """``‖y' − y‖ / ‖y‖`` of the model's outputs with ``linear``'s replaced by ``layer``'s."""
+        outputs = self._outputs(_ReplacedOutputs({linear: layer}))
         norm = float(numpy.linalg.norm(self.dense))
         return float(numpy.linalg.norm(outputs - self.dense)) / norm if norm else 0.0
 

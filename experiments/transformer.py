@@ -7,6 +7,8 @@ falling linearly to 0, Chainer's Trainer), one model per seed, saved in
 compresses a copy with ``compress_linears(model, budget, pattern=--pattern)``, given
 ``--calibration N`` training images drawn with the seed (the model's input,
 ``calibration=``) where N > 0, and records the validation accuracy it keeps with no fine-tuning.
+``--sequential`` passes ``sequential=True`` (each layer fitted on the inputs the layers
+compressed before it give it).
 
 The model: each 28 x 28 image is 49 tokens of 4 x 4 patches, embedded by an ``L.Linear(16,
 64)`` with learned position embeddings; two pre-norm encoder blocks (self-attention of 4
@@ -144,6 +146,10 @@ class PatchTransformer(chainer.Chain):
 
 # --- Records -------------------------------------------------------------------------------
 
+#: The values of the options that records made before the option lack.
+UNRECORDED = dict(sequential=False)
+
+
 def training_settings(args):
     """What changes a dense model: a folder's records and models share these."""
     return dict(dataset=args.dataset, data_dir=utils.data_source(args.dataset, args.data_dir),
@@ -171,7 +177,8 @@ class Records:
 
     def find(self, **key):
         return next((r for r in self.records
-                     if all(r.get(name) == value for name, value in key.items())), None)
+                     if all(r.get(name, UNRECORDED.get(name)) == value
+                            for name, value in key.items())), None)
 
     def add(self, **record):
         record.update(self.settings)
@@ -267,10 +274,12 @@ def takes_calibration():
 def measure(dense, dense_record, train_set, val_set, args, seed, budget, records):
     """Compresses a copy of ``dense`` to ``budget`` and records its accuracy, once."""
     key = dict(seed=seed, variant='compressed', budget=str(budget), pattern=args.pattern,
-               calibration=args.calibration)
+               calibration=args.calibration, sequential=args.sequential)
     if records.find(**key) is not None:
         return
     options = dict(pattern=args.pattern)
+    if args.sequential:
+        options['sequential'] = True
     if args.calibration:
         options['calibration'] = args.device.send(
             calibration_images(train_set, args.calibration, seed))
@@ -290,11 +299,12 @@ def measure(dense, dense_record, train_set, val_set, args, seed, budget, records
                 linears_ratio=(model_bytes - other_bytes) / (dense_record['model_bytes']
                                                              - other_bytes),
                 compress_seconds=seconds, layers=layers, skipped=report.skipped)
-    print('seed {}: {} {}{}: {:.4f} ({:+.2f} pt from dense), the model at {:.4f} of its '
+    print('seed {}: {} {}{}{}: {:.4f} ({:+.2f} pt from dense), the model at {:.4f} of its '
           'bytes ({:.1f} s)'.format(
               seed, budget, args.pattern,
               ', {} calibration images'.format(args.calibration) if args.calibration else '',
-              accuracy, 100 * (accuracy - dense_record['accuracy']),
+              ', sequential' if args.sequential else '', accuracy,
+              100 * (accuracy - dense_record['accuracy']),
               model_bytes / dense_record['model_bytes'], seconds), flush=True)
 
 
@@ -312,7 +322,8 @@ def table(records):
     """A Markdown table: the dense models, then each budget, pattern and calibration size.
 
     Accuracies are means ± standard deviations over the seeds; ``from dense`` is
-    the compressed model's accuracy less its own dense model's, in points;
+    the compressed model's accuracy less its own dense model's, in points; the
+    pattern of a ``--sequential`` record is followed by ``, sequential``;
     ``linears`` is the stored bytes of the model's ``L.Linear`` layers (those the
     budget is of, compressed or left dense) over the dense ones', ``model`` the
     whole model's over the dense model's; ``s``, the seconds to compress.
@@ -328,7 +339,8 @@ def table(records):
     groups = {}
     for record in records:
         if record['variant'] != 'dense':
-            groups.setdefault((record['budget'], record['pattern'], record['calibration']),
+            pattern = record['pattern'] + (', sequential' if record.get('sequential') else '')
+            groups.setdefault((record['budget'], pattern, record['calibration']),
                               []).append(record)
     for (budget, pattern, calibration), group in sorted(
             groups.items(), key=lambda item: (-fractions.Fraction(item[0][0]),) + item[0][1:]):
@@ -360,6 +372,9 @@ def run(args):
         raise utils.UsageError(
             '--calibration {}: this chainer_sharedlinear.compress_linears takes no '
             'calibration yet; run without --calibration'.format(args.calibration))
+    if args.sequential and not args.calibration:
+        raise utils.UsageError('--sequential fits each layer on calibration data: give '
+                               '--calibration N too')
     if os.path.isfile(args.out):
         raise utils.UsageError('--out {} is a file: a run writes its records and models into '
                                'a folder (--table reads a file of records)'.format(args.out))
@@ -401,6 +416,9 @@ def parse_args(argv=None):
     parser.add_argument('--calibration', type=non_negative_int, default=0, metavar='N',
                         help='Give compress_linears N training images drawn with the seed as '
                         'calibration data; 0: none (default: 0)')
+    parser.add_argument('--sequential', action='store_true',
+                        help='Fit each layer on the inputs the layers compressed before it give '
+                        'it (compress_linears(sequential=True)); needs --calibration')
     parser.add_argument('--epoch', '-e', type=utils.positive_int, default=6,
                         help='Epochs of dense training (default: 6)')
     parser.add_argument('--batchsize', '-b', type=utils.positive_int, default=100)

@@ -72,6 +72,7 @@ class _StatisticsHook(chainer.LinkHook):
     def __init__(self, paths: tp.Dict[int, str]) -> None:
         self.paths = paths  # id of a watched link -> the path it is reported under
         self.sums: tp.Dict[int, tp.List] = {}  # id -> [gram, n_samples, column sums]
+        self.called: tp.List[str] = []  # the paths, in the order of their first calls
         self.batch = 0
 
     def forward_preprocess(self, args) -> None:
@@ -100,6 +101,7 @@ class _StatisticsHook(chainer.LinkHook):
         sums = self.sums.get(id(args.link))
         if sums is None:
             self.sums[id(args.link)] = [rows.T @ rows, rows.shape[0], column_sums]
+            self.called.append(path)
         elif sums[0].shape[0] != in_size:
             raise CalibrationError(
                 '{} was called on inputs of {} features and then of {}, on calibration batch '
@@ -163,6 +165,20 @@ def gather_statistics(model: chainer.Link, calibration, *,
         chainer_sharedlinear.compress.calibration.CalibrationError: the calibration data holds no \
 batch: give the model's input, an array or an iterable of batches
     """
+    in_call_order = _gather_in_call_order(model, calibration, include=include)
+    return collections.OrderedDict((path, in_call_order[path]) for path in
+                                   _selected_paths(model, include))
+
+
+def _selected_paths(model, include) -> tp.List[str]:
+    links = dict(model.namedlinks())
+    candidates = _candidates(links, L.Linear)
+    named = _named_links(include, links, candidates, L.Linear)
+    return [c.paths[0] for c in candidates.values() if _selected(include, named, c)]
+
+
+def _gather_in_call_order(model, calibration, *, include=None):
+    """:func:`gather_statistics`' statistics in the order of the layers' first calls."""
     if not isinstance(model, chainer.Link):
         raise TypeError('gather_statistics expects a chainer.Link (the model), got {}'.format(
             type(model).__name__))
@@ -194,9 +210,56 @@ batch: give the model's input, an array or an iterable of batches
         raise CalibrationError('the calibration data never reached {}: the model did not call '
                                '{} on it'.format(', '.join(unreached),
                                                  'it' if len(unreached) == 1 else 'them'))
+    ids = {c.paths[0]: id(c.link) for c in selected}
     return collections.OrderedDict(
-        (c.paths[0], LayerStatistics(gram=sums[0], n_samples=int(sums[1]), column_sums=sums[2]))
-        for c in selected for sums in [hook.sums[id(c.link)]])
+        (path, LayerStatistics(gram=sums[0], n_samples=int(sums[1]), column_sums=sums[2]))
+        for path in hook.called for sums in [hook.sums[ids[path]]])
+
+
+class _InputRows(chainer.LinkHook):
+    """Keeps the inputs of one link in one forward pass, as rows in float64."""
+
+    name = 'chainer_sharedlinear.compress.input_rows'
+
+    def __init__(self, link) -> None:
+        self.link = link
+        self.rows = []
+
+    def forward_preprocess(self, args) -> None:
+        if args.link is self.link:
+            x = args.args[0]
+            x = x.array if isinstance(x, chainer.Variable) else x
+            self.rows.append(x.reshape(-1, self.link.W.shape[1]).astype(numpy.float64))
+
+    def matrix(self):
+        return backend.get_array_module(self.rows[0]).concatenate(self.rows)
+
+
+def _gather_cross_statistics(model, calibration, link, replaced: chainer.LinkHook):
+    """The inputs ``X̃`` of ``link`` with the hook ``replaced`` on and ``X`` without, compared.
+
+    Two passes of each batch (so that no activation outlives its batch), in
+    test mode with no graph, on data :func:`gather_statistics` took already.
+
+    Returns:
+        ``(statistics, cross, dense_sums)``: the :class:`LayerStatistics` of
+        ``X̃``, ``X̃ᵀX`` and ``Xᵀ1``, in float64 on the layer's device.
+    """
+    sums = None
+    with chainer.using_config('train', False), chainer.no_backprop_mode():
+        for x in _batches(calibration):
+            dense, new = _InputRows(link), _InputRows(link)
+            with dense:
+                model(x)
+            with new, replaced:
+                model(x)
+            dense_rows, new_rows = dense.matrix(), new.matrix()
+            terms = [new_rows.T @ new_rows, new_rows.shape[0], new_rows.sum(axis=0),
+                     new_rows.T @ dense_rows, dense_rows.sum(axis=0)]
+            sums = terms if sums is None else [a + b for a, b in zip(sums, terms)]
+    gram, n_samples, column_sums, cross, dense_sums = sums
+    return LayerStatistics(gram=gram, n_samples=int(n_samples),
+                           column_sums=column_sums), cross, dense_sums
 
 
 def _batches(calibration) -> tp.Iterator:

@@ -295,3 +295,37 @@ def test_the_calibration_statistics_reach_every_linear_of_the_model():
     assert statistics['/embed'].n_samples == statistics['/blocks/1/mlp_out'].n_samples == 5 * 49
     assert statistics['/head'].n_samples == 5
     assert statistics['/blocks/0/mlp_out'].in_size == 128
+
+
+def test_sequential_is_passed_through_and_is_part_of_the_record_s_key(
+        tmp_path, capsys, monkeypatch):
+    given = []
+
+    def recording(model, budget, *, calibration=None, sequential=False, **options):
+        given.append(sequential)
+        return compress_linears(model, budget, calibration=calibration, sequential=sequential,
+                                **options)
+
+    monkeypatch.setattr(transformer, 'compress_linears', recording)
+    out = str(tmp_path / 'tiny')
+    run = TINY + ['--budgets', '1/8', '--calibration', '30', '--out', out]
+    assert transformer.main(run) == 0
+    assert transformer.main(run + ['--sequential']) == 0
+    assert transformer.main(run + ['--sequential']) == 0  # measured already: skipped
+    assert given == [False, True]
+    assert [(r['calibration'], r['sequential']) for r in read_records(out)
+            if r['variant'] == 'compressed'] == [(30, False), (30, True)]
+    capsys.readouterr()
+    assert transformer.main(['--table', '--out', out]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(' | ')[1] for line in lines[3:]] == ['auto', 'auto, sequential']
+    assert transformer.main(TINY + ['--sequential', '--out', out]) == 2
+    assert '--sequential fits each layer on calibration data: give --calibration N too' in (
+        capsys.readouterr().err)
+
+
+def test_a_record_made_before_sequential_counts_as_one_without_it(tmp_path):
+    records = transformer.Records(str(tmp_path), {})
+    records.add(seed=0, variant='compressed', calibration=30)
+    assert records.find(seed=0, calibration=30, sequential=False) is not None
+    assert records.find(seed=0, calibration=30, sequential=True) is None

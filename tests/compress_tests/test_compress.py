@@ -706,7 +706,7 @@ def test_compressing_takes_little_memory_beyond_building_the_layers(patterns):
 # new layer itself. A fit that is a symmetric eigendecomposition of the float64 Gram matrix of a
 # square weight (or of its rearrangement, 576² of 24 x 24 factors) holds that matrix and its
 # eigenvectors, twice the weight's bytes each (NumPy's linalg computes in float64 only, and all
-# the eigenvectors), and a half for the rest. Before, every fit took 6 to 10.5.
+# the eigenvectors), and a half for the rest.
 _FIT_BYTES = dict(shared=3, hashed=3, clustered=3, monarch=3, auto=3,
                   kronecker=4.5, phm=4.5, lowrank=4.5)
 

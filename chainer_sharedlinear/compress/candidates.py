@@ -210,9 +210,9 @@ class _LayerFit:
 
 
 def _flip_signs(left, right) -> None:
-    """Gives each term the sign the layers' own fits give it (``nearest_terms``): the largest
-    entry of its vector on the shorter side positive, so that the codebooks scored here are
-    the codebooks ``from_linear`` clusters."""
+    """Gives each term of the whitened SVD the sign rule of the layers' own fits
+    (``nearest_terms``): the largest entry of its vector on the shorter side positive, so that
+    the factors clustered, and so the layer built, do not depend on the sign LAPACK returns."""
     shorter = left if left.shape[0] <= right.shape[1] else right.T
     signs = numpy.sign(shorter[numpy.abs(shorter).argmax(axis=0), numpy.arange(shorter.shape[1])])
     left *= signs

@@ -131,10 +131,31 @@ class _BitwiseHashNodes(_HashNodes):
         return self.op('BitwiseXor', a, b)
 
     def signed_index(self, out_size: int, in_size: int, n_weights: int, seed: int) -> str:
+        """The ``(out_size, in_size)`` map, with as few steps over every weight as exact allows.
+
+        onnxruntime holds each folded array until it has folded the whole graph, so
+        every step over the ``(out, in)`` weights costs 4 bytes a weight when the
+        file loads. Two identities of xor and ``>>`` (which distributes over it)
+        move work to the rows and columns or drop it:
+
+        - the hash's first xorshift, of ``row(i) ^ j``, is ``A(i) ^ B(j)`` with
+          ``A = row ^ row >> 16`` and ``B = j ^ j >> 16``;
+        - with ``h = d ^ d >> 16`` the end of the mixer, ``h >> 16 = d >> 16``,
+          so the sign's first xorshift, of ``h ^ key``, is ``d ^ key ^ key >> 16``.
+        """
+        first, second = _MIX_MULTIPLIERS
+
+        def first_xorshift(z):
+            return self.xor(z, self.shift(z, 16))
+
         rows = self.mix(self.xor(self.arange(out_size, [-1, 1]), self.const(int(seed_key(seed)))))
-        hashes = self.mix(self.xor(rows, self.arange(in_size, [1, -1])))
-        negative = self.shift(self.mix(self.xor(hashes, self.const(_SIGN_KEY)), last_shift=False),
-                              31)
+        z = self.xor(first_xorshift(rows), first_xorshift(self.arange(in_size, [1, -1])))
+        z = self.mul32(z, first)
+        d = self.mul32(self.xor(z, self.shift(z, 15)), second)
+        hashes = self.xor(d, self.shift(d, 16))
+        z = self.mul32(self.xor(d, self.const(_SIGN_KEY ^ (_SIGN_KEY >> 16))), first)
+        z = self.mul32(self.xor(z, self.shift(z, 15)), second)
+        negative = self.shift(z, 31)  # the top bit, which the mixer's last xorshift keeps
         bucket = self.op('Mod', hashes, self.const(n_weights), fmod=0)
         if 2 * n_weights <= 2 ** 31:
             return self._cast(self.op('Add', bucket, self.op('Mul', negative,

@@ -22,12 +22,16 @@ def synchronizer(device):
     return synchronize
 
 
-def time_round_robin(steps, repeats: int, warmup: int, seconds: float, synchronize):
+def time_round_robin(steps, repeats: int, warmup: int, seconds: float, synchronize,
+                     pause: float = 0.0):
     """Times each step ``repeats`` times, interleaved; returns seconds per step.
 
     Each round runs every step once, starting from a different one each round,
     so that drift on a busy machine affects them alike. Timing stops early once
-    ``seconds`` have passed and :data:`MIN_REPEATS` rounds are done.
+    ``seconds`` of steps (pauses left out) have passed and :data:`MIN_REPEATS`
+    rounds are done. With ``pause``, each step waits that many seconds first,
+    untimed: for steps whose threads stay busy after they return (onnxruntime's
+    spin waiting for more work), so that one step's leftover does not slow the next.
     """
     names = list(steps)
     for _ in range(warmup):
@@ -35,16 +39,19 @@ def time_round_robin(steps, repeats: int, warmup: int, seconds: float, synchroni
             steps[name]()
     synchronize()
     samples = collections.OrderedDict((name, []) for name in names)
-    start = time.perf_counter()
+    timed = 0.0
     for i in range(repeats):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
+            if pause:
+                time.sleep(pause)
             synchronize()
             t0 = time.perf_counter()
             steps[name]()
             synchronize()
             samples[name].append(time.perf_counter() - t0)
-        if i + 1 >= MIN_REPEATS and time.perf_counter() - start > seconds:
+            timed += samples[name][-1]
+        if i + 1 >= MIN_REPEATS and timed > seconds:
             break
     return samples
 

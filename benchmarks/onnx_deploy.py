@@ -14,8 +14,8 @@ table gives:
   to that process, at its peak and once created, over the process with
   onnxruntime imported and no session (:func:`session_memory`);
 - ``b1``, ``b256``: the latency of a call at batch 1 and 256 over the dense
-  model's, in one process, the two sessions called alternately
-  (:func:`benchmarks.measure.time_round_robin`); the median of the rounds'
+  model's, in one process, the two sessions timed alternately, a block of
+  calls each after a pause (:func:`latency_ratios`); the median of the rounds'
   ratios, and their quartiles: the machine may be busy;
 - the Chainer columns of :mod:`benchmarks.chainer_deploy`: the npz file's size,
   the latency in test mode without a graph at batch 1 and 256 and the time of a
@@ -26,6 +26,7 @@ leaves out onnxruntime.
 """
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -144,15 +145,38 @@ def _session(path: str):
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
 
 
+#: The pause before each block of calls, untimed. After a call, onnxruntime's
+#: worker threads spin for a while waiting for more work; on a machine of few
+#: cores a session's spinning slows the other session's calls, so that calls
+#: alternated one by one measure the two sessions' contention, not either model.
+SPIN_PAUSE = 0.05
+#: The length of a block of calls of one session, timed as a whole: the dense
+#: model's calls that take about this long.
+BLOCK_SECONDS = 0.01
+
+
 def latency_ratios(path: str, dense_path: str, batch: int, rounds: int,
                    seconds: float, in_size: int = SIZES[0]) -> tp.List[float]:
-    """Per round, the time of a call of ``path``'s model over the dense model's, alternated."""
+    """Per round, the time of a call of ``path``'s model over the dense model's.
+
+    The two sessions are timed alternately, a block of calls each, after a
+    pause (:data:`SPIN_PAUSE`), so each runs as it would alone.
+    """
     x = numpy.random.default_rng(0).standard_normal((batch, in_size)).astype(numpy.float32)
     sessions = {'model': _session(path), 'dense': _session(dense_path)}
-    steps = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
+    calls = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
              for name, s in sessions.items()}
-    samples = time_round_robin(steps, repeats=rounds, warmup=3, seconds=seconds,
-                               synchronize=lambda: None)
+    one_call = min(time_round_robin({'dense': calls['dense']}, repeats=5, warmup=3,
+                                    seconds=0, synchronize=lambda: None)['dense'])
+    per_block = max(1, round(BLOCK_SECONDS / one_call))
+
+    def block(call):
+        for _ in range(per_block):
+            call()
+    samples = time_round_robin({name: functools.partial(block, call)
+                                for name, call in calls.items()},
+                               repeats=rounds, warmup=1, seconds=seconds,
+                               synchronize=lambda: None, pause=SPIN_PAUSE)
     return [t / d for t, d in zip(samples['model'], samples['dense'])]
 
 

@@ -47,7 +47,7 @@ def dense_memory(tmp_path_factory):
 
 _HASHED = pytest.mark.xfail(strict=True, reason=(
     'issue 32: onnxruntime holds every array of the folded hash until it has folded the '
-    'whole graph, some 20 steps of 4 bytes a virtual weight at opset 18'))
+    'whole graph, 17 steps of 4 bytes a virtual weight at opset 18'))
 _OVER_THE_BOUND = {
     # Within a MiB of the bound, where fresh processes differ by as much: not strict.
     ('clustered', 'peak'): pytest.mark.xfail(strict=False, reason=(

@@ -10,6 +10,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import chainer
 import numpy as np
@@ -181,6 +182,17 @@ def test_steps_are_interleaved_and_stop_when_time_is_up():
     assert [len(times) for times in samples.values()] == [measure.MIN_REPEATS] * 3
     rounds = calls[3:]
     assert rounds[:9] == list('abc' 'bca' 'cab')  # each round starts one further on
+
+
+def test_a_pause_before_each_step_is_left_out_of_its_time():
+    ends = []
+    steps = {name: (lambda: ends.append(time.perf_counter())) for name in 'ab'}
+    samples = measure.time_round_robin(steps, repeats=10, warmup=0, seconds=0.03,
+                                       synchronize=lambda: None, pause=0.02)
+    assert all(t < 0.01 for times in samples.values() for t in times)
+    assert min(np.diff(ends)) >= 0.02  # it paused before every step
+    # Its pauses, 0.2 s after five rounds, do not count towards its seconds.
+    assert [len(times) for times in samples.values()] == [10, 10]
 
 
 def test_a_wide_spread_of_times_is_flagged():

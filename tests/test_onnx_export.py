@@ -536,6 +536,28 @@ def test_kronecker_factors_wider_than_the_input(ort, n_terms, bias):
     np.testing.assert_allclose(y, expected, rtol=2 ** -9, atol=2 ** -14)
 
 
+@pytest.mark.parametrize('layer, options', [
+    (lambda: ClusteredLinear(30, 20, n_clusters=16), {}),
+    (lambda: HashedLinear(30, 20, n_weights=60), {'opset_version': 18}),
+    (lambda: HashedLinear(30, 20, n_weights=60), {'hash_in_graph': False}),
+], ids=['clustered', 'hashed', 'hashed-map-stored'])
+def test_a_gathered_weight_s_bias_is_in_its_gemm_as_l_linear_s(ort, layer, options):
+    # As onnx_chainer exports L.Linear, so that onnxruntime fuses the activation that
+    # follows into the Gemm for these layers too.
+    model = _Two(_trained(layer(), 0), L.Linear(20, 4))
+    x = _standard_normal((3, 30), 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)
+        onnx_model = export(model, x, **options)
+    y, = run_onnx(onnx_model, x)
+    np.testing.assert_allclose(y, model(x).array, rtol=1e-5, atol=1e-6)
+    gemms = [node for node in onnx_model.graph.node if node.op_type == 'Gemm']
+    assert len(gemms) == 2 and all(len(node.input) == 3 for node in gemms)
+    biases = {gemm.input[2] for gemm in gemms}
+    assert not [node for node in onnx_model.graph.node
+                if node.op_type == 'Add' and biases & set(node.input)]
+
+
 @pytest.mark.parametrize('opset_version', [7, 9, 11, 13])
 def test_export_of_a_tied_linear_model_matches_chainer(ort, opset_version):
     from chainer_sharedlinear import tied_linear

@@ -60,6 +60,12 @@ def _virtual_gemm(onnx, gb, params, V) -> tp.Tuple:
     cast = _caster(onnx, gb)
     if numpy.dtype(W.dtype) != dtype:
         V = cast(V, dtype)
+    if x_dtype == dtype and bias_name is not None:
+        # The bias in the Gemm, as onnx_chainer exports L.Linear: onnxruntime then fuses
+        # the activation that follows into it, as it does the dense layer's.
+        gb.op_output_named('Gemm', [params.input_names[0], V, bias_name], params.output_names,
+                           transB=1)
+        return gb.nodes()
     rows = params.input_names[0] if x_dtype == dtype else cast(params.input_names[0], dtype)
     gemm_inputs = [rows, V]
     if params.opset_version < _GEMM_OPTIONAL_BIAS_OPSET:

@@ -19,7 +19,8 @@ def convert_kronecker_linear(params) -> tp.Tuple:
 
     ``Σ_r A[r] · X · B[r]ᵀ`` for each input row ``X`` seen as an
     ``n1 × n2`` matrix: one ``MatMul`` with all of ``B``, one with all of
-    ``A``, and the reshapes between them, as in Chainer.
+    ``A`` (its terms interleaved), and reshapes between them, the layout of
+    Chainer's node: no ``Transpose`` of an array of the batch's size.
     """
     onnx, onnx_helper = _import_onnx()
     func, context = params.func, params.context
@@ -38,14 +39,10 @@ def convert_kronecker_linear(params) -> tp.Tuple:
     rows = gb.op('Reshape', [as_dtype(x_name, x.dtype), shape(-1, n2)])
     b_all = gb.op('Reshape', [as_dtype(b_name, B.dtype), shape(n_terms * m2, n2)])
     T = gb.op('MatMul', [rows, gb.op('Transpose', [b_all], perm=[1, 0])])
-    if n_terms == 1:
-        T = gb.op('Reshape', [T, shape(-1, n1, m2)])
-        a_all = gb.op('Reshape', [as_dtype(a_name, A.dtype), shape(m1, n1)])
-    else:
-        T = gb.op('Transpose', [gb.op('Reshape', [T, shape(-1, n1, n_terms, m2)])],
-                  perm=[0, 2, 1, 3])
-        T = gb.op('Reshape', [T, shape(-1, n_terms * n1, m2)])
-        a_all = gb.op('Reshape', [gb.op('Transpose', [as_dtype(a_name, A.dtype)],
-                                        perm=[1, 0, 2]), shape(m1, n_terms * n1)])
+    # T's columns are (r, k) for each row (n, j): as (N, n1·R, m2), its rows j·R + r, the
+    # order of A's interleaved columns, so that no array of the batch's size is moved.
+    T = gb.op('Reshape', [T, shape(-1, n1 * n_terms, m2)])
+    a_all = gb.op('Reshape', [gb.op('Transpose', [as_dtype(a_name, A.dtype)], perm=[1, 2, 0]),
+                              shape(m1, n1 * n_terms)])
     y = gb.op('Reshape', [gb.op('MatMul', [a_all, T]), shape(-1, m1 * m2)])
     return _output(gb, cast, y, dtype, x_dtype, bias_name, params.output_names)

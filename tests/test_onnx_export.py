@@ -508,6 +508,20 @@ def test_export_of_kronecker_layers_takes_another_batch_size(ort):
 
 
 @pytest.mark.parametrize('n_terms', [1, 3])
+def test_a_kronecker_graph_transposes_its_factors_only(ort, n_terms):
+    # A's terms interleaved as in Chainer's node: no array of the batch's size is moved.
+    model = chainer.Sequential(_trained(KroneckerLinear(24, 12, n_terms=n_terms), 0))
+    onnx_model = _export_and_compare(ort, model, _standard_normal((5, 24), 1), None,
+                                     atol=1e-5)
+    graph = onnx_model.graph
+    from_the_input = {i.name for i in graph.input}
+    for node in graph.node:  # in topological order
+        if from_the_input & set(node.input):
+            from_the_input.update(node.output)
+            assert node.op_type in {'Reshape', 'MatMul', 'Add', 'Identity'}, node
+
+
+@pytest.mark.parametrize('n_terms', [1, 3])
 @pytest.mark.parametrize('bias', [False, True])
 def test_kronecker_factors_wider_than_the_input(ort, n_terms, bias):
     # Chainer multiplies a float16 input by float32 factors in float32, rounds the

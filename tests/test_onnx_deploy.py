@@ -45,16 +45,19 @@ def dense_memory(tmp_path_factory):
     return session_memory(path)
 
 
-_HASHED = pytest.mark.xfail(strict=True, reason=(
+_HASHED_PEAK = pytest.mark.xfail(strict=True, reason=(
     'issue 32: onnxruntime holds every array of the folded hash until it has folded the '
     'whole graph, 17 steps of 4 bytes a virtual weight at opset 18'))
+_HASHED_HELD = pytest.mark.xfail(strict=True, reason=(
+    "issue 32: glibc's allocator keeps for the process the memory that onnxruntime freed "
+    'after folding the hash (MALLOC_TRIM_THRESHOLD_=131072 returns it: docs/family.md)'))
 _OVER_THE_BOUND = {
     # Within a MiB of the bound, where fresh processes differ by as much: not strict.
     ('clustered', 'peak'): pytest.mark.xfail(strict=False, reason=(
         'issue 32: folding the decoded index holds the keys, the gathered weight and its '
         'reshape to (out_size, in_size) at once, about a MiB over the bound for the MLP')),
-    ('hashed', 'peak'): _HASHED,
-    ('hashed', 'held'): _HASHED,
+    ('hashed', 'peak'): _HASHED_PEAK,
+    ('hashed', 'held'): _HASHED_HELD,
 }
 
 

@@ -23,15 +23,17 @@ def synchronizer(device):
 
 
 def time_round_robin(steps, repeats: int, warmup: int, seconds: float, synchronize,
-                     pause: float = 0.0):
+                     pause: float = 0.0, self_timed: bool = False):
     """Times each step ``repeats`` times, interleaved; returns seconds per step.
 
     Each round runs every step once, starting from a different one each round,
     so that drift on a busy machine affects them alike. Timing stops early once
     ``seconds`` of steps (pauses left out) have passed and :data:`MIN_REPEATS`
-    rounds are done. With ``pause``, each step waits that many seconds first,
-    untimed: for steps whose threads stay busy after they return (onnxruntime's
-    spin waiting for more work), so that one step's leftover does not slow the next.
+    rounds are done. With ``self_timed``, each step returns the seconds it
+    took as it timed them itself (its work runs in another process, say). With
+    ``pause``, each step waits that many seconds first, untimed: for steps
+    whose threads stay busy after they return (onnxruntime's spin waiting for
+    more work), so that one step's leftover does not slow the next.
     """
     names = list(steps)
     for _ in range(warmup):
@@ -47,9 +49,9 @@ def time_round_robin(steps, repeats: int, warmup: int, seconds: float, synchroni
                 time.sleep(pause)
             synchronize()
             t0 = time.perf_counter()
-            steps[name]()
+            own_time = steps[name]()
             synchronize()
-            samples[name].append(time.perf_counter() - t0)
+            samples[name].append(own_time if self_timed else time.perf_counter() - t0)
             timed += samples[name][-1]
         if i + 1 >= MIN_REPEATS and timed > seconds:
             break

@@ -15,8 +15,8 @@ table gives:
   onnxruntime imported and no session (:func:`session_memory`);
 - ``b1``, ``b256``: the latency of a call at batch 1 and 256 over the dense
   model's, in one process, the two sessions timed alternately, a block of
-  calls each after a pause (:func:`latency_ratios`); the median of the rounds'
-  ratios, and their quartiles: the machine may be busy;
+  calls each after a pause, in three pairs of sessions (:func:`latency_ratios`);
+  the median of the rounds' ratios, and their quartiles: the machine may be busy;
 - the Chainer columns of :mod:`benchmarks.chainer_deploy`: the npz file's size,
   the latency in test mode without a graph at batch 1 and 256 and the time of a
   training step, each over the dense model's, and the peak memory of a step.
@@ -26,7 +26,6 @@ leaves out onnxruntime.
 """
 
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -138,45 +137,89 @@ def session_memory(path: str) -> dict:
     return json.loads(result.stdout)
 
 
-def _session(path: str):
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-
-
 #: The pause before each block of calls, untimed. After a call, onnxruntime's
 #: worker threads spin for a while waiting for more work; on a machine of few
-#: cores a session's spinning slows the other session's calls, so that calls
-#: alternated one by one measure the two sessions' contention, not either model.
+#: cores one session's spinning slows the other's calls, even from another
+#: process, so that calls alternated one by one measure the two sessions'
+#: contention, not either model.
 SPIN_PAUSE = 0.05
 #: The length of a block of calls of one session, timed as a whole: the dense
 #: model's calls that take about this long.
 BLOCK_SECONDS = 0.01
+
+# Run in a fresh process by _SessionProcess: a session of the file argv[1], called on an
+# input of shape (argv[2], argv[3]) as many times as each line of stdin says; each line of
+# stdout the seconds they took.
+_LATENCY_SCRIPT = '''
+import sys, time
+import numpy, onnxruntime
+
+options = onnxruntime.SessionOptions()
+options.log_severity_level = 3
+session = onnxruntime.InferenceSession(sys.argv[1], options, providers=['CPUExecutionProvider'])
+x = numpy.random.default_rng(0).standard_normal((int(sys.argv[2]), int(sys.argv[3])))
+feed = {session.get_inputs()[0].name: x.astype(numpy.float32)}
+for line in sys.stdin:
+    calls = int(line)
+    start = time.perf_counter()
+    for _ in range(calls):
+        session.run(None, feed)
+    print(time.perf_counter() - start, flush=True)
+'''
+
+
+class _SessionProcess:
+    """A process of its own that holds one session of a file and times calls of it.
+
+    One session per process, as a deployed model runs: in one process the
+    two sessions' thread pools (onnxruntime pins their workers to the same
+    cores) made a session's calls fast or slow for its whole life, by up to
+    half, whichever model it held.
+    """
+
+    def __init__(self, path: str, batch: int, in_size: int) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, '-c', _LATENCY_SCRIPT, path, str(batch), str(in_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def seconds(self, calls: int) -> float:
+        """The seconds that ``calls`` calls take, one after the other."""
+        self._process.stdin.write('{}\n'.format(calls))
+        self._process.stdin.flush()
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError('the onnxruntime session process ended: {}'.format(
+                self._process.stderr.read()))
+        return float(line)
+
+    def __enter__(self) -> '_SessionProcess':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._process.stdin.close()
+        self._process.wait()
+        self._process.stdout.close()
+        self._process.stderr.close()
 
 
 def latency_ratios(path: str, dense_path: str, batch: int, rounds: int,
                    seconds: float, in_size: int = SIZES[0]) -> tp.List[float]:
     """Per round, the time of a call of ``path``'s model over the dense model's.
 
-    The two sessions are timed alternately, a block of calls each, after a
-    pause (:data:`SPIN_PAUSE`), so each runs as it would alone.
+    Each session runs in a process of its own (:class:`_SessionProcess`); the
+    two are timed alternately, a block of calls each after a pause
+    (:data:`SPIN_PAUSE`), so that each runs as it would alone.
     """
-    x = numpy.random.default_rng(0).standard_normal((batch, in_size)).astype(numpy.float32)
-    sessions = {'model': _session(path), 'dense': _session(dense_path)}
-    calls = {name: (lambda s=s: s.run(None, {s.get_inputs()[0].name: x}))
-             for name, s in sessions.items()}
-    one_call = min(time_round_robin({'dense': calls['dense']}, repeats=5, warmup=3,
-                                    seconds=0, synchronize=lambda: None)['dense'])
-    per_block = max(1, round(BLOCK_SECONDS / one_call))
-
-    def block(call):
-        for _ in range(per_block):
-            call()
-    samples = time_round_robin({name: functools.partial(block, call)
-                                for name, call in calls.items()},
-                               repeats=rounds, warmup=1, seconds=seconds,
-                               synchronize=lambda: None, pause=SPIN_PAUSE)
+    with _SessionProcess(path, batch, in_size) as model, \
+            _SessionProcess(dense_path, batch, in_size) as dense:
+        for _ in range(3):
+            model.seconds(1)
+        one_call = min(dense.seconds(1) for _ in range(8))
+        per_block = max(1, round(BLOCK_SECONDS / one_call))
+        samples = time_round_robin(
+            {'model': lambda: model.seconds(per_block), 'dense': lambda: dense.seconds(per_block)},
+            repeats=rounds, warmup=1, seconds=seconds, synchronize=lambda: None,
+            pause=SPIN_PAUSE, self_timed=True)
     return [t / d for t, d in zip(samples['model'], samples['dense'])]
 
 

@@ -195,6 +195,14 @@ def test_a_pause_before_each_step_is_left_out_of_its_time():
     assert [len(times) for times in samples.values()] == [10, 10]
 
 
+def test_a_self_timed_step_s_own_time_is_recorded():
+    times = iter([0.5, 0.25] * 5)
+    steps = {name: (lambda: next(times)) for name in 'ab'}
+    samples = measure.time_round_robin(steps, repeats=5, warmup=0, seconds=0.0,
+                                       synchronize=lambda: None, self_timed=True)
+    assert sorted(samples['a'] + samples['b']) == [0.25] * 5 + [0.5] * 5
+
+
 def test_a_wide_spread_of_times_is_flagged():
     def result(label, q1, q3):
         return {'label': label, 'median_ms': {'shared': 1.0, 'dense': 1.0},

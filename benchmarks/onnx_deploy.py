@@ -14,9 +14,9 @@ table gives:
   to that process, at its peak and once created, over the process with
   onnxruntime imported and no session (:func:`session_memory`);
 - ``b1``, ``b256``: the latency of a call at batch 1 and 256 over the dense
-  model's, in one process, the two sessions timed alternately, a block of
-  calls each after a pause, in three pairs of sessions (:func:`latency_ratios`);
-  the median of the rounds' ratios, and their quartiles: the machine may be busy;
+  model's, each session in a process of its own, the two timed alternately, a
+  block of calls each after a pause (:func:`latency_ratios`); the median of the
+  rounds' ratios, and their quartiles: the machine may be busy;
 - the Chainer columns of :mod:`benchmarks.chainer_deploy`: the npz file's size,
   the latency in test mode without a graph at batch 1 and 256 and the time of a
   training step, each over the dense model's, and the peak memory of a step.

@@ -76,6 +76,13 @@ def test_the_whole_table_fills_every_column(capsys):
     assert all('—' not in cells for cells in rows.values())
 
 
+def test_a_session_process_that_fails_says_why(tmp_path):
+    onnxruntime_or_skip()
+    with onnx_deploy._SessionProcess(str(tmp_path / 'missing.onnx'), 1, 3) as session:
+        with pytest.raises(RuntimeError, match='(?s)session process ended: .*missing.onnx'):
+            session.seconds(1)
+
+
 def test_cpu_name_is_read_from_proc_cpuinfo():
     if not os.path.exists('/proc/cpuinfo'):
         pytest.skip('reads /proc/cpuinfo')

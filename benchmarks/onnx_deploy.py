@@ -47,6 +47,7 @@ import numpy  # noqa: E402
 
 from benchmarks.chainer_deploy import chainer_columns, median_and_quartiles  # noqa: E402
 from benchmarks.measure import time_round_robin  # noqa: E402
+from benchmarks.report import cpu_name  # noqa: E402
 
 #: The patterns the table compares with the dense model, in its order: those of
 #: ``compress_linears``, and ``clustered_lowrank``, which it has not (:func:`compressed`).
@@ -332,18 +333,6 @@ def main(argv=None) -> int:
               os.environ.get('OPENBLAS_NUM_THREADS', 'unset')))
     print(format_table(rows))
     return 0
-
-
-def cpu_name() -> str:
-    """The model name of the CPU, from ``/proc/cpuinfo`` (``unknown`` elsewhere)."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown'
 
 
 def _train_batch() -> str:

@@ -72,7 +72,7 @@ def describe_machine(device) -> dict:
     machine = collections.OrderedDict()
     machine['date'] = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
     machine['device'] = str(device)
-    machine['cpu'] = _cpu_model()
+    machine['cpu'] = cpu_name()
     machine['cpu_count'] = os.cpu_count()
     if hasattr(os, 'sched_getaffinity'):
         machine['cpus_usable'] = len(os.sched_getaffinity(0))
@@ -96,7 +96,8 @@ def describe_machine(device) -> dict:
     return machine
 
 
-def _cpu_model() -> str:
+def cpu_name() -> str:
+    """The model name of the CPU, from ``/proc/cpuinfo``, else what :mod:`platform` says."""
     try:
         with open('/proc/cpuinfo') as cpuinfo:
             for line in cpuinfo:

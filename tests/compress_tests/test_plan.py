@@ -309,8 +309,8 @@ def refused_on_load(pattern, model, plan, message):
     assert_unchanged(fresh, before)
 
 
-@cases(DAMAGED_PLANS)
-def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, message):
+def refused_by_apply_plan(pattern, edit, message):
+    """``edited(pattern, edit)``, whose plan apply_plan refuses before any change."""
     if pattern not in pattern_names():
         pytest.skip('{} is not in this version'.format(pattern))
     model, plan = edited(pattern, edit)
@@ -319,6 +319,12 @@ def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, 
     with pytest.raises(ValueError, match=message):
         apply_plan(fresh, plan)
     assert_unchanged(fresh, before)
+    return model, plan
+
+
+@cases(DAMAGED_PLANS)
+def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, message):
+    model, plan = refused_by_apply_plan(pattern, edit, message)
     # save_compressed refuses it too, and writes nothing.
     with pytest.raises(ValueError, match=message):
         save_compressed(str(tmp_path / 'model.npz'), model, plan)
@@ -329,14 +335,7 @@ def test_a_damaged_plan_is_refused_and_nothing_changes(tmp_path, pattern, edit, 
 @cases(TOO_LARGE)
 def test_a_layer_larger_than_the_dense_one_is_refused_where_it_would_replace_it(
         pattern, edit, message):
-    if pattern not in pattern_names():
-        pytest.skip('{} is not in this version'.format(pattern))
-    model, plan = edited(pattern, edit)
-    fresh = MLP(lazy=True)
-    before = state(fresh)
-    with pytest.raises(ValueError, match=message):
-        apply_plan(fresh, plan)
-    assert_unchanged(fresh, before)
+    model, plan = refused_by_apply_plan(pattern, edit, message)
     refused_on_load(pattern, model, plan, message)
 
 

@@ -101,17 +101,22 @@ def run_under_mpi(script_args, n_processes=N_PROCESSES, timeout=TIMEOUT_S):
     return process.returncode, output
 
 
-@pytest.fixture(scope='module')
-def rank_params(tmp_path_factory):
-    """``[params of rank 0, params of rank 1]``, each ``{stage + name: array}``."""
-    out_dir = tmp_path_factory.mktemp('data_parallel')
-    rc, output = run_under_mpi([WORKER, str(out_dir)])
-    assert rc == 0, 'the data-parallel worker failed (exit status {}):\n{}'.format(rc, output)
+def _arrays_of_each_rank(tmp_path_factory, worker: str, name: str):
+    """``[arrays of rank 0, arrays of rank 1]`` that ``worker`` wrote under ``mpiexec``."""
+    out_dir = tmp_path_factory.mktemp(name)
+    rc, output = run_under_mpi([worker, str(out_dir)])
+    assert rc == 0, 'the {} worker failed (exit status {}):\n{}'.format(name, rc, output)
     ranks = []
     for rank in range(N_PROCESSES):
         with np.load(str(out_dir / 'rank{}.npz'.format(rank))) as saved:
             ranks.append(dict(saved))
     return ranks
+
+
+@pytest.fixture(scope='module')
+def rank_params(tmp_path_factory):
+    """``[params of rank 0, params of rank 1]``, each ``{stage + name: array}``."""
+    return _arrays_of_each_rank(tmp_path_factory, WORKER, 'data-parallel')
 
 
 def _stage(params, stage):
@@ -187,14 +192,7 @@ def test_a_failing_rank_aborts_the_whole_job(tmp_path):
 @pytest.fixture(scope='module')
 def compressed_ranks(tmp_path_factory):
     """``[arrays of rank 0, arrays of rank 1]`` written by tests/mpi/compressed.py."""
-    out_dir = tmp_path_factory.mktemp('compressed')
-    rc, output = run_under_mpi([COMPRESSED_WORKER, str(out_dir)])
-    assert rc == 0, 'the compressed-model worker failed (exit status {}):\n{}'.format(rc, output)
-    ranks = []
-    for rank in range(N_PROCESSES):
-        with np.load(str(out_dir / 'rank{}.npz'.format(rank))) as saved:
-            ranks.append(dict(saved))
-    return ranks
+    return _arrays_of_each_rank(tmp_path_factory, COMPRESSED_WORKER, 'compressed-model')
 
 
 def _differ(ranks, key):
